@@ -15,7 +15,10 @@ export function describeValue(value: unknown): string {
 }
 
 export function invalid(option: string, expected: string, value: unknown): InvalidOptionError {
-  return new InvalidOptionError(option, `Expected \`${option}\` to be ${expected}, got ${describeValue(value)}`);
+  return new InvalidOptionError(
+    option,
+    `Expected \`${option}\` to be ${expected}, got ${describeValue(value)}`,
+  );
 }
 
 export interface NumberRule {
@@ -38,7 +41,12 @@ function ruleText(rule: NumberRule): string {
 }
 
 /** Returns `value ?? fallback` after checking it is a number within `rule`. */
-export function numberOption(option: string, value: unknown, fallback: number, rule: NumberRule = {}): number {
+export function numberOption(
+  option: string,
+  value: unknown,
+  fallback: number,
+  rule: NumberRule = {},
+): number {
   if (value === undefined) return fallback;
   const ok =
     typeof value === 'number' &&
@@ -51,7 +59,11 @@ export function numberOption(option: string, value: unknown, fallback: number, r
   return value as number;
 }
 
-export function optionalNumberOption(option: string, value: unknown, rule: NumberRule = {}): number | undefined {
+export function optionalNumberOption(
+  option: string,
+  value: unknown,
+  rule: NumberRule = {},
+): number | undefined {
   return value === undefined ? undefined : numberOption(option, value, 0, rule);
 }
 
@@ -73,7 +85,12 @@ export function booleanOption(option: string, value: unknown, fallback: boolean)
   return value;
 }
 
-export function oneOfOption<T extends string>(option: string, value: unknown, choices: readonly T[], fallback: T): T {
+export function oneOfOption<T extends string>(
+  option: string,
+  value: unknown,
+  choices: readonly T[],
+  fallback: T,
+): T {
   if (value === undefined) return fallback;
   if (typeof value !== 'string' || !(choices as readonly string[]).includes(value)) {
     throw invalid(option, `one of ${choices.map((c) => `"${c}"`).join(', ')}`, value);
@@ -83,12 +100,17 @@ export function oneOfOption<T extends string>(option: string, value: unknown, ch
 
 export function objectOption(option: string, value: unknown): Record<string, unknown> | undefined {
   if (value === undefined) return undefined;
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid(option, 'an object', value);
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw invalid(option, 'an object', value);
   return value as Record<string, unknown>;
 }
 
 /** Refuses keys the options type does not know: a typo must fail loudly, not be ignored. */
-export function rejectUnknownKeys(option: string, value: Record<string, unknown>, known: readonly string[]): void {
+export function rejectUnknownKeys(
+  option: string,
+  value: Record<string, unknown>,
+  known: readonly string[],
+): void {
   for (const key of Object.keys(value)) {
     if (!known.includes(key)) {
       const where = option === '' ? key : `${option}.${key}`;

@@ -107,7 +107,9 @@ async function main(): Promise<void> {
   }
   try {
     const sim = await startVllmSimulator(options);
-    process.stdout.write(`vLLM simulator listening on ${sim.url} (model ${sim.model}); OpenAI base URL ${sim.url}/v1\n`);
+    process.stdout.write(
+      `vLLM simulator listening on ${sim.url} (model ${sim.model}); OpenAI base URL ${sim.url}/v1\n`,
+    );
     const stop = () => {
       void sim.close().then(() => process.exit(0));
     };

@@ -37,7 +37,10 @@ export function generateTokens(count: number, random: () => number): string[] {
 }
 
 /** A draw from the output-length distribution: fixed, or exponential around `mean`, in [1, max]. */
-export function drawOutputLength(spec: { mean: number; max: number; fixed: boolean }, random: () => number): number {
+export function drawOutputLength(
+  spec: { mean: number; max: number; fixed: boolean },
+  random: () => number,
+): number {
   if (spec.fixed) return spec.mean;
   const draw = Math.ceil(-spec.mean * Math.log(1 - random()));
   return Math.max(1, Math.min(spec.max, draw));

@@ -38,10 +38,15 @@ export class Histogram {
 
 // vLLM's own bucket boundaries (vllm/v1/metrics/loggers.py), trimmed at the long end.
 const TTFT_BUCKETS = [
-  0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560,
+  0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640,
+  2560,
 ];
-const ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
-const REQUEST_BUCKETS = [0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680];
+const ITL_BUCKETS = [
+  0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80,
+];
+const REQUEST_BUCKETS = [
+  0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680,
+];
 
 export type FinishReason = 'stop' | 'length' | 'abort' | 'error';
 
@@ -82,7 +87,8 @@ export class SimulatorMetrics {
       'counter',
       'Count of successfully processed requests.',
       (Object.keys(this.finished) as FinishReason[]).map(
-        (reason) => `vllm:request_success_total{${labels},finished_reason="${reason}"} ${this.finished[reason]}`,
+        (reason) =>
+          `vllm:request_success_total{${labels},finished_reason="${reason}"} ${this.finished[reason]}`,
       ),
     );
     metric('vllm:time_to_first_token_seconds', 'histogram', 'Histogram of time to first token in seconds.', [
@@ -94,9 +100,12 @@ export class SimulatorMetrics {
     metric('vllm:e2e_request_latency_seconds', 'histogram', 'Histogram of e2e request latency in seconds.', [
       ...this.e2e.render('vllm:e2e_request_latency_seconds', labels),
     ]);
-    metric('vllm:request_queue_time_seconds', 'histogram', 'Histogram of time spent in WAITING phase for request.', [
-      ...this.queueTime.render('vllm:request_queue_time_seconds', labels),
-    ]);
+    metric(
+      'vllm:request_queue_time_seconds',
+      'histogram',
+      'Histogram of time spent in WAITING phase for request.',
+      [...this.queueTime.render('vllm:request_queue_time_seconds', labels)],
+    );
     // Simulator-only figures (not in vLLM), so tests can reconcile `/metrics` with `stats()`.
     metric('vllm_sim:connections_total', 'counter', 'TCP connections accepted.', [
       `vllm_sim:connections_total{${labels}} ${this.connections}`,

@@ -157,7 +157,10 @@ export function resolveOptions(input: VllmSimulatorOptions = {}): ResolvedOption
     outputTokens: resolveOutputTokens(options.outputTokens, maxModelLen),
     maxModelLen,
     seed: numberOption('seed', options.seed, 0, { integer: true }),
-    keepAliveTimeoutMs: numberOption('keepAliveTimeoutMs', options.keepAliveTimeoutMs, 5000, { min: 1, max: ms.max }),
+    keepAliveTimeoutMs: numberOption('keepAliveTimeoutMs', options.keepAliveTimeoutMs, 5000, {
+      min: 1,
+      max: ms.max,
+    }),
     errorShape: oneOfOption('errorShape', options.errorShape, ['nested', 'legacy'], 'nested'),
     embeddingDimensions: numberOption('embeddingDimensions', options.embeddingDimensions, 64, {
       min: 1,
@@ -216,20 +219,26 @@ export function resolveFaults(value: unknown): SimulatorFaults {
   if (mid) {
     rejectUnknownKeys('faults.resetMidStream', mid, ['afterTokens', 'times']);
     out.resetMidStream = {
-      afterTokens: numberOption('faults.resetMidStream.afterTokens', mid.afterTokens, 1, { min: 0, integer: true }),
+      afterTokens: numberOption('faults.resetMidStream.afterTokens', mid.afterTokens, 1, {
+        min: 0,
+        integer: true,
+      }),
       ...timesField('faults.resetMidStream', mid),
     };
   }
   const status = objectOption('faults.status', input.status);
   if (status) {
     rejectUnknownKeys('faults.status', status, ['status', 'body', 'retryAfterSec', 'times']);
-    if (status.status === undefined) throw invalid('faults.status.status', 'an HTTP status from 400 to 599', undefined);
+    if (status.status === undefined)
+      throw invalid('faults.status.status', 'an HTTP status from 400 to 599', undefined);
     const rule: NonNullable<SimulatorFaults['status']> = {
       status: numberOption('faults.status.status', status.status, 500, { min: 400, max: 599, integer: true }),
       ...timesField('faults.status', status),
     };
     if (status.body !== undefined) rule.body = stringOption('faults.status.body', status.body, '', false);
-    const retryAfterSec = optionalNumberOption('faults.status.retryAfterSec', status.retryAfterSec, { min: 0 });
+    const retryAfterSec = optionalNumberOption('faults.status.retryAfterSec', status.retryAfterSec, {
+      min: 0,
+    });
     if (retryAfterSec !== undefined) rule.retryAfterSec = retryAfterSec;
     out.status = rule;
   }
@@ -242,7 +251,11 @@ export function resolveFaults(value: unknown): SimulatorFaults {
         integer: true,
       }),
       message: stringOption('faults.streamError.message', streamError.message, 'Simulated engine failure'),
-      status: numberOption('faults.streamError.status', streamError.status, 500, { min: 400, max: 599, integer: true }),
+      status: numberOption('faults.streamError.status', streamError.status, 500, {
+        min: 400,
+        max: 599,
+        integer: true,
+      }),
       ...timesField('faults.streamError', streamError),
     };
   }
@@ -254,7 +267,8 @@ export function resolveFaults(value: unknown): SimulatorFaults {
   const slow = objectOption('faults.slowFirstToken', input.slowFirstToken);
   if (slow) {
     rejectUnknownKeys('faults.slowFirstToken', slow, ['delayMs', 'times']);
-    if (slow.delayMs === undefined) throw invalid('faults.slowFirstToken.delayMs', 'a number >= 0', undefined);
+    if (slow.delayMs === undefined)
+      throw invalid('faults.slowFirstToken.delayMs', 'a number >= 0', undefined);
     out.slowFirstToken = {
       delayMs: numberOption('faults.slowFirstToken.delayMs', slow.delayMs, 0, ms),
       ...timesField('faults.slowFirstToken', slow),

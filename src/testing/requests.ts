@@ -28,7 +28,11 @@ export interface EmbeddingRequest {
   promptTokens: number;
 }
 
-const problem = (message: string, param: string | null = null): RequestProblem => ({ status: 400, message, param });
+const problem = (message: string, param: string | null = null): RequestProblem => ({
+  status: 400,
+  message,
+  param,
+});
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -41,7 +45,11 @@ function optionalModel(body: Record<string, unknown>): string | undefined | Requ
   return model;
 }
 
-function optionalInt(body: Record<string, unknown>, field: string, min: number): number | undefined | RequestProblem {
+function optionalInt(
+  body: Record<string, unknown>,
+  field: string,
+  min: number,
+): number | undefined | RequestProblem {
   const value = body[field];
   if (value === undefined || value === null) return undefined;
   if (typeof value !== 'number' || !Number.isInteger(value)) {
@@ -79,7 +87,10 @@ export function parseGenerationRequest(body: unknown, chat: boolean): Generation
   if (chat) {
     const messages = body.messages;
     if (!Array.isArray(messages)) {
-      return problem(messages === undefined ? 'messages: Field required' : 'messages: Input should be a valid list', 'messages');
+      return problem(
+        messages === undefined ? 'messages: Field required' : 'messages: Input should be a valid list',
+        'messages',
+      );
     }
     for (const message of messages) {
       if (!isRecord(message) || typeof message.role !== 'string') {
@@ -103,7 +114,10 @@ export function parseGenerationRequest(body: unknown, chat: boolean): Generation
       promptText = prompt.join(' ');
       promptTokens = prompt.length;
     } else {
-      return problem(prompt === undefined ? 'prompt: Field required' : 'prompt: Input should be a string or a list', 'prompt');
+      return problem(
+        prompt === undefined ? 'prompt: Field required' : 'prompt: Input should be a string or a list',
+        'prompt',
+      );
     }
     if (promptTokens === 0) promptTokens = Math.max(1, countTextTokens(promptText) / prompts) | 0;
   }
@@ -114,8 +128,10 @@ export function parseGenerationRequest(body: unknown, chat: boolean): Generation
   }
   const streamOptions = body.stream_options;
   if (streamOptions !== undefined && streamOptions !== null) {
-    if (stream !== true) return problem('Stream options can only be defined when `stream=True`.', 'stream_options');
-    if (!isRecord(streamOptions)) return problem('stream_options: Input should be an object', 'stream_options');
+    if (stream !== true)
+      return problem('Stream options can only be defined when `stream=True`.', 'stream_options');
+    if (!isRecord(streamOptions))
+      return problem('stream_options: Input should be an object', 'stream_options');
   }
   const maxTokens = optionalInt(body, 'max_tokens', 1);
   if (isProblem(maxTokens)) return maxTokens;
@@ -146,7 +162,8 @@ export function parseEmbeddingRequest(body: unknown): EmbeddingRequest | Request
   const input = body.input;
   let inputs: string[];
   if (typeof input === 'string') inputs = [input];
-  else if (Array.isArray(input) && input.length > 0 && input.every((i) => typeof i === 'string')) inputs = input;
+  else if (Array.isArray(input) && input.length > 0 && input.every((i) => typeof i === 'string'))
+    inputs = input;
   else if (Array.isArray(input) && input.length > 0 && input.every((i) => typeof i === 'number')) {
     inputs = [input.join(' ')];
   } else if (
@@ -156,7 +173,10 @@ export function parseEmbeddingRequest(body: unknown): EmbeddingRequest | Request
   ) {
     inputs = input.map((tokens) => (tokens as number[]).join(' '));
   } else {
-    return problem(input === undefined ? 'input: Field required' : 'input: Input should be a string or a list', 'input');
+    return problem(
+      input === undefined ? 'input: Field required' : 'input: Input should be a string or a list',
+      'input',
+    );
   }
   let promptTokens = 0;
   for (const text of inputs) promptTokens += Math.max(1, countTextTokens(text));

@@ -4,7 +4,14 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { Engine, type EngineJob } from './engine.js';
-import { applyJitter, createRandom, drawOutputLength, embed, generateTokens, hashString } from './generation.js';
+import {
+  applyJitter,
+  createRandom,
+  drawOutputLength,
+  embed,
+  generateTokens,
+  hashString,
+} from './generation.js';
 import { type FinishReason, SimulatorMetrics } from './metrics.js';
 import {
   type ResolvedOptions,
@@ -13,7 +20,12 @@ import {
   type SimulatorFaults,
   type VllmSimulatorOptions,
 } from './options.js';
-import { type GenerationRequest, isProblem, parseEmbeddingRequest, parseGenerationRequest } from './requests.js';
+import {
+  type GenerationRequest,
+  isProblem,
+  parseEmbeddingRequest,
+  parseGenerationRequest,
+} from './requests.js';
 import {
   type Choice,
   chatCompletion,
@@ -152,13 +164,13 @@ class Simulator implements VllmSimulator {
 
   async listen(): Promise<void> {
     await this.startListening(this.options.port);
-    if (this.activeFaults.refuseConnections) await this.stopListening();
+    if (this.activeFaults.refuseConnections) this.stopListening();
   }
 
   async setFaults(faults: SimulatorFaults): Promise<void> {
     this.activeFaults = resolveFaults(faults);
     if (this.closed) return;
-    if (this.activeFaults.refuseConnections && this.listening) await this.stopListening();
+    if (this.activeFaults.refuseConnections && this.listening) this.stopListening();
     if (!this.activeFaults.refuseConnections && !this.listening) await this.startListening(this.port);
   }
 
@@ -185,7 +197,7 @@ class Simulator implements VllmSimulator {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.listening) await this.stopListening();
+    if (this.listening) this.stopListening();
     for (const res of this.openResponses) res.destroy();
     for (const [socket, state] of this.sockets) {
       if (state.idleTimer) clearTimeout(state.idleTimer);
@@ -215,9 +227,10 @@ class Simulator implements VllmSimulator {
     });
   }
 
-  private stopListening(): Promise<void> {
+  /** Closes the listening socket at once; unlike `close(cb)` it does not wait for open connections to end. */
+  private stopListening(): void {
     this.listening = false;
-    return new Promise((resolve) => this.listener.close(() => resolve()));
+    this.listener.close();
   }
 
   private accept(socket: Socket): void {
@@ -302,7 +315,8 @@ class Simulator implements VllmSimulator {
         return this.sendJson(res, 200, modelList(this.model, this.createdAt, this.options.maxModelLen));
       case '/health':
       case '/ping':
-        if (method !== 'GET' && !(path === '/ping' && method === 'POST')) return this.methodNotAllowed(req, res);
+        if (method !== 'GET' && !(path === '/ping' && method === 'POST'))
+          return this.methodNotAllowed(req, res);
         req.resume();
         res.writeHead(this.activeFaults.unhealthy ? 503 : 200, { 'content-length': '0' });
         res.end();
@@ -318,7 +332,12 @@ class Simulator implements VllmSimulator {
       case '/metrics': {
         if (method !== 'GET') return this.methodNotAllowed(req, res);
         req.resume();
-        const text = this.metrics.render(this.model, this.engine.running, this.engine.waiting, this.options.maxNumSeqs);
+        const text = this.metrics.render(
+          this.model,
+          this.engine.running,
+          this.engine.waiting,
+          this.options.maxNumSeqs,
+        );
         res.writeHead(200, {
           'content-type': 'text/plain; version=0.0.4; charset=utf-8',
           'content-length': Buffer.byteLength(text),
@@ -448,7 +467,9 @@ class Simulator implements VllmSimulator {
           this.metrics.promptTokens += request.promptTokens;
           this.metrics.e2e.observe((performance.now() - started) / 1000);
           this.finishWith('stop');
-          const vectors = request.inputs.map((text) => embed(text, this.options.embeddingDimensions, this.options.seed));
+          const vectors = request.inputs.map((text) =>
+            embed(text, this.options.embeddingDimensions, this.options.seed),
+          );
           this.sendJson(res, 200, embeddingList(this.newContext('embd-'), vectors, request.promptTokens));
         };
         const delay = applyJitter(this.options.ttftMs, this.options.jitter, Math.random);
@@ -509,7 +530,6 @@ class Simulator implements VllmSimulator {
     if (this.take('stall')) return;
     new Generation(this, res, request).submit();
   }
-
 }
 
 /** One chat or completion request from queueing to its last token. */
@@ -599,7 +619,8 @@ class Generation implements Job {
       this.lastTokenAt = now;
 
       if (this.resetAfter !== undefined && this.step >= this.resetAfter) return this.reset(out);
-      if (this.errorAfter !== undefined && this.step >= (this.errorAfter.afterTokens ?? 0)) return this.fail(out);
+      if (this.errorAfter !== undefined && this.step >= (this.errorAfter.afterTokens ?? 0))
+        return this.fail(out);
 
       if (stream) out += this.streamStep();
       this.step++;
@@ -636,7 +657,10 @@ class Generation implements Job {
       this.res.end(out + DONE_EVENT);
       return;
     }
-    const choices: Choice[] = this.tokens.map((tokens) => ({ text: tokens.join(''), finishReason: this.finishReason }));
+    const choices: Choice[] = this.tokens.map((tokens) => ({
+      text: tokens.join(''),
+      finishReason: this.finishReason,
+    }));
     const body = this.request.chat
       ? chatCompletion(this.ctx, choices, usage)
       : textCompletion(this.ctx, choices, usage);
