@@ -95,7 +95,13 @@ interface Job extends EngineJob {
   timer: NodeJS.Timeout | undefined;
 }
 
-const JSON_HEADERS = { 'content-type': 'application/json' } as const;
+// Per-socket and per-response state lives on the objects themselves: cheaper than Map look-ups on the hot path.
+const kState = Symbol('vllm-kit.sim.socket');
+const kJob = Symbol('vllm-kit.sim.job');
+type SocketWithState = Socket & { [kState]?: SocketState };
+type ResponseWithJob = ServerResponse & { [kJob]?: Job };
+const socketState = (socket: Socket): SocketState | undefined => (socket as SocketWithState)[kState];
+
 const SSE_HEADERS = {
   'content-type': 'text/event-stream; charset=utf-8',
   'cache-control': 'no-cache',
@@ -121,12 +127,13 @@ class Simulator implements VllmSimulator {
   readonly model: string;
   readonly options: ResolvedOptions;
   private activeFaults: SimulatorFaults;
+  /** False when no fault is set: the hot path then skips every fault check. */
+  private faulty = false;
   readonly engine: Engine;
   readonly metrics = new SimulatorMetrics();
   private readonly http: Server;
   private readonly listener: NetServer;
-  private readonly sockets = new Map<Socket, SocketState>();
-  private readonly openResponses = new Set<ServerResponse>();
+  private readonly sockets = new Set<Socket>();
   private readonly modelJson: string;
   private readonly idPrefix = randomBytes(6).toString('hex');
   private readonly createdAt = Math.floor(Date.now() / 1000);
@@ -144,13 +151,15 @@ class Simulator implements VllmSimulator {
     this.model = options.model;
     this.modelJson = JSON.stringify(options.model);
     this.activeFaults = options.faults;
+    this.faulty = Object.keys(options.faults).length > 0;
     this.engine = new Engine(options.maxNumSeqs, options.maxQueue);
     // keepAliveTimeout 0: Node then neither closes idle sockets nor sends a `Keep-Alive: timeout=` hint. uvicorn sends
     // no hint either, and its idle timeout is reproduced per socket below.
     this.http = createServer({ keepAliveTimeout: 0 }, (req, res) => this.handle(req, res));
     this.http.keepAliveTimeout = 0;
     // A separate listener lets `refuseConnections` stop accepting while existing connections carry on.
-    this.listener = createNetServer((socket) => this.accept(socket));
+    // noDelay as node:http's own listener sets it: without it Nagle's algorithm delays small responses.
+    this.listener = createNetServer({ noDelay: true }, (socket) => this.accept(socket));
   }
 
   get url(): string {
@@ -168,10 +177,15 @@ class Simulator implements VllmSimulator {
   }
 
   async setFaults(faults: SimulatorFaults): Promise<void> {
-    this.activeFaults = resolveFaults(faults);
+    this.useFaults(resolveFaults(faults));
     if (this.closed) return;
     if (this.activeFaults.refuseConnections && this.listening) this.stopListening();
     if (!this.activeFaults.refuseConnections && !this.listening) await this.startListening(this.port);
+  }
+
+  private useFaults(faults: SimulatorFaults): void {
+    this.activeFaults = faults;
+    this.faulty = Object.keys(faults).length > 0;
   }
 
   clearFaults(): Promise<void> {
@@ -198,9 +212,10 @@ class Simulator implements VllmSimulator {
     if (this.closed) return;
     this.closed = true;
     if (this.listening) this.stopListening();
-    for (const res of this.openResponses) res.destroy();
-    for (const [socket, state] of this.sockets) {
-      if (state.idleTimer) clearTimeout(state.idleTimer);
+    // Destroying every socket also closes every open response, which aborts its job.
+    for (const socket of this.sockets) {
+      const state = socketState(socket);
+      if (state?.idleTimer) clearTimeout(state.idleTimer);
       socket.destroy();
     }
     this.sockets.clear();
@@ -240,7 +255,8 @@ class Simulator implements VllmSimulator {
     }
     this.metrics.connections++;
     const state: SocketState = { served: 0, inFlight: 0, idleSince: performance.now(), idleTimer: undefined };
-    this.sockets.set(socket, state);
+    (socket as SocketWithState)[kState] = state;
+    this.sockets.add(socket);
     socket.once('close', () => {
       if (state.idleTimer) clearTimeout(state.idleTimer);
       this.sockets.delete(socket);
@@ -268,12 +284,13 @@ class Simulator implements VllmSimulator {
   private handle(req: IncomingMessage, res: ServerResponse): void {
     this.metrics.requests++;
     const socket = req.socket;
-    const state = this.sockets.get(socket);
+    const state = socketState(socket);
     const reused = state !== undefined && state.served > 0;
     if (state) state.inFlight++;
-    this.openResponses.add(res);
+    // One listener per request: it frees the job (if the client left early) and tracks the socket's idle time.
     res.once('close', () => {
-      this.openResponses.delete(res);
+      const job = (res as ResponseWithJob)[kJob];
+      if (job !== undefined && job.state !== 'done') this.abort(job);
       if (state) {
         state.inFlight--;
         state.served++;
@@ -356,13 +373,12 @@ class Simulator implements VllmSimulator {
     this.sendJson(res, 405, '{"detail":"Method Not Allowed"}');
   }
 
-  sendJson(res: ServerResponse, status: number, body: string, extra?: Record<string, string>): void {
+  sendJson(res: ServerResponse, status: number, body: string, extra?: string[]): void {
     if (res.headersSent || res.destroyed) return;
-    res.writeHead(status, {
-      ...JSON_HEADERS,
-      'content-length': Buffer.byteLength(body),
-      ...extra,
-    });
+    // A flat header array is the cheapest form for Node to serialise.
+    const headers = ['content-type', 'application/json', 'content-length', String(Buffer.byteLength(body))];
+    if (extra !== undefined) headers.push(...extra);
+    res.writeHead(status, headers);
     res.end(body);
   }
 
@@ -396,6 +412,7 @@ class Simulator implements VllmSimulator {
 
   /** Applies a fault rule if it is active, counting down its `times`. */
   take<K extends keyof SimulatorFaults>(name: K): SimulatorFaults[K] | undefined {
+    if (!this.faulty) return undefined;
     const rule = this.activeFaults[name];
     if (rule === undefined || typeof rule !== 'object') return undefined;
     const counted = rule as { times?: number };
@@ -404,7 +421,7 @@ class Simulator implements VllmSimulator {
       if (counted.times <= 0) {
         const rest = { ...this.activeFaults };
         delete rest[name];
-        this.activeFaults = rest;
+        this.useFaults(rest);
       }
     }
     return rule;
@@ -412,6 +429,7 @@ class Simulator implements VllmSimulator {
 
   /** Faults that answer before the engine is involved. Returns true when the request was dealt with. */
   private requestFaults(res: ServerResponse, reused: boolean, socket: Socket): boolean {
+    if (!this.faulty) return false;
     const reset = this.activeFaults.resetBeforeResponse;
     if (reset !== undefined && (!reset.onlyReused || reused) && this.take('resetBeforeResponse')) {
       this.failed++;
@@ -421,8 +439,7 @@ class Simulator implements VllmSimulator {
     const status = this.take('status');
     if (status !== undefined) {
       this.failed++;
-      const headers: Record<string, string> = {};
-      if (status.retryAfterSec !== undefined) headers['retry-after'] = String(status.retryAfterSec);
+      const headers = status.retryAfterSec === undefined ? [] : ['retry-after', String(status.retryAfterSec)];
       const body =
         status.body ??
         errorBody(this.options.errorShape, status.status, `Simulated ${status.status} response`, null);
@@ -493,15 +510,16 @@ class Simulator implements VllmSimulator {
     else this.failed++;
   }
 
-  /** When the client goes away before the end, free the slot (or queue place) at once and count an abort. */
+  /** Binds a job to its response: if the client goes away first, the slot (or queue place) is freed at once. */
   watchAbort(res: ServerResponse, job: Job): void {
-    res.once('close', () => {
-      if (job.state === 'done') return;
-      if (job.timer !== undefined) clearTimeout(job.timer);
-      job.timer = undefined;
-      this.engine.finish(job);
-      this.finishWith('abort');
-    });
+    (res as ResponseWithJob)[kJob] = job;
+  }
+
+  private abort(job: Job): void {
+    if (job.timer !== undefined) clearTimeout(job.timer);
+    job.timer = undefined;
+    this.engine.finish(job);
+    this.finishWith('abort');
   }
 
   private generate(res: ServerResponse, body: unknown, chat: boolean, reused: boolean, socket: Socket): void {

@@ -1,7 +1,7 @@
 // Bad options are refused at start with a message that names the option and shows the value; the CLI maps flags.
 import { describe, expect, it } from 'vitest';
 import { isInvalidOptionError, isVllmKitError } from '../../src/errors/index.js';
-import { parseSimulatorArgs } from '../../src/testing/cli.js';
+import { parseSimulatorArgs } from '../../src/testing/cli-args.js';
 import { startVllmSimulator, type VllmSimulatorOptions } from '../../src/testing/index.js';
 
 describe('simulator options', () => {

@@ -1,0 +1,84 @@
+// A closed-loop HTTP load generator on undici: N connections, each sending its next request when the last ends.
+import { Client } from 'undici';
+
+export interface LoadOptions {
+  url: string;
+  path: string;
+  method?: 'GET' | 'POST';
+  body?: string;
+  headers?: Record<string, string>;
+  connections: number;
+  durationMs: number;
+  /** Requests to send first and not count (JIT, connection set-up). */
+  warmupMs?: number;
+}
+
+export interface LoadResult {
+  requests: number;
+  errors: number;
+  requestsPerSec: number;
+  p50Ms: number;
+  p99Ms: number;
+}
+
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+export function median(values: number[]): number {
+  return percentile(
+    [...values].sort((a, b) => a - b),
+    50,
+  );
+}
+
+export async function closedLoop(options: LoadOptions): Promise<LoadResult> {
+  const clients = Array.from(
+    { length: options.connections },
+    () => new Client(options.url, { pipelining: 1, keepAliveTimeout: 60_000 }),
+  );
+  const headers = { 'content-type': 'application/json', ...options.headers };
+  const latencies: number[] = [];
+  let errors = 0;
+  let counting = false;
+  let stop = false;
+  const loop = async (client: Client) => {
+    while (!stop) {
+      const started = performance.now();
+      try {
+        const response = await client.request({
+          path: options.path,
+          method: options.method ?? 'POST',
+          headers,
+          body: options.body ?? null,
+        });
+        await response.body.dump({ limit: Number.POSITIVE_INFINITY });
+        if (counting) {
+          if (response.statusCode >= 400) errors++;
+          latencies.push(performance.now() - started);
+        }
+      } catch {
+        if (counting) errors++;
+      }
+    }
+  };
+  const loops = clients.map(loop);
+  await new Promise((resolve) => setTimeout(resolve, options.warmupMs ?? 500));
+  counting = true;
+  const started = performance.now();
+  await new Promise((resolve) => setTimeout(resolve, options.durationMs));
+  counting = false;
+  const elapsed = performance.now() - started;
+  stop = true;
+  await Promise.all(loops);
+  await Promise.all(clients.map((c) => c.close()));
+  latencies.sort((a, b) => a - b);
+  return {
+    requests: latencies.length,
+    errors,
+    requestsPerSec: (latencies.length / elapsed) * 1000,
+    p50Ms: percentile(latencies, 50),
+    p99Ms: percentile(latencies, 99),
+  };
+}

@@ -1,0 +1,158 @@
+// Tests what ships: build, `npm pack`, install the tarball into throwaway consumer projects, and import it as ESM and
+// CommonJS, from JavaScript and from TypeScript (tsc with NodeNext).
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const root = resolve(import.meta.dirname, '../..');
+const tsc = join(root, 'node_modules/typescript/bin/tsc');
+let work: string;
+let consumer: string;
+
+const run = (cmd: string, args: string[], cwd: string) =>
+  execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 180_000 });
+const node = (args: string[], cwd = consumer) => run(process.execPath, args, cwd);
+
+const SERVER_NAMES = ['InvalidOptionError', 'VllmKitError', 'isInvalidOptionError', 'isVllmKitError'];
+
+beforeAll(() => {
+  work = mkdtempSync(join(tmpdir(), 'vllm-kit-consumers-'));
+  run('npm', ['run', 'build'], root);
+  run('npm', ['pack', '--ignore-scripts', '--pack-destination', work], root);
+  const tarball = readdirSync(work).find((f) => f.endsWith('.tgz'));
+  if (!tarball) throw new Error('npm pack produced no tarball');
+  consumer = join(work, 'consumer');
+  mkdirSync(consumer);
+  writeFileSync(join(consumer, 'package.json'), JSON.stringify({ name: 'consumer', private: true }));
+  run(
+    'npm',
+    ['install', '--no-audit', '--no-fund', '--prefer-offline', join(work, tarball), '@types/node@20'],
+    consumer,
+  );
+});
+
+afterAll(() => {
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+describe('the packed tarball', () => {
+  it('ships only dist, package.json, README and licence files', () => {
+    const files = run('tar', ['-tzf', join(work, readdirSync(work).find((f) => f.endsWith('.tgz'))!)], work)
+      .trim()
+      .split('\n')
+      .map((f) => f.replace(/^package\//, ''));
+    expect(
+      files.every(
+        (f) => f.startsWith('dist/') || /^(package\.json|README\.md|LICENSE|CHANGELOG\.md)$/.test(f),
+      ),
+    ).toBe(true);
+    expect(files).toContain('dist/index.js');
+    expect(files).toContain('dist/testing.cjs');
+  });
+
+  it('imports from ESM JavaScript, and the simulator answers', () => {
+    writeFileSync(
+      join(consumer, 'esm.mjs'),
+      `import * as kit from 'vllm-kit';
+import { startVllmSimulator } from 'vllm-kit/testing';
+import * as browser from 'vllm-kit/browser';
+import pkg from 'vllm-kit/package.json' with { type: 'json' };
+const sim = await startVllmSimulator({ model: 'm' });
+const res = await fetch(sim.url + '/v1/chat/completions', {
+  method: 'POST', headers: { 'content-type': 'application/json' },
+  body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }) });
+const body = await res.json();
+await sim.close();
+console.log(JSON.stringify({ names: Object.keys(kit).sort(), browser: Object.keys(browser), name: pkg.name,
+  status: res.status, tokens: body.usage.completion_tokens, isError: kit.isVllmKitError(new kit.VllmKitError('x', 'ERR_X')) }));
+`,
+    );
+    const out = JSON.parse(node(['esm.mjs']));
+    expect(out).toEqual({
+      names: SERVER_NAMES,
+      browser: [],
+      name: 'vllm-kit',
+      status: 200,
+      tokens: 2,
+      isError: true,
+    });
+  });
+
+  it('requires from CommonJS JavaScript, and errors are shared with the testing entry', () => {
+    writeFileSync(
+      join(consumer, 'cjs.cjs'),
+      `const kit = require('vllm-kit');
+const { startVllmSimulator } = require('vllm-kit/testing');
+startVllmSimulator({ maxNumSeqs: 0 }).catch((error) => {
+  console.log(JSON.stringify({ names: Object.keys(kit).sort(), guard: kit.isInvalidOptionError(error),
+    instance: error instanceof kit.InvalidOptionError, message: error.message }));
+});
+`,
+    );
+    const out = JSON.parse(node(['cjs.cjs']));
+    expect(out).toEqual({
+      names: SERVER_NAMES,
+      guard: true,
+      instance: true,
+      message: 'Expected `maxNumSeqs` to be an integer >= 1, got `0` (number)',
+    });
+  });
+
+  it('starts no timers, sockets or servers on import', () => {
+    const script = `const before = new Set(process.getActiveResourcesInfo());
+await import('vllm-kit'); await import('vllm-kit/testing');
+console.log(JSON.stringify(process.getActiveResourcesInfo().filter((r) => !before.has(r))));`;
+    writeFileSync(join(consumer, 'quiet.mjs'), script);
+    expect(JSON.parse(node(['quiet.mjs']))).toEqual([]);
+  });
+
+  it.each([
+    ['module', 'ts-esm'],
+    ['commonjs', 'ts-cjs'],
+  ])('type-checks from TypeScript (NodeNext, package type %s)', (type, dir) => {
+    const project = join(consumer, dir);
+    mkdirSync(project, { recursive: true });
+    writeFileSync(join(project, 'package.json'), JSON.stringify({ type }));
+    writeFileSync(
+      join(project, 'tsconfig.json'),
+      JSON.stringify({
+        compilerOptions: {
+          module: 'NodeNext',
+          moduleResolution: 'NodeNext',
+          target: 'ES2022',
+          strict: true,
+          exactOptionalPropertyTypes: true,
+          noEmit: true,
+          types: ['node'],
+          typeRoots: [join(consumer, 'node_modules/@types')],
+        },
+        include: ['*.ts'],
+      }),
+    );
+    writeFileSync(
+      join(project, 'index.ts'),
+      `import { isVllmKitError, VllmKitError, InvalidOptionError } from 'vllm-kit';
+import { startVllmSimulator, type VllmSimulator, type VllmSimulatorOptions, type SimulatorStats } from 'vllm-kit/testing';
+const options: VllmSimulatorOptions = { ttftMs: 5, faults: { status: { status: 503, times: 1 } } };
+export async function main(): Promise<number> {
+  const sim: VllmSimulator = await startVllmSimulator(options);
+  const stats: SimulatorStats = sim.stats();
+  await sim.close();
+  const error: VllmKitError = new InvalidOptionError('x', 'bad');
+  return isVllmKitError(error) ? stats.requestsReceived : -1;
+}
+// @ts-expect-error ttftMs is a number of milliseconds
+const wrong: VllmSimulatorOptions = { ttftMs: '5' };
+void wrong;
+`,
+    );
+    expect(() => node([tsc, '-p', project])).not.toThrow();
+  });
+
+  it('installs the vllm-kit-sim bin', () => {
+    const help = run(join(consumer, 'node_modules/.bin/vllm-kit-sim'), ['--help'], consumer);
+    expect(help).toContain('Usage: vllm-kit-sim');
+  });
+});
