@@ -4,7 +4,13 @@
 const BRAND = Symbol.for('vllm-kit.error');
 
 /** Stable machine-readable codes, in the style of undici's `UND_ERR_*`. */
-export type VllmKitErrorCode = 'ERR_VK_INVALID_OPTION' | (string & {});
+export type VllmKitErrorCode =
+  | 'ERR_VK_INVALID_OPTION'
+  | UpstreamHttpErrorCode
+  | UpstreamTimeoutErrorCode
+  | 'ERR_VK_UPSTREAM_CONNECTION'
+  | 'ERR_VK_ABORTED'
+  | (string & {});
 
 export interface VllmKitErrorOptions {
   cause?: unknown;
@@ -45,4 +51,159 @@ export function isVllmKitError(value: unknown): value is VllmKitError {
 /** True for {@link InvalidOptionError}. */
 export function isInvalidOptionError(value: unknown): value is InvalidOptionError {
   return isVllmKitError(value) && value.code === 'ERR_VK_INVALID_OPTION';
+}
+
+// ── upstream errors (the pooled client) ─────────────────────────────────────────────────────────────────────────
+
+export type UpstreamHttpErrorCode =
+  | 'ERR_VK_UPSTREAM_BAD_REQUEST'
+  | 'ERR_VK_UPSTREAM_AUTHENTICATION'
+  | 'ERR_VK_UPSTREAM_NOT_FOUND'
+  | 'ERR_VK_UPSTREAM_RATE_LIMITED'
+  | 'ERR_VK_UPSTREAM_OVERLOADED'
+  | 'ERR_VK_UPSTREAM_SERVER'
+  | 'ERR_VK_UPSTREAM_HTTP';
+
+/** Context every upstream error carries. */
+export interface UpstreamErrorContext {
+  /** The request id sent as `X-Request-Id` (or echoed by the upstream), when there was one. */
+  requestId?: string | undefined;
+  /** The upstream's base URL. */
+  upstream?: string | undefined;
+  cause?: unknown;
+}
+
+/** The upstream's OpenAI-style error object, read from either vLLM shape (nested or legacy flat). */
+export interface UpstreamErrorBody {
+  message: string;
+  type?: string | undefined;
+  param?: string | null | undefined;
+  code?: string | number | null | undefined;
+}
+
+/**
+ * The upstream answered with an error status (or sent an error event inside a 200 stream). Subclasses by status:
+ * {@link UpstreamBadRequestError} 400, {@link UpstreamAuthenticationError} 401, {@link UpstreamNotFoundError} 404,
+ * {@link UpstreamRateLimitError} 429, {@link UpstreamOverloadedError} 503, {@link UpstreamServerError} other 5xx.
+ */
+export class UpstreamHttpError extends VllmKitError {
+  readonly status: number;
+  /** The parsed error object, when the body had one. */
+  readonly error: UpstreamErrorBody | undefined;
+  /** The raw response body (truncated to 4 KiB). */
+  readonly body: string;
+  readonly headers: Record<string, string | string[] | undefined>;
+  readonly requestId: string | undefined;
+  readonly upstream: string | undefined;
+  /** From `retry-after-ms` / `retry-after`, in ms, when the upstream sent one. */
+  readonly retryAfterMs: number | undefined;
+
+  constructor(
+    message: string,
+    code: UpstreamHttpErrorCode,
+    details: {
+      status: number;
+      error?: UpstreamErrorBody | undefined;
+      body?: string;
+      headers?: Record<string, string | string[] | undefined>;
+      retryAfterMs?: number | undefined;
+    } & UpstreamErrorContext,
+  ) {
+    super(message, code, { cause: details.cause });
+    this.status = details.status;
+    this.error = details.error;
+    this.body = details.body ?? '';
+    this.headers = details.headers ?? {};
+    this.requestId = details.requestId;
+    this.upstream = details.upstream;
+    this.retryAfterMs = details.retryAfterMs;
+  }
+}
+export class UpstreamBadRequestError extends UpstreamHttpError {}
+export class UpstreamAuthenticationError extends UpstreamHttpError {}
+export class UpstreamNotFoundError extends UpstreamHttpError {}
+export class UpstreamRateLimitError extends UpstreamHttpError {}
+export class UpstreamOverloadedError extends UpstreamHttpError {}
+export class UpstreamServerError extends UpstreamHttpError {}
+
+export type TimeoutKind = 'connect' | 'firstByte' | 'idle' | 'total';
+export type UpstreamTimeoutErrorCode =
+  | 'ERR_VK_CONNECT_TIMEOUT'
+  | 'ERR_VK_FIRST_BYTE_TIMEOUT'
+  | 'ERR_VK_IDLE_TIMEOUT'
+  | 'ERR_VK_TOTAL_TIMEOUT';
+
+const TIMEOUT_CODES: Record<TimeoutKind, UpstreamTimeoutErrorCode> = {
+  connect: 'ERR_VK_CONNECT_TIMEOUT',
+  firstByte: 'ERR_VK_FIRST_BYTE_TIMEOUT',
+  idle: 'ERR_VK_IDLE_TIMEOUT',
+  total: 'ERR_VK_TOTAL_TIMEOUT',
+};
+
+/** A client timeout fired: `timeout` says which one, and each has its own `code`. */
+export class UpstreamTimeoutError extends VllmKitError {
+  readonly timeout: TimeoutKind;
+  readonly timeoutMs: number;
+  readonly requestId: string | undefined;
+  readonly upstream: string | undefined;
+
+  constructor(timeout: TimeoutKind, timeoutMs: number, context: UpstreamErrorContext = {}) {
+    const what = {
+      connect: 'connecting to the upstream',
+      firstByte: 'waiting for the first byte of the response',
+      idle: 'waiting for the next chunk of the response',
+      total: 'for the whole request',
+    }[timeout];
+    super(`Timed out after ${timeoutMs} ms ${what}`, TIMEOUT_CODES[timeout], { cause: context.cause });
+    this.timeout = timeout;
+    this.timeoutMs = timeoutMs;
+    this.requestId = context.requestId;
+    this.upstream = context.upstream;
+  }
+}
+
+/** The connection failed: refused, reset, closed early, or a stream cut before `[DONE]`. `cause` has the detail. */
+export class UpstreamConnectionError extends VllmKitError {
+  readonly requestId: string | undefined;
+  readonly upstream: string | undefined;
+
+  constructor(message: string, context: UpstreamErrorContext = {}) {
+    super(message, 'ERR_VK_UPSTREAM_CONNECTION', { cause: context.cause });
+    this.requestId = context.requestId;
+    this.upstream = context.upstream;
+  }
+}
+
+/** The caller's signal aborted the request; `cause` is the signal's reason. */
+export class RequestAbortedError extends VllmKitError {
+  readonly requestId: string | undefined;
+
+  constructor(context: UpstreamErrorContext = {}) {
+    super('The request was aborted', 'ERR_VK_ABORTED', { cause: context.cause });
+    this.requestId = context.requestId;
+  }
+}
+
+/** True for any {@link UpstreamHttpError} (an error status from the upstream), from any copy of the package. */
+export function isUpstreamHttpError(value: unknown): value is UpstreamHttpError {
+  return (
+    isVllmKitError(value) &&
+    value.code.startsWith('ERR_VK_UPSTREAM_') &&
+    value.code !== 'ERR_VK_UPSTREAM_CONNECTION'
+  );
+}
+
+/** True for {@link UpstreamTimeoutError}. */
+export function isUpstreamTimeoutError(value: unknown): value is UpstreamTimeoutError {
+  return isVllmKitError(value) && (Object.values(TIMEOUT_CODES) as string[]).includes(value.code);
+}
+
+/** True for {@link UpstreamConnectionError}. */
+export function isUpstreamConnectionError(value: unknown): value is UpstreamConnectionError {
+  return isVllmKitError(value) && value.code === 'ERR_VK_UPSTREAM_CONNECTION';
+}
+
+/** True for {@link RequestAbortedError}. */
+export function isRequestAbortedError(value: unknown): value is RequestAbortedError {
+  return isVllmKitError(value) && value.code === 'ERR_VK_ABORTED';
 }

@@ -1,0 +1,545 @@
+// createVllmClient: typed calls, raw passthrough and a fetch over one keep-alive pool per replica, with timeouts,
+// safe retries within a budget, and errors from one mapping function.
+import type { Readable } from 'node:stream';
+import { type Dispatcher, fetch as undiciFetch } from 'undici';
+import {
+  isVllmKitError,
+  RequestAbortedError,
+  UpstreamConnectionError,
+  UpstreamTimeoutError,
+  type VllmKitError,
+} from '../errors/index.js';
+import { errorFromStatus, errorFromStreamEvent, errorFromTransport } from './map-error.js';
+import { type ResolvedClientOptions, resolveClientOptions, type VllmClientOptions } from './options.js';
+import { backoffDelay, isRetryableStatus, parseRetryAfter, RetryBudget } from './retry.js';
+import { isReplayableBody, Router, SocketTracker, withReplay } from './router.js';
+import { SseParser } from './sse.js';
+import type {
+  ChatCompletion,
+  ChatCompletionChunk,
+  ChatCompletionRequest,
+  Completion,
+  CompletionChunk,
+  CompletionRequest,
+  EmbeddingList,
+  EmbeddingRequest,
+  ModelList,
+} from './types.js';
+
+/** Per-call options of every method. */
+export interface CallOptions {
+  /** Aborts the call (and the upstream request) at once. */
+  signal?: AbortSignal;
+  /** Whole-call timeout in ms, retries included; overrides `totalTimeoutMs`. */
+  timeoutMs?: number;
+  /** Extra headers for this call. */
+  headers?: Record<string, string>;
+  /** Sent as `X-Request-Id` and carried by errors. */
+  requestId?: string;
+}
+
+export interface RawRequest extends CallOptions {
+  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE' | 'HEAD' | 'OPTIONS';
+  /** Path with query, e.g. `/v1/chat/completions`. */
+  path: string;
+  /** A string or bytes can be retried; a stream is sent once. */
+  body?: string | Uint8Array | Readable | null;
+}
+
+export interface RawResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  /** The body as it arrives, unparsed. Consume it or call `body.destroy()`: the connection is held until then. */
+  body: Readable & AsyncIterable<Buffer>;
+}
+
+export interface UpstreamStats {
+  url: string;
+  /** undici's pool figures. */
+  connected: number;
+  free: number;
+  pending: number;
+  running: number;
+  queued: number;
+  size: number;
+  /** Requests sent to this replica and not finished. */
+  outstanding: number;
+  ejected: boolean;
+  consecutiveFailures: number;
+}
+
+export interface VllmClientStats {
+  upstreams: UpstreamStats[];
+  /** Calls made (each counts once, whatever its retries). */
+  requests: number;
+  /** Retries after a retryable failure (budgeted). */
+  retries: number;
+  /** Immediate replays of requests that died on a reused keep-alive socket before any response byte. */
+  replays: number;
+  /** Failed calls by error `code`. */
+  errors: Record<string, number>;
+  connections: {
+    /** New TCP connections opened. */
+    created: number;
+    /** Requests sent on a connection that had served a request before. */
+    reused: number;
+  };
+}
+
+export interface VllmClient {
+  /** The upstream base URLs (origins). */
+  readonly baseUrls: readonly string[];
+  chatCompletion(body: ChatCompletionRequest, options?: CallOptions): Promise<ChatCompletion>;
+  /** Streams chunks as they arrive; breaking out of the loop or aborting cancels the upstream request at once. */
+  streamChatCompletion(
+    body: ChatCompletionRequest,
+    options?: CallOptions,
+  ): AsyncIterable<ChatCompletionChunk>;
+  completion(body: CompletionRequest, options?: CallOptions): Promise<Completion>;
+  streamCompletion(body: CompletionRequest, options?: CallOptions): AsyncIterable<CompletionChunk>;
+  embeddings(body: EmbeddingRequest, options?: CallOptions): Promise<EmbeddingList>;
+  models(options?: CallOptions): Promise<ModelList>;
+  /** True when `/health` answers 2xx; false on another status. Connection failures throw. */
+  health(options?: CallOptions): Promise<boolean>;
+  /** The server's version string (`/version`). */
+  version(options?: CallOptions): Promise<string>;
+  /** Sends a request and returns status, headers and the body stream without parsing: the gateway fast path. */
+  request(request: RawRequest): Promise<RawResponse>;
+  /** A WHATWG `fetch` over the same pools, for SDKs that accept a custom fetch (openai, LangChain, AI SDK). */
+  readonly fetch: typeof globalThis.fetch;
+  stats(): VllmClientStats;
+  /** Lets in-flight requests finish, then closes every connection. */
+  close(): Promise<void>;
+  /** Aborts in-flight requests and closes every connection at once. */
+  destroy(): Promise<void>;
+}
+
+/**
+ * Creates a pooled client for vLLM or any OpenAI-compatible server.
+ *
+ * @example
+ * const client = createVllmClient({ baseUrl: 'http://127.0.0.1:8000' });
+ * const reply = await client.chatCompletion({ messages: [{ role: 'user', content: 'Hi' }], max_tokens: 64 });
+ * for await (const chunk of client.streamChatCompletion({ messages, stream_options: { include_usage: true } })) { … }
+ * await client.close();
+ */
+export function createVllmClient(options: VllmClientOptions): VllmClient {
+  return new Client(resolveClientOptions(options));
+}
+
+interface Sent {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Readable &
+    AsyncIterable<Buffer> & {
+      text(): Promise<string>;
+      json(): Promise<unknown>;
+      dump(opts?: object): Promise<void>;
+    };
+  /** Aborts the call's own controller (timeouts, the caller's signal, early exit). */
+  abort(reason: Error): void;
+  /** Clears the call's timers and signal listener. */
+  done(): void;
+  signal: AbortSignal;
+  startedAt: number;
+}
+
+interface SendSpec {
+  method: RawRequest['method'];
+  path: string;
+  body: RawRequest['body'];
+  /** JSON calls set content-type. */
+  json: boolean;
+  stream: boolean;
+  /** Return error statuses instead of throwing (the passthrough). */
+  passErrors: boolean;
+}
+
+class Client implements VllmClient {
+  readonly baseUrls: readonly string[];
+  readonly fetch: typeof globalThis.fetch;
+  private readonly options: ResolvedClientOptions;
+  private readonly router: Router | undefined;
+  private readonly dispatcher: Dispatcher;
+  private readonly tracker = new SocketTracker();
+  private readonly replayStats = { replays: 0 };
+  private readonly budget: RetryBudget;
+  private readonly baseHeaders: Record<string, string>;
+  private readonly origin: string;
+  private requests = 0;
+  private retries = 0;
+  private readonly errors: Record<string, number> = {};
+  private closed = false;
+
+  constructor(options: ResolvedClientOptions) {
+    this.options = options;
+    this.baseUrls = options.origins;
+    this.origin = options.origins[0]!;
+    this.router = options.dispatcher === undefined ? new Router(options) : undefined;
+    // One replay per connection the pool may hold at most 3 (each dead socket fails once, then is gone).
+    const maxReplays = Math.min(options.connections, 3);
+    this.dispatcher = withReplay(
+      options.dispatcher ?? this.router!,
+      this.tracker,
+      this.replayStats,
+      maxReplays,
+    );
+    this.budget = new RetryBudget({ ...options.retryBudget, now: options.now });
+    this.baseHeaders = { ...options.headers };
+    if (options.apiKey !== undefined) this.baseHeaders.authorization = `Bearer ${options.apiKey}`;
+    const dispatcher = this.dispatcher;
+    this.fetch = ((input: Parameters<typeof undiciFetch>[0], init?: Parameters<typeof undiciFetch>[1]) =>
+      undiciFetch(input, { ...init, dispatcher })) as unknown as typeof globalThis.fetch;
+  }
+
+  // ── typed calls ──────────────────────────────────────────────────────────────────────────────────────────────
+
+  chatCompletion(body: ChatCompletionRequest, options?: CallOptions): Promise<ChatCompletion> {
+    return this.json('/v1/chat/completions', { ...body, stream: false }, options) as Promise<ChatCompletion>;
+  }
+
+  streamChatCompletion(
+    body: ChatCompletionRequest,
+    options?: CallOptions,
+  ): AsyncIterable<ChatCompletionChunk> {
+    return this.events<ChatCompletionChunk>('/v1/chat/completions', { ...body, stream: true }, options);
+  }
+
+  completion(body: CompletionRequest, options?: CallOptions): Promise<Completion> {
+    return this.json('/v1/completions', { ...body, stream: false }, options) as Promise<Completion>;
+  }
+
+  streamCompletion(body: CompletionRequest, options?: CallOptions): AsyncIterable<CompletionChunk> {
+    return this.events<CompletionChunk>('/v1/completions', { ...body, stream: true }, options);
+  }
+
+  embeddings(body: EmbeddingRequest, options?: CallOptions): Promise<EmbeddingList> {
+    return this.json('/v1/embeddings', body, options) as Promise<EmbeddingList>;
+  }
+
+  models(options?: CallOptions): Promise<ModelList> {
+    return this.json('/v1/models', undefined, options) as Promise<ModelList>;
+  }
+
+  async health(options?: CallOptions): Promise<boolean> {
+    const sent = await this.send(
+      { method: 'GET', path: '/health', body: null, json: false, stream: false, passErrors: true },
+      options,
+    );
+    try {
+      await sent.body.dump();
+      return sent.status >= 200 && sent.status < 300;
+    } finally {
+      sent.done();
+    }
+  }
+
+  async version(options?: CallOptions): Promise<string> {
+    const body = (await this.json('/version', undefined, options)) as { version?: unknown };
+    return String(body.version);
+  }
+
+  async request(request: RawRequest): Promise<RawResponse> {
+    const sent = await this.send(
+      {
+        method: request.method,
+        path: request.path,
+        body: request.body ?? null,
+        json: false,
+        stream: false,
+        passErrors: true,
+      },
+      request,
+    );
+    // The call's timers live until the body is consumed or destroyed.
+    sent.body.once('close', () => sent.done());
+    return { status: sent.status, headers: sent.headers, body: sent.body };
+  }
+
+  stats(): VllmClientStats {
+    const upstreams: UpstreamStats[] = (this.router?.upstreams ?? []).map((upstream) => {
+      const pool = upstream.pool.stats;
+      return {
+        url: upstream.origin,
+        connected: pool.connected,
+        free: pool.free,
+        pending: pool.pending,
+        running: pool.running,
+        queued: pool.queued,
+        size: pool.size,
+        outstanding: upstream.outstanding,
+        ejected: upstream.ejected,
+        consecutiveFailures: upstream.consecutiveFailures,
+      };
+    });
+    return {
+      upstreams,
+      requests: this.requests,
+      retries: this.retries,
+      replays: this.replayStats.replays,
+      errors: { ...this.errors },
+      connections: {
+        created: (this.router?.upstreams ?? []).reduce((sum, u) => sum + u.connectionsCreated, 0),
+        reused: this.tracker.reusedRequests,
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.tracker.close();
+    await this.router?.close();
+  }
+
+  async destroy(): Promise<void> {
+    this.closed = true;
+    this.tracker.close();
+    await this.router?.destroy();
+  }
+
+  // ── internals ────────────────────────────────────────────────────────────────────────────────────────────────
+
+  private async json(path: string, body: unknown, options?: CallOptions): Promise<unknown> {
+    const sent = await this.send(
+      {
+        method: body === undefined ? 'GET' : 'POST',
+        path,
+        body: body === undefined ? null : JSON.stringify(body),
+        json: body !== undefined,
+        stream: false,
+        passErrors: false,
+      },
+      options,
+    );
+    try {
+      return await sent.body.json();
+    } catch (error) {
+      throw this.fail(this.mapError(error, sent.signal, options));
+    } finally {
+      sent.done();
+    }
+  }
+
+  private events<T>(path: string, body: unknown, options?: CallOptions): AsyncIterable<T> {
+    return {
+      [Symbol.asyncIterator]: () => this.readEvents<T>(path, JSON.stringify(body), options),
+    };
+  }
+
+  private async *readEvents<T>(path: string, body: string, options?: CallOptions): AsyncGenerator<T> {
+    const sent = await this.send(
+      { method: 'POST', path, body, json: true, stream: true, passErrors: false },
+      options,
+    );
+    const { firstByteTimeoutMs, idleTimeoutMs } = this.options;
+    const context = { requestId: options?.requestId, upstream: undefined };
+    // vLLM sends a stream's headers at once; the first event comes with the first token. Until then the first-byte
+    // timeout applies (what is left of it), then the idle timeout between chunks.
+    let timer: NodeJS.Timeout | undefined;
+    const arm = (kind: 'firstByte' | 'idle', ms: number) => {
+      if (timer) clearTimeout(timer);
+      timer = undefined;
+      if (ms <= 0) return;
+      timer = setTimeout(
+        () =>
+          sent.abort(
+            new UpstreamTimeoutError(kind, kind === 'idle' ? idleTimeoutMs : firstByteTimeoutMs, context),
+          ),
+        ms,
+      );
+      timer.unref();
+    };
+    if (firstByteTimeoutMs > 0)
+      arm('firstByte', Math.max(1, firstByteTimeoutMs - (performance.now() - sent.startedAt)));
+    const parser = new SseParser();
+    const decoder = new TextDecoder();
+    let sawEvent = false;
+    let sawDone = false;
+    let ended = false;
+    try {
+      for await (const chunk of sent.body) {
+        const events = parser.push(decoder.decode(chunk, { stream: true }));
+        if (events.length > 0 && !sawEvent) sawEvent = true;
+        if (sawEvent) arm('idle', idleTimeoutMs);
+        for (const data of events) {
+          if (sawDone) break;
+          if (data === '[DONE]') {
+            sawDone = true;
+            break;
+          }
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(data);
+          } catch (cause) {
+            throw new UpstreamConnectionError('The upstream sent a stream event that is not JSON', {
+              ...context,
+              cause,
+            });
+          }
+          if (typeof parsed === 'object' && parsed !== null && 'error' in parsed) {
+            throw errorFromStreamEvent(data, context);
+          }
+          yield parsed as T;
+        }
+      }
+      ended = true;
+      if (!sawDone) throw new UpstreamConnectionError('The upstream stream ended before [DONE]', context);
+    } catch (error) {
+      throw this.fail(this.mapError(error, sent.signal, options));
+    } finally {
+      if (timer) clearTimeout(timer);
+      // An early exit (break, return, an error) destroys the body: undici aborts the upstream request at once.
+      if (!ended) sent.body.destroy();
+      sent.done();
+    }
+  }
+
+  /** Counts a failed call by code and hands the error back for throwing. */
+  private fail(error: VllmKitError): VllmKitError {
+    this.errors[error.code] = (this.errors[error.code] ?? 0) + 1;
+    return error;
+  }
+
+  private mapError(error: unknown, signal: AbortSignal, options?: CallOptions): VllmKitError {
+    // Whatever undici surfaced, an aborted call fails with the abort's own reason (a timeout or the caller).
+    if (signal.aborted && isVllmKitError(signal.reason)) return signal.reason;
+    return errorFromTransport(error, {
+      requestId: options?.requestId,
+      upstream: undefined,
+      timeouts: this.options,
+    });
+  }
+
+  private buildHeaders(spec: SendSpec, options?: CallOptions): Record<string, string> {
+    const headers: Record<string, string> = { ...this.baseHeaders };
+    if (spec.json) headers['content-type'] = 'application/json';
+    if (spec.stream) headers.accept = 'text/event-stream';
+    if (options?.requestId !== undefined) headers['x-request-id'] = options.requestId;
+    if (options?.headers) Object.assign(headers, options.headers);
+    return headers;
+  }
+
+  /** One call: attempts with retries, a total timeout, the caller's signal, and status errors mapped. */
+  private async send(spec: SendSpec, options?: CallOptions): Promise<Sent> {
+    if (this.closed) throw new UpstreamConnectionError('The client is closed');
+    this.requests++;
+    this.budget.recordRequest();
+    const controller = new AbortController();
+    const signal = controller.signal;
+    const requestId = options?.requestId;
+    const abort = (reason: Error) => {
+      if (!signal.aborted) controller.abort(reason);
+    };
+    const userSignal = options?.signal;
+    const onUserAbort = () => abort(new RequestAbortedError({ requestId, cause: userSignal?.reason }));
+    if (userSignal?.aborted)
+      throw this.fail(new RequestAbortedError({ requestId, cause: userSignal.reason }));
+    userSignal?.addEventListener('abort', onUserAbort, { once: true });
+    const totalMs = options?.timeoutMs ?? this.options.totalTimeoutMs;
+    let totalTimer: NodeJS.Timeout | undefined;
+    if (totalMs > 0) {
+      totalTimer = setTimeout(
+        () => abort(new UpstreamTimeoutError('total', totalMs, { requestId })),
+        totalMs,
+      );
+      totalTimer.unref();
+    }
+    const done = () => {
+      if (totalTimer) clearTimeout(totalTimer);
+      totalTimer = undefined;
+      userSignal?.removeEventListener('abort', onUserAbort);
+    };
+    const headers = this.buildHeaders(spec, options);
+    const startedAt = performance.now();
+    const replayable = isReplayableBody(spec.body);
+
+    for (let attempt = 0; ; attempt++) {
+      let response: Dispatcher.ResponseData;
+      try {
+        response = await this.dispatcher.request({
+          origin: this.origin,
+          path: spec.path,
+          method: spec.method,
+          headers,
+          body: spec.body ?? null,
+          signal,
+          headersTimeout: this.options.firstByteTimeoutMs,
+          // Streams get their own first-event and idle timers; undici's body timer would count the queue wait.
+          bodyTimeout: spec.stream ? 0 : this.options.idleTimeoutMs,
+        });
+      } catch (error) {
+        const mapped = this.mapError(error, signal, options);
+        const retryable =
+          (mapped instanceof UpstreamConnectionError ||
+            (mapped instanceof UpstreamTimeoutError && mapped.timeout === 'connect')) &&
+          replayable;
+        if (retryable && this.takeRetry(attempt, signal)) {
+          await sleep(
+            backoffDelay(attempt, this.options.retryBaseDelayMs, this.options.retryMaxDelayMs, Math.random),
+            signal,
+          );
+          if (!signal.aborted) continue;
+        }
+        done();
+        throw this.fail(signal.aborted ? this.mapError(error, signal, options) : mapped);
+      }
+
+      const status = response.statusCode;
+      if (status >= 400 && isRetryableStatus(status) && replayable && this.takeRetry(attempt, signal)) {
+        await response.body.dump().catch(() => {});
+        await sleep(this.retryDelay(attempt, response.headers), signal);
+        if (!signal.aborted) continue;
+        done();
+        throw this.fail(this.mapError(signal.reason, signal, options));
+      }
+      if (status >= 400 && !spec.passErrors) {
+        let text = '';
+        try {
+          text = await response.body.text();
+        } catch {
+          // The status is what matters; a broken error body is not.
+        }
+        done();
+        throw this.fail(errorFromStatus(status, response.headers, text, { requestId }));
+      }
+      return {
+        status,
+        headers: response.headers,
+        body: response.body as Sent['body'],
+        abort,
+        done,
+        signal,
+        startedAt,
+      };
+    }
+  }
+
+  /** Delay before retrying a status: the server's Retry-After (capped), else exponential backoff with jitter. */
+  private retryDelay(attempt: number, headers: Record<string, string | string[] | undefined>): number {
+    const retryAfter = parseRetryAfter(headers, this.options.now());
+    if (retryAfter !== undefined) return Math.min(retryAfter, this.options.retryAfterCapMs);
+    return backoffDelay(attempt, this.options.retryBaseDelayMs, this.options.retryMaxDelayMs, Math.random);
+  }
+
+  /** True (and counted) when another attempt is allowed: retries left, not aborted, and budget available. */
+  private takeRetry(attempt: number, signal: AbortSignal): boolean {
+    if (attempt >= this.options.maxRetries || signal.aborted || !this.budget.tryWithdraw()) return false;
+    this.retries++;
+    return true;
+  }
+}
+
+/** Waits `ms`, or less if the signal aborts. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (ms <= 0 || signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const finish = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', finish);
+      resolve();
+    };
+    const timer = setTimeout(finish, ms);
+    signal.addEventListener('abort', finish, { once: true });
+  });
+}

@@ -1,0 +1,26 @@
+// The pooled vLLM client.
+export {
+  type CallOptions,
+  createVllmClient,
+  type RawRequest,
+  type RawResponse,
+  type UpstreamStats,
+  type VllmClient,
+  type VllmClientStats,
+} from './client.js';
+export type { VllmClientOptions } from './options.js';
+export type {
+  ChatCompletion,
+  ChatCompletionChunk,
+  ChatCompletionRequest,
+  ChatMessage,
+  Completion,
+  CompletionChunk,
+  CompletionRequest,
+  EmbeddingList,
+  EmbeddingRequest,
+  FinishReason,
+  ModelList,
+  ToolCall,
+  Usage,
+} from './types.js';

@@ -1,0 +1,238 @@
+// createVllmClient's options: every field documented with unit and default, resolved and validated in one place.
+import type { Dispatcher } from 'undici';
+import { InvalidOptionError } from '../errors/index.js';
+import {
+  booleanOption,
+  invalid,
+  numberOption,
+  objectOption,
+  optionalStringOption,
+  rejectUnknownKeys,
+} from '../internal/validate.js';
+
+export interface VllmClientOptions {
+  /** Base URL of the server, without `/v1`, e.g. `http://127.0.0.1:8000`. Give this or `baseUrls`. */
+  baseUrl?: string;
+  /** Several replicas of the same model; requests go to the one with the fewest outstanding requests. */
+  baseUrls?: string[];
+  /** Sent as `Authorization: Bearer <apiKey>` by the typed methods and `request()` (not added to `fetch`). */
+  apiKey?: string;
+  /** Extra headers on every request. */
+  headers?: Record<string, string>;
+  /**
+   * An undici dispatcher to send through instead of the client's own pools (for tests, proxies, mocks). Pool options,
+   * replica choice and stats of pools then do not apply.
+   */
+  dispatcher?: Dispatcher;
+  /** Maximum connections per upstream (vLLM serves one request per connection). @default 100 */
+  connections?: number;
+  /**
+   * Idle time after which a pooled connection is closed, in ms. Must stay under the server's own idle timeout
+   * (vLLM: 5 s) or reused sockets race the server's close. @default 4000
+   */
+  keepAliveTimeoutMs?: number;
+  /** Requests in flight per connection. vLLM (uvicorn) answers one at a time. @default 1 */
+  pipelining?: number;
+  /** Negotiate HTTP/2 over TLS. vLLM speaks HTTP/1.1 only; only TLS upstreams that speak h2 benefit. @default false */
+  allowH2?: boolean;
+  /** TCP (and TLS) connect timeout, ms. @default 10000 */
+  connectTimeoutMs?: number;
+  /**
+   * Time to the response headers, and for streams to the first event (the first token), ms. A non-streamed generation
+   * only answers when it is done, so this is long. `0` disables it. @default 600000 (10 min)
+   */
+  firstByteTimeoutMs?: number;
+  /** Longest gap between two chunks of a response body, ms. `0` disables it. @default 120000 */
+  idleTimeoutMs?: number;
+  /** Longest time for a whole request, retries included, ms; per call `timeoutMs` overrides it. `0` disables it. @default 1800000 */
+  totalTimeoutMs?: number;
+  /** Retries after a retryable failure (connection errors, 408, 409, 429, 5xx but 501). @default 2 */
+  maxRetries?: number;
+  /** First backoff step, ms (doubles each retry, with jitter). @default 500 */
+  retryBaseDelayMs?: number;
+  /** Longest backoff step, ms. @default 8000 */
+  retryMaxDelayMs?: number;
+  /** Cap on a server's `Retry-After`, ms. @default 30000 */
+  retryAfterCapMs?: number;
+  /** Retries allowed per request over a sliding 10 s window, plus a floor per second. @default { ratio: 0.1, minPerSec: 1 } */
+  retryBudget?: { ratio?: number; minPerSec?: number };
+  /** Consecutive connection failures after which a replica is taken out of rotation. @default 3 */
+  ejectAfterFailures?: number;
+  /** How often an ejected replica's `/health` is probed for re-admission, ms. @default 2000 */
+  probeIntervalMs?: number;
+  /** Probe every replica's `/health` this often, ms, ejecting failures (active checks); `0` = passive only. @default 0 */
+  healthCheckIntervalMs?: number;
+  /** Clock for the retry budget (tests). @default Date.now */
+  now?: () => number;
+}
+
+export interface ResolvedClientOptions {
+  origins: string[];
+  apiKey: string | undefined;
+  headers: Record<string, string>;
+  dispatcher: Dispatcher | undefined;
+  connections: number;
+  keepAliveTimeoutMs: number;
+  pipelining: number;
+  allowH2: boolean;
+  connectTimeoutMs: number;
+  firstByteTimeoutMs: number;
+  idleTimeoutMs: number;
+  totalTimeoutMs: number;
+  maxRetries: number;
+  retryBaseDelayMs: number;
+  retryMaxDelayMs: number;
+  retryAfterCapMs: number;
+  retryBudget: { ratio: number; minPerSec: number };
+  ejectAfterFailures: number;
+  probeIntervalMs: number;
+  healthCheckIntervalMs: number;
+  now: () => number;
+}
+
+const KEYS = [
+  'baseUrl',
+  'baseUrls',
+  'apiKey',
+  'headers',
+  'dispatcher',
+  'connections',
+  'keepAliveTimeoutMs',
+  'pipelining',
+  'allowH2',
+  'connectTimeoutMs',
+  'firstByteTimeoutMs',
+  'idleTimeoutMs',
+  'totalTimeoutMs',
+  'maxRetries',
+  'retryBaseDelayMs',
+  'retryMaxDelayMs',
+  'retryAfterCapMs',
+  'retryBudget',
+  'ejectAfterFailures',
+  'probeIntervalMs',
+  'healthCheckIntervalMs',
+  'now',
+] as const;
+
+const MAX_MS = 2_147_483_647; // setTimeout's limit
+const ms = (min: number) => ({ min, max: MAX_MS });
+
+/** Validates one base URL and returns its origin plus path prefix (without a trailing slash, without `/v1`). */
+function baseUrlOption(option: string, value: unknown): string {
+  if (typeof value !== 'string' || value === '') throw invalid(option, 'an http(s) URL', value);
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw invalid(option, 'an http(s) URL', value);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw invalid(option, 'an http(s) URL', value);
+  if (url.username !== '' || url.password !== '') {
+    throw new InvalidOptionError(
+      option,
+      `Expected \`${option}\` without credentials; use \`apiKey\` instead`,
+    );
+  }
+  if (url.search !== '' || url.hash !== '') throw invalid(option, 'a URL without query or fragment', value);
+  const path = url.pathname.replace(/\/+$/, '').replace(/\/v1$/, '');
+  if (path !== '') {
+    throw new InvalidOptionError(
+      option,
+      `Expected \`${option}\` to be the server's origin (e.g. http://host:8000), got a path: ${JSON.stringify(url.pathname)}`,
+    );
+  }
+  return url.origin;
+}
+
+export function resolveClientOptions(input: VllmClientOptions): ResolvedClientOptions {
+  const options = objectOption('options', input);
+  if (options === undefined) throw invalid('options', 'an object', input);
+  rejectUnknownKeys('', options, KEYS);
+
+  let origins: string[];
+  if (options.baseUrls !== undefined) {
+    if (options.baseUrl !== undefined) {
+      throw new InvalidOptionError('baseUrls', 'Give either `baseUrl` or `baseUrls`, not both');
+    }
+    if (!Array.isArray(options.baseUrls) || options.baseUrls.length === 0) {
+      throw invalid('baseUrls', 'a non-empty array of URLs', options.baseUrls);
+    }
+    origins = options.baseUrls.map((url, i) => baseUrlOption(`baseUrls[${i}]`, url));
+    if (new Set(origins).size !== origins.length) {
+      throw new InvalidOptionError('baseUrls', 'Expected `baseUrls` to list each replica once');
+    }
+  } else if (options.baseUrl !== undefined) {
+    origins = [baseUrlOption('baseUrl', options.baseUrl)];
+  } else {
+    throw new InvalidOptionError(
+      'baseUrl',
+      'Expected `baseUrl` (or `baseUrls`): the upstream server, e.g. http://127.0.0.1:8000',
+    );
+  }
+
+  const headers = objectOption('headers', options.headers) ?? {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (typeof value !== 'string') throw invalid(`headers.${name}`, 'a string', value);
+  }
+  const dispatcher = options.dispatcher;
+  if (
+    dispatcher !== undefined &&
+    (typeof dispatcher !== 'object' || dispatcher === null || !('dispatch' in dispatcher))
+  ) {
+    throw invalid('dispatcher', 'an undici Dispatcher', dispatcher);
+  }
+  const budget = objectOption('retryBudget', options.retryBudget) ?? {};
+  rejectUnknownKeys('retryBudget', budget, ['ratio', 'minPerSec']);
+  if (options.now !== undefined && typeof options.now !== 'function')
+    throw invalid('now', 'a function', options.now);
+  if (options.apiKey !== undefined && (typeof options.apiKey !== 'string' || options.apiKey === '')) {
+    // Never echo the value: it may be a secret.
+    throw new InvalidOptionError('apiKey', 'Expected `apiKey` to be a non-empty string');
+  }
+
+  const retryBaseDelayMs = numberOption('retryBaseDelayMs', options.retryBaseDelayMs, 500, ms(0));
+  const retryMaxDelayMs = numberOption('retryMaxDelayMs', options.retryMaxDelayMs, 8000, ms(0));
+  if (retryMaxDelayMs < retryBaseDelayMs) {
+    throw new InvalidOptionError(
+      'retryMaxDelayMs',
+      `Expected \`retryMaxDelayMs\` (${retryMaxDelayMs}) to be at least \`retryBaseDelayMs\` (${retryBaseDelayMs})`,
+    );
+  }
+  return {
+    origins,
+    apiKey: optionalStringOption('apiKey', options.apiKey),
+    headers: headers as Record<string, string>,
+    dispatcher: dispatcher as Dispatcher | undefined,
+    connections: numberOption('connections', options.connections, 100, { min: 1, max: 65535, integer: true }),
+    keepAliveTimeoutMs: numberOption('keepAliveTimeoutMs', options.keepAliveTimeoutMs, 4000, {
+      min: 1,
+      max: MAX_MS,
+    }),
+    pipelining: numberOption('pipelining', options.pipelining, 1, { min: 1, max: 100, integer: true }),
+    allowH2: booleanOption('allowH2', options.allowH2, false),
+    connectTimeoutMs: numberOption('connectTimeoutMs', options.connectTimeoutMs, 10_000, {
+      min: 1,
+      max: MAX_MS,
+    }),
+    firstByteTimeoutMs: numberOption('firstByteTimeoutMs', options.firstByteTimeoutMs, 600_000, ms(0)),
+    idleTimeoutMs: numberOption('idleTimeoutMs', options.idleTimeoutMs, 120_000, ms(0)),
+    totalTimeoutMs: numberOption('totalTimeoutMs', options.totalTimeoutMs, 1_800_000, ms(0)),
+    maxRetries: numberOption('maxRetries', options.maxRetries, 2, { min: 0, max: 100, integer: true }),
+    retryBaseDelayMs,
+    retryMaxDelayMs,
+    retryAfterCapMs: numberOption('retryAfterCapMs', options.retryAfterCapMs, 30_000, ms(0)),
+    retryBudget: {
+      ratio: numberOption('retryBudget.ratio', budget.ratio, 0.1, { min: 0, max: 100 }),
+      minPerSec: numberOption('retryBudget.minPerSec', budget.minPerSec, 1, { min: 0, max: 1_000_000 }),
+    },
+    ejectAfterFailures: numberOption('ejectAfterFailures', options.ejectAfterFailures, 3, {
+      min: 1,
+      max: 1000,
+      integer: true,
+    }),
+    probeIntervalMs: numberOption('probeIntervalMs', options.probeIntervalMs, 2000, { min: 1, max: MAX_MS }),
+    healthCheckIntervalMs: numberOption('healthCheckIntervalMs', options.healthCheckIntervalMs, 0, ms(0)),
+    now: (options.now as (() => number) | undefined) ?? Date.now,
+  };
+}

@@ -1,0 +1,408 @@
+// The client's undici dispatcher: one keep-alive Pool per replica, least-outstanding choice, passive ejection with
+// /health re-admission, and the replay of requests that died on a reused socket before any response byte.
+import { channel } from 'node:diagnostics_channel';
+import type { Socket } from 'node:net';
+import { Dispatcher, Pool } from 'undici';
+import type { ResolvedClientOptions } from './options.js';
+
+type Handler = Dispatcher.DispatchHandler;
+type Controller = Dispatcher.DispatchController;
+
+/** Where one dispatch attempt went: its socket, whether the socket had served a request before, and bytes read. */
+interface Attempt {
+  socket: Socket | undefined;
+  reused: boolean;
+  bytesReadAtSend: number;
+}
+
+const sendHeaders = channel('undici:client:sendHeaders');
+
+/**
+ * Learns which socket each request is written to. undici calls the handler's `onRequestStart` and, synchronously
+ * right after, publishes `undici:client:sendHeaders` with the socket: the attempt waiting here is the one it names.
+ */
+export class SocketTracker {
+  private waiting: Attempt | undefined;
+  private readonly served = new WeakMap<Socket, number>();
+  reusedRequests = 0;
+
+  private readonly onSendHeaders = (message: unknown) => {
+    const attempt = this.waiting;
+    if (attempt === undefined) return;
+    this.waiting = undefined;
+    const socket = (message as { socket: Socket }).socket;
+    const count = this.served.get(socket) ?? 0;
+    this.served.set(socket, count + 1);
+    attempt.socket = socket;
+    attempt.reused = count > 0;
+    attempt.bytesReadAtSend = socket.bytesRead;
+    if (count > 0) this.reusedRequests++;
+  };
+
+  constructor() {
+    sendHeaders.subscribe(this.onSendHeaders);
+  }
+
+  expect(attempt: Attempt): void {
+    this.waiting = attempt;
+    // If undici aborted the request before writing it, nothing is published: forget it, so another client's
+    // request is never attributed to ours.
+    queueMicrotask(() => {
+      if (this.waiting === attempt) this.waiting = undefined;
+    });
+  }
+
+  close(): void {
+    sendHeaders.unsubscribe(this.onSendHeaders);
+  }
+}
+
+const STALE_SOCKET_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'ECONNABORTED']);
+
+/** A body undici can send again: absent, a string or bytes. Streams cannot be replayed. */
+export function isReplayableBody(body: unknown): boolean {
+  return body === undefined || body === null || typeof body === 'string' || body instanceof Uint8Array;
+}
+
+/** The controller the downstream handler keeps across replays; it forwards to the live attempt. */
+class StableController implements Controller {
+  target: Controller | undefined;
+  #aborted = false;
+  #paused = false;
+  #reason: Error | null = null;
+
+  get aborted() {
+    return this.#aborted;
+  }
+  get paused() {
+    return this.#paused;
+  }
+  get reason() {
+    return this.#reason;
+  }
+  abort(reason: Error): void {
+    this.#aborted = true;
+    this.#reason = reason;
+    this.target?.abort(reason);
+  }
+  pause(): void {
+    this.#paused = true;
+    this.target?.pause();
+  }
+  resume(): void {
+    this.#paused = false;
+    this.target?.resume();
+  }
+}
+
+export interface ReplayStats {
+  replays: number;
+}
+
+/**
+ * Replays a request at once when it failed on a reused keep-alive socket before any response byte: the server had
+ * closed the idle socket as we wrote to it (vLLM's 5 s keep-alive race). Nothing reached the server's application,
+ * so this is safe for POST too. The dead socket is gone, so the replay goes to a live or new connection.
+ */
+class ReplayHandler implements Handler {
+  private readonly controller = new StableController();
+  private attempt: Attempt = { socket: undefined, reused: false, bytesReadAtSend: 0 };
+  private started = false;
+  private responded = false;
+  private replays = 0;
+
+  constructor(
+    private readonly opts: Dispatcher.DispatchOptions,
+    private readonly handler: Handler,
+    private readonly dispatch: (opts: Dispatcher.DispatchOptions, handler: Handler) => boolean,
+    private readonly tracker: SocketTracker,
+    private readonly stats: ReplayStats,
+    private readonly maxReplays: number,
+  ) {}
+
+  onRequestStart(controller: Controller, context: unknown): void {
+    this.controller.target = controller;
+    this.attempt = { socket: undefined, reused: false, bytesReadAtSend: 0 };
+    this.tracker.expect(this.attempt);
+    if (this.controller.aborted) {
+      controller.abort(this.controller.reason ?? new Error('aborted'));
+      return;
+    }
+    if (this.controller.paused) controller.pause();
+    if (!this.started) {
+      this.started = true;
+      this.handler.onRequestStart?.(this.controller, context);
+    }
+  }
+
+  onRequestUpgrade(
+    controller: Controller,
+    statusCode: number,
+    headers: Record<string, string | string[]>,
+    socket: import('node:stream').Duplex,
+  ): void {
+    this.handler.onRequestUpgrade?.(this.controller, statusCode, headers, socket);
+  }
+
+  onResponseStart(
+    _controller: Controller,
+    statusCode: number,
+    headers: Record<string, string | string[] | undefined>,
+    statusMessage?: string,
+  ): void {
+    this.responded = true;
+    this.handler.onResponseStart?.(this.controller, statusCode, headers, statusMessage);
+  }
+
+  onResponseData(_controller: Controller, chunk: Buffer): void {
+    this.handler.onResponseData?.(this.controller, chunk);
+  }
+
+  onResponseEnd(_controller: Controller, trailers: Record<string, string | string[] | undefined>): void {
+    this.handler.onResponseEnd?.(this.controller, trailers);
+  }
+
+  onResponseError(_controller: Controller | undefined, error: Error): void {
+    if (this.shouldReplay(error)) {
+      this.replays++;
+      this.stats.replays++;
+      this.dispatch(this.opts, this);
+      return;
+    }
+    this.handler.onResponseError?.(this.controller, error);
+  }
+
+  private shouldReplay(error: Error): boolean {
+    const { socket, reused, bytesReadAtSend } = this.attempt;
+    return (
+      !this.responded &&
+      !this.controller.aborted &&
+      this.replays < this.maxReplays &&
+      reused &&
+      socket !== undefined &&
+      socket.bytesRead === bytesReadAtSend &&
+      STALE_SOCKET_CODES.has((error as { code?: string }).code ?? '') &&
+      isReplayableBody(this.opts.body)
+    );
+  }
+}
+
+/** Puts the keep-alive replay in front of any dispatcher (the router, or one the user injected). */
+export function withReplay(
+  dispatcher: Dispatcher,
+  tracker: SocketTracker,
+  stats: ReplayStats,
+  maxReplays: number,
+): Dispatcher {
+  return dispatcher.compose(
+    (dispatch) => (opts, handler) =>
+      dispatch(opts, new ReplayHandler(opts, handler, dispatch, tracker, stats, maxReplays)),
+  );
+}
+
+const CONNECTION_FAILURE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_SOCKET',
+]);
+
+export class Upstream {
+  readonly pool: Pool;
+  outstanding = 0;
+  consecutiveFailures = 0;
+  ejected = false;
+  connectionsCreated = 0;
+  private probeTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly origin: string,
+    private readonly options: ResolvedClientOptions,
+  ) {
+    this.pool = new Pool(origin, {
+      connections: options.connections,
+      pipelining: options.pipelining,
+      keepAliveTimeout: options.keepAliveTimeoutMs,
+      // A server's `Keep-Alive: timeout=` hint may shorten our idle time but never lengthen it past ours.
+      keepAliveMaxTimeout: options.keepAliveTimeoutMs,
+      keepAliveTimeoutThreshold: Math.min(1000, Math.floor(options.keepAliveTimeoutMs / 4)),
+      allowH2: options.allowH2,
+      connect: { timeout: options.connectTimeoutMs },
+      headersTimeout: options.firstByteTimeoutMs,
+      bodyTimeout: options.idleTimeoutMs,
+    });
+    this.pool.on('connect', () => {
+      this.connectionsCreated++;
+    });
+  }
+
+  /** A request failed before any response: count it, and take the replica out after enough in a row. */
+  recordFailure(error: Error, onEject: (upstream: Upstream) => void): void {
+    if (!CONNECTION_FAILURE_CODES.has((error as { code?: string }).code ?? '')) return;
+    this.consecutiveFailures++;
+    if (!this.ejected && this.consecutiveFailures >= this.options.ejectAfterFailures) onEject(this);
+  }
+
+  recordSuccess(): void {
+    this.consecutiveFailures = 0;
+  }
+
+  eject(): void {
+    if (this.ejected) return;
+    this.ejected = true;
+    this.scheduleProbe();
+  }
+
+  readmit(): void {
+    this.ejected = false;
+    this.consecutiveFailures = 0;
+    if (this.probeTimer) clearTimeout(this.probeTimer);
+    this.probeTimer = undefined;
+  }
+
+  /** GET /health: true on a 2xx. */
+  async probe(): Promise<boolean> {
+    try {
+      const response = await this.pool.request({
+        path: '/health',
+        method: 'GET',
+        headersTimeout: this.options.connectTimeoutMs,
+        bodyTimeout: this.options.connectTimeoutMs,
+      });
+      await response.body.dump();
+      return response.statusCode >= 200 && response.statusCode < 300;
+    } catch {
+      return false;
+    }
+  }
+
+  private scheduleProbe(): void {
+    this.probeTimer = setTimeout(async () => {
+      this.probeTimer = undefined;
+      if (!this.ejected) return;
+      if (await this.probe()) this.readmit();
+      else if (this.ejected) this.scheduleProbe();
+    }, this.options.probeIntervalMs);
+    this.probeTimer.unref();
+  }
+
+  stopProbing(): void {
+    if (this.probeTimer) clearTimeout(this.probeTimer);
+    this.probeTimer = undefined;
+  }
+}
+
+/** Counts outstanding requests and connection failures per replica around the pool's own handler. */
+class UpstreamHandler implements Handler {
+  private responded = false;
+
+  constructor(
+    private readonly handler: Handler,
+    private readonly upstream: Upstream,
+    private readonly onEject: (upstream: Upstream) => void,
+  ) {}
+
+  onRequestStart(controller: Controller, context: unknown): void {
+    this.handler.onRequestStart?.(controller, context);
+  }
+  onRequestUpgrade(
+    controller: Controller,
+    statusCode: number,
+    headers: Record<string, string | string[]>,
+    socket: import('node:stream').Duplex,
+  ): void {
+    this.handler.onRequestUpgrade?.(controller, statusCode, headers, socket);
+  }
+  onResponseStart(
+    controller: Controller,
+    statusCode: number,
+    headers: Record<string, string | string[] | undefined>,
+    statusMessage?: string,
+  ): void {
+    this.responded = true;
+    this.upstream.recordSuccess();
+    this.handler.onResponseStart?.(controller, statusCode, headers, statusMessage);
+  }
+  onResponseData(controller: Controller, chunk: Buffer): void {
+    this.handler.onResponseData?.(controller, chunk);
+  }
+  onResponseEnd(controller: Controller, trailers: Record<string, string | string[] | undefined>): void {
+    this.upstream.outstanding--;
+    this.handler.onResponseEnd?.(controller, trailers);
+  }
+  onResponseError(controller: Controller, error: Error): void {
+    this.upstream.outstanding--;
+    if (!this.responded) this.upstream.recordFailure(error, this.onEject);
+    this.handler.onResponseError?.(controller, error);
+  }
+}
+
+/** Sends each request to the replica with the fewest outstanding requests (round-robin among ties). */
+export class Router extends Dispatcher {
+  readonly upstreams: Upstream[];
+  private next = 0;
+  private healthTimer: NodeJS.Timeout | undefined;
+  private readonly onEject = (upstream: Upstream) => upstream.eject();
+
+  constructor(options: ResolvedClientOptions) {
+    super();
+    this.upstreams = options.origins.map((origin) => new Upstream(origin, options));
+    if (options.healthCheckIntervalMs > 0) {
+      this.healthTimer = setInterval(() => void this.checkAll(), options.healthCheckIntervalMs);
+      this.healthTimer.unref();
+    }
+  }
+
+  pick(): Upstream {
+    const upstreams = this.upstreams;
+    const count = upstreams.length;
+    if (count === 1) return upstreams[0]!;
+    const start = this.next;
+    this.next = (start + 1) % count;
+    let best: Upstream | undefined;
+    for (let i = 0; i < count; i++) {
+      const candidate = upstreams[(start + i) % count]!;
+      if (candidate.ejected) continue;
+      if (best === undefined || candidate.outstanding < best.outstanding) best = candidate;
+    }
+    // Every replica ejected: try them in turn rather than fail without trying.
+    return best ?? upstreams[start]!;
+  }
+
+  override dispatch(opts: Dispatcher.DispatchOptions, handler: Handler): boolean {
+    const upstream = this.pick();
+    upstream.outstanding++;
+    return upstream.pool.dispatch(opts, new UpstreamHandler(handler, upstream, this.onEject));
+  }
+
+  private async checkAll(): Promise<void> {
+    await Promise.all(
+      this.upstreams.map(async (upstream) => {
+        const healthy = await upstream.probe();
+        if (healthy && upstream.ejected) upstream.readmit();
+        if (!healthy && !upstream.ejected) upstream.eject();
+      }),
+    );
+  }
+
+  private stop(): void {
+    if (this.healthTimer) clearInterval(this.healthTimer);
+    this.healthTimer = undefined;
+    for (const upstream of this.upstreams) upstream.stopProbing();
+  }
+
+  override async close(): Promise<void> {
+    this.stop();
+    await Promise.all(this.upstreams.map((u) => u.pool.close()));
+  }
+
+  override async destroy(): Promise<void> {
+    this.stop();
+    await Promise.all(this.upstreams.map((u) => u.pool.destroy()));
+  }
+}
