@@ -25,6 +25,8 @@ export interface GenerationRequest {
 export interface EmbeddingRequest {
   model: string | undefined;
   inputs: string[];
+  /** `base64`: little-endian float32 bytes, base64-encoded (what the openai SDK asks for by default). */
+  base64: boolean;
   promptTokens: number;
 }
 
@@ -178,9 +180,13 @@ export function parseEmbeddingRequest(body: unknown): EmbeddingRequest | Request
       'input',
     );
   }
+  const format = body.encoding_format;
+  if (format !== undefined && format !== null && format !== 'float' && format !== 'base64') {
+    return problem("encoding_format: Input should be 'float' or 'base64'", 'encoding_format');
+  }
   let promptTokens = 0;
   for (const text of inputs) promptTokens += Math.max(1, countTextTokens(text));
-  return { model, inputs, promptTokens };
+  return { model, inputs, promptTokens, base64: format === 'base64' };
 }
 
 export { isProblem };

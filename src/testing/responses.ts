@@ -74,9 +74,16 @@ export function textCompletion(ctx: ResponseContext, choices: Choice[], usage: U
   return `${body}],"service_tier":null,"system_fingerprint":null,"usage":${usageJson(usage)},"kv_transfer_params":null}`;
 }
 
-export function embeddingList(ctx: ResponseContext, vectors: number[][], promptTokens: number): string {
+export function embeddingList(
+  ctx: ResponseContext,
+  vectors: number[][],
+  promptTokens: number,
+  base64: boolean,
+): string {
+  const encode = (vector: number[]) =>
+    base64 ? `"${Buffer.from(new Float32Array(vector).buffer).toString('base64')}"` : `[${vector.join(',')}]`;
   const data = vectors
-    .map((vector, index) => `{"index":${index},"object":"embedding","embedding":[${vector.join(',')}]}`)
+    .map((vector, index) => `{"index":${index},"object":"embedding","embedding":${encode(vector)}}`)
     .join(',');
   return `{"id":"${ctx.id}","object":"list","created":${ctx.created},"model":${ctx.modelJson},"data":[${data}],"usage":${usageJson({ prompt: promptTokens, completion: 0 })}}`;
 }

@@ -487,7 +487,11 @@ class Simulator implements VllmSimulator {
           const vectors = request.inputs.map((text) =>
             embed(text, this.options.embeddingDimensions, this.options.seed),
           );
-          this.sendJson(res, 200, embeddingList(this.newContext('embd-'), vectors, request.promptTokens));
+          this.sendJson(
+            res,
+            200,
+            embeddingList(this.newContext('embd-'), vectors, request.promptTokens, request.base64),
+          );
         };
         const delay = applyJitter(this.options.ttftMs, this.options.jitter, Math.random);
         if (delay === 0) finish();

@@ -166,6 +166,13 @@ describe('completions and embeddings', () => {
     expect(body.data[2].embedding).toEqual(body.data[0].embedding);
     expect(body.data[1].embedding).not.toEqual(body.data[0].embedding);
     expect(body.usage.completion_tokens).toBe(0);
+    const encoded = (
+      await call(sim.url, '/v1/embeddings', { body: { input: 'a', encoding_format: 'base64' } })
+    ).json() as any;
+    const bytes = Buffer.from(encoded.data[0].embedding, 'base64');
+    const floats = Array.from(new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4));
+    expect(floats).toHaveLength(64);
+    expect(floats[0]).toBeCloseTo(body.data[0].embedding[0], 5);
   });
 });
 

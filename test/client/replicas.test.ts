@@ -1,0 +1,86 @@
+// Several replicas: least-outstanding choice, passive ejection, /health re-admission, active probing.
+import { describe, expect, it } from 'vitest';
+import { messages, useResources } from '../helpers/fixtures.js';
+
+const use = useResources();
+
+describe('replicas', () => {
+  it('spreads concurrent requests evenly (round-robin among ties)', async () => {
+    const a = await use.simulator({ ttftMs: 30 });
+    const b = await use.simulator({ ttftMs: 30 });
+    const client = use.client({ baseUrls: [a.url, b.url] });
+    await Promise.all(Array.from({ length: 10 }, () => client.chatCompletion({ messages, max_tokens: 1 })));
+    expect(a.stats().completed).toBe(5);
+    expect(b.stats().completed).toBe(5);
+  });
+
+  it('sends new requests to the replica with the fewest outstanding', async () => {
+    const slow = await use.simulator({ ttftMs: 60_000 });
+    const fast = await use.simulator();
+    const client = use.client({ baseUrls: [slow.url, fast.url] });
+    const controller = new AbortController();
+    // The first request goes to the first replica and stays outstanding there.
+    const pending = client.chatCompletion({ messages }, { signal: controller.signal }).catch(() => undefined);
+    await expect.poll(() => slow.stats().running).toBe(1);
+    for (let i = 0; i < 6; i++) await client.chatCompletion({ messages, max_tokens: 1 });
+    expect(fast.stats().completed).toBe(6);
+    expect(slow.stats().requestsReceived).toBe(1);
+    expect(client.stats().upstreams.map((u) => u.outstanding)).toEqual([1, 0]);
+    controller.abort();
+    await pending;
+  });
+
+  it('ejects a replica after consecutive connection failures and re-admits it after a healthy probe', async () => {
+    const good = await use.simulator();
+    const bad = await use.simulator({ faults: { refuseConnections: true } });
+    const client = use.client({
+      baseUrls: [bad.url, good.url],
+      ejectAfterFailures: 2,
+      probeIntervalMs: 20,
+      retryBaseDelayMs: 1,
+      retryMaxDelayMs: 2,
+    });
+    // Retries move to the healthy replica; no call fails.
+    for (let i = 0; i < 6; i++) await client.chatCompletion({ messages, max_tokens: 1 });
+    const ejected = client.stats().upstreams.find((u) => u.url === bad.url)!;
+    expect(ejected).toMatchObject({ ejected: true });
+    expect(client.stats().errors).toEqual({});
+    // While ejected it gets no traffic.
+    await client.chatCompletion({ messages, max_tokens: 1 });
+    expect(bad.stats().requestsReceived).toBe(0);
+    // Healthy again: the probe re-admits it.
+    await bad.clearFaults();
+    await expect.poll(() => client.stats().upstreams.find((u) => u.url === bad.url)!.ejected).toBe(false);
+    await Promise.all(Array.from({ length: 4 }, () => client.chatCompletion({ messages, max_tokens: 1 })));
+    expect(bad.stats().completed).toBeGreaterThan(0);
+  });
+
+  it('keeps an ejected replica out while /health fails', async () => {
+    const good = await use.simulator();
+    const bad = await use.simulator({ faults: { refuseConnections: true } });
+    const client = use.client({
+      baseUrls: [bad.url, good.url],
+      ejectAfterFailures: 1,
+      probeIntervalMs: 20,
+      retryBaseDelayMs: 1,
+      retryMaxDelayMs: 2,
+    });
+    await client.chatCompletion({ messages, max_tokens: 1 });
+    expect(client.stats().upstreams[0]!.ejected).toBe(true);
+    // Accepting connections again but unhealthy: still out.
+    await bad.setFaults({ unhealthy: true });
+    await expect.poll(() => bad.stats().requestsReceived).toBeGreaterThanOrEqual(2);
+    expect(client.stats().upstreams[0]!.ejected).toBe(true);
+    await bad.clearFaults();
+    await expect.poll(() => client.stats().upstreams[0]!.ejected).toBe(false);
+  });
+
+  it('actively probes every replica when healthCheckIntervalMs is set', async () => {
+    const a = await use.simulator({ faults: { unhealthy: true } });
+    const b = await use.simulator();
+    const client = use.client({ baseUrls: [a.url, b.url], healthCheckIntervalMs: 20, probeIntervalMs: 20 });
+    await expect.poll(() => client.stats().upstreams.map((u) => u.ejected)).toEqual([true, false]);
+    await a.clearFaults();
+    await expect.poll(() => client.stats().upstreams.map((u) => u.ejected)).toEqual([false, false]);
+  });
+});

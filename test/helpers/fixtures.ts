@@ -1,0 +1,33 @@
+// Test fixtures: simulators and clients that are closed after each test.
+import { afterEach } from 'vitest';
+import { createVllmClient, type VllmClient, type VllmClientOptions } from '../../src/index.js';
+import {
+  startVllmSimulator,
+  type VllmSimulator,
+  type VllmSimulatorOptions,
+} from '../../src/testing/index.js';
+
+/** Registers an afterEach that closes everything the returned helpers opened. */
+export function useResources() {
+  const closers: (() => Promise<unknown>)[] = [];
+  afterEach(async () => {
+    await Promise.all(closers.splice(0).map((close) => close()));
+  });
+  return {
+    async simulator(options: VllmSimulatorOptions = {}): Promise<VllmSimulator> {
+      const sim = await startVllmSimulator(options);
+      closers.push(() => sim.close());
+      return sim;
+    },
+    client(options: VllmClientOptions): VllmClient {
+      const client = createVllmClient(options);
+      closers.push(() => client.destroy());
+      return client;
+    },
+    onCleanup(close: () => Promise<unknown>) {
+      closers.push(close);
+    },
+  };
+}
+
+export const messages = [{ role: 'user', content: 'Say something.' }];
