@@ -82,3 +82,42 @@ export async function closedLoop(options: LoadOptions): Promise<LoadResult> {
     p99Ms: percentile(latencies, 99),
   };
 }
+
+/** Closed loop over any async call: `concurrency` loops, each starting its next call when the last ends. */
+export async function closedLoopCalls(
+  call: () => Promise<unknown>,
+  options: { concurrency: number; durationMs: number; warmupMs: number },
+): Promise<LoadResult> {
+  const latencies: number[] = [];
+  let errors = 0;
+  let counting = false;
+  let stop = false;
+  const loop = async () => {
+    while (!stop) {
+      const started = performance.now();
+      try {
+        await call();
+        if (counting) latencies.push(performance.now() - started);
+      } catch {
+        if (counting) errors++;
+      }
+    }
+  };
+  const loops = Array.from({ length: options.concurrency }, loop);
+  await new Promise((resolve) => setTimeout(resolve, options.warmupMs));
+  counting = true;
+  const started = performance.now();
+  await new Promise((resolve) => setTimeout(resolve, options.durationMs));
+  counting = false;
+  const elapsed = performance.now() - started;
+  stop = true;
+  await Promise.all(loops);
+  latencies.sort((a, b) => a - b);
+  return {
+    requests: latencies.length,
+    errors,
+    requestsPerSec: (latencies.length / elapsed) * 1000,
+    p50Ms: percentile(latencies, 50),
+    p99Ms: percentile(latencies, 99),
+  };
+}

@@ -6,7 +6,6 @@ import { Dispatcher, Pool } from 'undici';
 import type { ResolvedClientOptions } from './options.js';
 
 type Handler = Dispatcher.DispatchHandler;
-type Controller = Dispatcher.DispatchController;
 
 /** Where one dispatch attempt went: its socket, whether the socket had served a request before, and bytes read. */
 interface Attempt {
@@ -64,52 +63,32 @@ export function isReplayableBody(body: unknown): boolean {
   return body === undefined || body === null || typeof body === 'string' || body instanceof Uint8Array;
 }
 
-/** The controller the downstream handler keeps across replays; it forwards to the live attempt. */
-class StableController implements Controller {
-  target: Controller | undefined;
-  #aborted = false;
-  #paused = false;
-  #reason: Error | null = null;
-
-  get aborted() {
-    return this.#aborted;
-  }
-  get paused() {
-    return this.#paused;
-  }
-  get reason() {
-    return this.#reason;
-  }
-  abort(reason: Error): void {
-    this.#aborted = true;
-    this.#reason = reason;
-    this.target?.abort(reason);
-  }
-  pause(): void {
-    this.#paused = true;
-    this.target?.pause();
-  }
-  resume(): void {
-    this.#paused = false;
-    this.target?.resume();
-  }
-}
-
 export interface ReplayStats {
   replays: number;
 }
+
+type Abort = (reason?: Error) => void;
 
 /**
  * Replays a request at once when it failed on a reused keep-alive socket before any response byte: the server had
  * closed the idle socket as we wrote to it (vLLM's 5 s keep-alive race). Nothing reached the server's application,
  * so this is safe for POST too. The dead socket is gone, so the replay goes to a live or new connection.
+ *
+ * It speaks undici's callback handler API (onConnect/onHeaders/…), the one `request()` and `fetch()` use, so no
+ * handler conversion (and no header re-encoding) happens on the hot path.
  */
 class ReplayHandler implements Handler {
-  private readonly controller = new StableController();
   private attempt: Attempt = { socket: undefined, reused: false, bytesReadAtSend: 0 };
+  private abortAttempt: Abort | undefined;
+  private abortReason: Error | undefined;
   private started = false;
   private responded = false;
   private replays = 0;
+  /** What the downstream handler calls to abort: it reaches whichever attempt is live. */
+  private readonly abort: Abort = (reason) => {
+    this.abortReason = reason ?? new Error('aborted');
+    this.abortAttempt?.(reason);
+  };
 
   constructor(
     private readonly opts: Dispatcher.DispatchOptions,
@@ -120,63 +99,68 @@ class ReplayHandler implements Handler {
     private readonly maxReplays: number,
   ) {}
 
-  onRequestStart(controller: Controller, context: unknown): void {
-    this.controller.target = controller;
-    this.attempt = { socket: undefined, reused: false, bytesReadAtSend: 0 };
-    this.tracker.expect(this.attempt);
-    if (this.controller.aborted) {
-      controller.abort(this.controller.reason ?? new Error('aborted'));
+  onConnect(abort: Abort, context?: unknown): void {
+    this.abortAttempt = abort;
+    if (this.abortReason !== undefined) {
+      abort(this.abortReason);
       return;
     }
-    if (this.controller.paused) controller.pause();
+    this.attempt = { socket: undefined, reused: false, bytesReadAtSend: 0 };
+    this.tracker.expect(this.attempt);
     if (!this.started) {
       this.started = true;
-      this.handler.onRequestStart?.(this.controller, context);
+      (this.handler.onConnect as (abort: Abort, context?: unknown) => void)?.call(
+        this.handler,
+        this.abort,
+        context,
+      );
     }
   }
 
-  onRequestUpgrade(
-    controller: Controller,
+  onResponseStarted(): void {
+    this.handler.onResponseStarted?.();
+  }
+
+  onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
+    this.responded = true;
+    return this.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    return this.handler.onData?.(chunk) ?? true;
+  }
+
+  onComplete(trailers: string[] | null): void {
+    this.handler.onComplete?.(trailers);
+  }
+
+  onUpgrade(
     statusCode: number,
-    headers: Record<string, string | string[]>,
+    headers: Buffer[] | string[] | null,
     socket: import('node:stream').Duplex,
   ): void {
-    this.handler.onRequestUpgrade?.(this.controller, statusCode, headers, socket);
+    this.handler.onUpgrade?.(statusCode, headers, socket);
   }
 
-  onResponseStart(
-    _controller: Controller,
-    statusCode: number,
-    headers: Record<string, string | string[] | undefined>,
-    statusMessage?: string,
-  ): void {
-    this.responded = true;
-    this.handler.onResponseStart?.(this.controller, statusCode, headers, statusMessage);
+  onBodySent(chunkSize: number, totalBytesSent: number): void {
+    this.handler.onBodySent?.(chunkSize, totalBytesSent);
   }
 
-  onResponseData(_controller: Controller, chunk: Buffer): void {
-    this.handler.onResponseData?.(this.controller, chunk);
-  }
-
-  onResponseEnd(_controller: Controller, trailers: Record<string, string | string[] | undefined>): void {
-    this.handler.onResponseEnd?.(this.controller, trailers);
-  }
-
-  onResponseError(_controller: Controller | undefined, error: Error): void {
+  onError(error: Error): void {
     if (this.shouldReplay(error)) {
       this.replays++;
       this.stats.replays++;
       this.dispatch(this.opts, this);
       return;
     }
-    this.handler.onResponseError?.(this.controller, error);
+    this.handler.onError?.(error);
   }
 
   private shouldReplay(error: Error): boolean {
     const { socket, reused, bytesReadAtSend } = this.attempt;
     return (
       !this.responded &&
-      !this.controller.aborted &&
+      this.abortReason === undefined &&
       this.replays < this.maxReplays &&
       reused &&
       socket !== undefined &&
@@ -188,16 +172,35 @@ class ReplayHandler implements Handler {
 }
 
 /** Puts the keep-alive replay in front of any dispatcher (the router, or one the user injected). */
-export function withReplay(
-  dispatcher: Dispatcher,
-  tracker: SocketTracker,
-  stats: ReplayStats,
-  maxReplays: number,
-): Dispatcher {
-  return dispatcher.compose(
-    (dispatch) => (opts, handler) =>
-      dispatch(opts, new ReplayHandler(opts, handler, dispatch, tracker, stats, maxReplays)),
-  );
+export class ReplayDispatcher extends Dispatcher {
+  constructor(
+    private readonly inner: Dispatcher,
+    private readonly tracker: SocketTracker,
+    private readonly stats: ReplayStats,
+    private readonly maxReplays: number,
+  ) {
+    super();
+  }
+
+  private readonly send = (opts: Dispatcher.DispatchOptions, handler: Handler): boolean =>
+    this.inner.dispatch(opts, handler);
+
+  override dispatch(opts: Dispatcher.DispatchOptions, handler: Handler): boolean {
+    // Handlers in undici's newer controller API (none of ours) go through untouched.
+    if (typeof handler.onRequestStart === 'function') return this.inner.dispatch(opts, handler);
+    return this.inner.dispatch(
+      opts,
+      new ReplayHandler(opts, handler, this.send, this.tracker, this.stats, this.maxReplays),
+    );
+  }
+
+  override close(): Promise<void> {
+    return this.inner.close();
+  }
+
+  override destroy(): Promise<void> {
+    return this.inner.destroy();
+  }
 }
 
 const CONNECTION_FAILURE_CODES = new Set([
@@ -307,38 +310,38 @@ class UpstreamHandler implements Handler {
     private readonly onEject: (upstream: Upstream) => void,
   ) {}
 
-  onRequestStart(controller: Controller, context: unknown): void {
-    this.handler.onRequestStart?.(controller, context);
+  onConnect(abort: Abort, context?: unknown): void {
+    (this.handler.onConnect as (abort: Abort, context?: unknown) => void)?.call(this.handler, abort, context);
   }
-  onRequestUpgrade(
-    controller: Controller,
-    statusCode: number,
-    headers: Record<string, string | string[]>,
-    socket: import('node:stream').Duplex,
-  ): void {
-    this.handler.onRequestUpgrade?.(controller, statusCode, headers, socket);
+  onResponseStarted(): void {
+    this.handler.onResponseStarted?.();
   }
-  onResponseStart(
-    controller: Controller,
-    statusCode: number,
-    headers: Record<string, string | string[] | undefined>,
-    statusMessage?: string,
-  ): void {
+  onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
     this.responded = true;
     this.upstream.recordSuccess();
-    this.handler.onResponseStart?.(controller, statusCode, headers, statusMessage);
+    return this.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true;
   }
-  onResponseData(controller: Controller, chunk: Buffer): void {
-    this.handler.onResponseData?.(controller, chunk);
+  onData(chunk: Buffer): boolean {
+    return this.handler.onData?.(chunk) ?? true;
   }
-  onResponseEnd(controller: Controller, trailers: Record<string, string | string[] | undefined>): void {
+  onComplete(trailers: string[] | null): void {
     this.upstream.outstanding--;
-    this.handler.onResponseEnd?.(controller, trailers);
+    this.handler.onComplete?.(trailers);
   }
-  onResponseError(controller: Controller, error: Error): void {
+  onUpgrade(
+    statusCode: number,
+    headers: Buffer[] | string[] | null,
+    socket: import('node:stream').Duplex,
+  ): void {
+    this.handler.onUpgrade?.(statusCode, headers, socket);
+  }
+  onBodySent(chunkSize: number, totalBytesSent: number): void {
+    this.handler.onBodySent?.(chunkSize, totalBytesSent);
+  }
+  onError(error: Error): void {
     this.upstream.outstanding--;
     if (!this.responded) this.upstream.recordFailure(error, this.onEject);
-    this.handler.onResponseError?.(controller, error);
+    this.handler.onError?.(error);
   }
 }
 
