@@ -152,13 +152,44 @@ interface Sent {
 class CallSignal extends EventEmitter {
   aborted = false;
   reason: unknown = undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private onUserAbort: (() => void) | undefined;
 
-  abort(reason: Error): void {
+  constructor(
+    private readonly requestId: string | undefined,
+    private readonly userSignal: AbortSignal | undefined,
+    private readonly totalMs: number,
+  ) {
+    super();
+    if (userSignal !== undefined) {
+      this.onUserAbort = () => this.abort(new RequestAbortedError({ requestId, cause: userSignal.reason }));
+      userSignal.addEventListener('abort', this.onUserAbort, { once: true });
+    }
+    if (totalMs > 0) {
+      this.timer = setTimeout(CallSignal.onTimeout, totalMs, this);
+      this.timer.unref();
+    }
+  }
+
+  private static onTimeout(signal: CallSignal): void {
+    signal.timer = undefined;
+    signal.abort(new UpstreamTimeoutError('total', signal.totalMs, { requestId: signal.requestId }));
+  }
+
+  readonly abort = (reason: Error): void => {
     if (this.aborted) return;
     this.aborted = true;
     this.reason = reason;
     this.emit('abort');
-  }
+  };
+
+  /** Clears the total timer and the caller's signal listener once the call is over. */
+  readonly done = (): void => {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.onUserAbort) this.userSignal?.removeEventListener('abort', this.onUserAbort);
+    this.onUserAbort = undefined;
+  };
 }
 
 interface SendSpec {
@@ -183,7 +214,9 @@ class Client implements VllmClient {
   private readonly tracker = new SocketTracker();
   private readonly replayStats = { replays: 0 };
   private readonly budget: RetryBudget;
-  private readonly baseHeaders: Record<string, string>;
+  private readonly plainHeaders: string[];
+  private readonly jsonHeaders: string[];
+  private readonly streamHeaders: string[];
   private readonly origin: string;
   private requests = 0;
   private retries = 0;
@@ -204,8 +237,16 @@ class Client implements VllmClient {
       maxReplays,
     );
     this.budget = new RetryBudget({ ...options.retryBudget, now: options.now });
-    this.baseHeaders = { ...options.headers };
-    if (options.apiKey !== undefined) this.baseHeaders.authorization = `Bearer ${options.apiKey}`;
+    const base: Record<string, string> = {};
+    for (const [name, value] of Object.entries(options.headers)) base[name.toLowerCase()] = value;
+    if (options.apiKey !== undefined) base.authorization = `Bearer ${options.apiKey}`;
+    this.plainHeaders = Object.entries(base).flat();
+    this.jsonHeaders = Object.entries({ ...base, 'content-type': 'application/json' }).flat();
+    this.streamHeaders = Object.entries({
+      ...base,
+      'content-type': 'application/json',
+      accept: 'text/event-stream',
+    }).flat();
     const dispatcher = this.dispatcher;
     this.fetch = ((input: Parameters<typeof undiciFetch>[0], init?: Parameters<typeof undiciFetch>[1]) =>
       undiciFetch(input, { ...init, dispatcher })) as unknown as typeof globalThis.fetch;
@@ -214,7 +255,7 @@ class Client implements VllmClient {
   // ── typed calls ──────────────────────────────────────────────────────────────────────────────────────────────
 
   chatCompletion(body: ChatCompletionRequest, options?: CallOptions): Promise<ChatCompletion> {
-    return this.json('/v1/chat/completions', { ...body, stream: false }, options) as Promise<ChatCompletion>;
+    return this.json('/v1/chat/completions', nonStreaming(body), options) as Promise<ChatCompletion>;
   }
 
   streamChatCompletion(
@@ -225,7 +266,7 @@ class Client implements VllmClient {
   }
 
   completion(body: CompletionRequest, options?: CallOptions): Promise<Completion> {
-    return this.json('/v1/completions', { ...body, stream: false }, options) as Promise<Completion>;
+    return this.json('/v1/completions', nonStreaming(body), options) as Promise<Completion>;
   }
 
   streamCompletion(body: CompletionRequest, options?: CallOptions): AsyncIterable<CompletionChunk> {
@@ -430,13 +471,16 @@ class Client implements VllmClient {
     });
   }
 
-  private buildHeaders(spec: SendSpec, options?: CallOptions): Record<string, string> {
-    const headers: Record<string, string> = { ...this.baseHeaders };
-    if (spec.json) headers['content-type'] = 'application/json';
-    if (spec.stream) headers.accept = 'text/event-stream';
-    if (options?.requestId !== undefined) headers['x-request-id'] = options.requestId;
-    if (options?.headers) Object.assign(headers, options.headers);
-    return headers;
+  /** Headers as undici's flat array; the common cases are built once, per-call extras on top. */
+  private buildHeaders(spec: SendSpec, options?: CallOptions): string[] {
+    const base = spec.stream ? this.streamHeaders : spec.json ? this.jsonHeaders : this.plainHeaders;
+    if (options?.requestId === undefined && options?.headers === undefined) return base;
+    const merged: Record<string, string> = {};
+    for (let i = 0; i < base.length; i += 2) merged[base[i]!] = base[i + 1]!;
+    if (options.requestId !== undefined) merged['x-request-id'] = options.requestId;
+    if (options.headers)
+      for (const [name, value] of Object.entries(options.headers)) merged[name.toLowerCase()] = value;
+    return Object.entries(merged).flat();
   }
 
   /** One call: attempts with retries, a total timeout, the caller's signal, and status errors mapped. */
@@ -444,28 +488,13 @@ class Client implements VllmClient {
     if (this.closed) throw new UpstreamConnectionError('The client is closed');
     this.requests++;
     this.budget.recordRequest();
-    const signal = new CallSignal();
     const requestId = options?.requestId;
-    const abort = (reason: Error) => signal.abort(reason);
     const userSignal = options?.signal;
-    const onUserAbort = () => abort(new RequestAbortedError({ requestId, cause: userSignal?.reason }));
     if (userSignal?.aborted)
       throw this.fail(new RequestAbortedError({ requestId, cause: userSignal.reason }));
-    userSignal?.addEventListener('abort', onUserAbort, { once: true });
-    const totalMs = options?.timeoutMs ?? this.options.totalTimeoutMs;
-    let totalTimer: NodeJS.Timeout | undefined;
-    if (totalMs > 0) {
-      totalTimer = setTimeout(
-        () => abort(new UpstreamTimeoutError('total', totalMs, { requestId })),
-        totalMs,
-      );
-      totalTimer.unref();
-    }
-    const done = () => {
-      if (totalTimer) clearTimeout(totalTimer);
-      totalTimer = undefined;
-      userSignal?.removeEventListener('abort', onUserAbort);
-    };
+    const signal = new CallSignal(requestId, userSignal, options?.timeoutMs ?? this.options.totalTimeoutMs);
+    const abort = signal.abort;
+    const done = signal.done;
     const headers = this.buildHeaders(spec, options);
     const startedAt = performance.now();
     const replayable = spec.retry !== false && isReplayableBody(spec.body);
@@ -544,6 +573,13 @@ class Client implements VllmClient {
     this.retries++;
     return true;
   }
+}
+
+/** The body as is unless it asks for a stream (a copy then says `stream: false`): no copy on the hot path. */
+function nonStreaming<T extends { stream?: unknown }>(body: T): T {
+  return body.stream === undefined || body.stream === false || body.stream === null
+    ? body
+    : { ...body, stream: false };
 }
 
 /** Waits `ms`, or less if the signal aborts. */

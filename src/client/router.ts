@@ -9,6 +9,8 @@ type Handler = Dispatcher.DispatchHandler;
 
 /** Where one dispatch attempt went: its socket, whether the socket had served a request before, and bytes read. */
 interface Attempt {
+  method: string;
+  path: string;
   socket: Socket | undefined;
   reused: boolean;
   bytesReadAtSend: number;
@@ -28,8 +30,11 @@ export class SocketTracker {
   private readonly onSendHeaders = (message: unknown) => {
     const attempt = this.waiting;
     if (attempt === undefined) return;
+    const { socket, request } = message as { socket: Socket; request: { method: string; path: string } };
+    // The request undici writes right after our onConnect is ours; the check guards against an attempt that undici
+    // aborted before writing, being matched with another client's request later.
+    if (request.method !== attempt.method || request.path !== attempt.path) return;
     this.waiting = undefined;
-    const socket = (message as { socket: Socket }).socket;
     const count = this.served.get(socket) ?? 0;
     this.served.set(socket, count + 1);
     attempt.socket = socket;
@@ -44,11 +49,6 @@ export class SocketTracker {
 
   expect(attempt: Attempt): void {
     this.waiting = attempt;
-    // If undici aborted the request before writing it, nothing is published: forget it, so another client's
-    // request is never attributed to ours.
-    queueMicrotask(() => {
-      if (this.waiting === attempt) this.waiting = undefined;
-    });
   }
 
   close(): void {
@@ -77,8 +77,11 @@ type Abort = (reason?: Error) => void;
  * It speaks undici's callback handler API (onConnect/onHeaders/…), the one `request()` and `fetch()` use, so no
  * handler conversion (and no header re-encoding) happens on the hot path.
  */
-class ReplayHandler implements Handler {
-  private attempt: Attempt = { socket: undefined, reused: false, bytesReadAtSend: 0 };
+export class ReplayHandler implements Handler {
+  /** Set by the router when it is the dispatcher: the handler then also does the replica's accounting. */
+  private upstream: Upstream | undefined;
+  private onEject: ((upstream: Upstream) => void) | undefined;
+  private attempt: Attempt | undefined;
   private abortAttempt: Abort | undefined;
   private abortReason: Error | undefined;
   private started = false;
@@ -99,13 +102,24 @@ class ReplayHandler implements Handler {
     private readonly maxReplays: number,
   ) {}
 
+  bindUpstream(upstream: Upstream, onEject: (upstream: Upstream) => void): void {
+    this.upstream = upstream;
+    this.onEject = onEject;
+  }
+
   onConnect(abort: Abort, context?: unknown): void {
     this.abortAttempt = abort;
     if (this.abortReason !== undefined) {
       abort(this.abortReason);
       return;
     }
-    this.attempt = { socket: undefined, reused: false, bytesReadAtSend: 0 };
+    this.attempt = {
+      method: this.opts.method,
+      path: this.opts.path,
+      socket: undefined,
+      reused: false,
+      bytesReadAtSend: 0,
+    };
     this.tracker.expect(this.attempt);
     if (!this.started) {
       this.started = true;
@@ -123,6 +137,7 @@ class ReplayHandler implements Handler {
 
   onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
     this.responded = true;
+    this.upstream?.recordSuccess();
     return this.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true;
   }
 
@@ -131,6 +146,7 @@ class ReplayHandler implements Handler {
   }
 
   onComplete(trailers: string[] | null): void {
+    if (this.upstream) this.upstream.outstanding--;
     this.handler.onComplete?.(trailers);
   }
 
@@ -147,6 +163,11 @@ class ReplayHandler implements Handler {
   }
 
   onError(error: Error): void {
+    const upstream = this.upstream;
+    if (upstream) {
+      upstream.outstanding--;
+      if (!this.responded) upstream.recordFailure(error, this.onEject!);
+    }
     if (this.shouldReplay(error)) {
       this.replays++;
       this.stats.replays++;
@@ -157,6 +178,7 @@ class ReplayHandler implements Handler {
   }
 
   private shouldReplay(error: Error): boolean {
+    if (this.attempt === undefined) return false;
     const { socket, reused, bytesReadAtSend } = this.attempt;
     return (
       !this.responded &&
@@ -380,6 +402,11 @@ export class Router extends Dispatcher {
   override dispatch(opts: Dispatcher.DispatchOptions, handler: Handler): boolean {
     const upstream = this.pick();
     upstream.outstanding++;
+    // Our own replay handler does the replica's accounting itself: one wrapper less per request.
+    if (handler instanceof ReplayHandler) {
+      handler.bindUpstream(upstream, this.onEject);
+      return upstream.pool.dispatch(opts, handler);
+    }
     return upstream.pool.dispatch(opts, new UpstreamHandler(handler, upstream, this.onEject));
   }
 

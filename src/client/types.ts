@@ -29,6 +29,10 @@ interface SamplingParams {
   seed?: number | null;
   presence_penalty?: number | null;
   frequency_penalty?: number | null;
+  /** Set by the client: `false` for the promise methods, `true` for the streaming ones. */
+  stream?: boolean | null;
+  /** `{ include_usage: true }` adds a final usage chunk to a stream. */
+  stream_options?: { include_usage?: boolean; [key: string]: unknown } | null;
   [key: string]: unknown;
 }
 

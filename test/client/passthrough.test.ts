@@ -1,0 +1,79 @@
+// request(): the unparsed passthrough gateways use; plus the injected dispatcher and the client's lifecycle.
+import { Agent } from 'undici';
+import { describe, expect, it } from 'vitest';
+import { isUpstreamConnectionError } from '../../src/index.js';
+import { messages, useResources } from '../helpers/fixtures.js';
+import { sseData } from '../helpers/http.js';
+
+const use = useResources();
+
+describe('request()', () => {
+  it('returns status, headers and the raw body stream, with X-Request-Id sent', async () => {
+    const sim = await use.simulator();
+    const client = use.client({ baseUrl: sim.url });
+    const response = await client.request({
+      method: 'POST',
+      path: '/v1/chat/completions',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ messages, max_tokens: 3, stream: true }),
+      requestId: 'gw-1',
+    });
+    expect(response.status).toBe(200);
+    expect(response.headers['content-type']).toBe('text/event-stream; charset=utf-8');
+    expect(response.headers['x-request-id']).toBe('gw-1');
+    let text = '';
+    for await (const chunk of response.body) text += chunk;
+    expect(sseData(text).at(-1)).toBe('[DONE]');
+  });
+
+  it('hands error statuses back instead of throwing, body intact', async () => {
+    const sim = await use.simulator();
+    const client = use.client({ baseUrl: sim.url });
+    const response = await client.request({
+      method: 'POST',
+      path: '/v1/chat/completions',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ messages, model: 'other' }),
+    });
+    expect(response.status).toBe(404);
+    let text = '';
+    for await (const chunk of response.body) text += chunk;
+    expect(JSON.parse(text)).toMatchObject({ error: { param: 'model' } });
+  });
+
+  it('frees the upstream slot when the caller destroys the body', async () => {
+    const sim = await use.simulator({ itlMs: 20 });
+    const client = use.client({ baseUrl: sim.url });
+    const response = await client.request({
+      method: 'POST',
+      path: '/v1/chat/completions',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ messages, max_tokens: 500, stream: true }),
+    });
+    for await (const _ of response.body) break;
+    await expect.poll(() => sim.stats()).toMatchObject({ aborted: 1, running: 0 });
+  });
+
+  it('sends through an injected dispatcher', async () => {
+    const sim = await use.simulator();
+    const agent = new Agent();
+    use.onCleanup(() => agent.close());
+    const client = use.client({ baseUrl: sim.url, dispatcher: agent });
+    const reply = await client.chatCompletion({ messages, max_tokens: 1 });
+    expect(reply.object).toBe('chat.completion');
+    expect(client.stats().upstreams).toEqual([]);
+  });
+});
+
+describe('lifecycle', () => {
+  it('refuses calls after close()', async () => {
+    const sim = await use.simulator();
+    const client = use.client({ baseUrl: sim.url });
+    await client.models();
+    await client.close();
+    const error = await client.models().catch((e: unknown) => e);
+    expect(isUpstreamConnectionError(error)).toBe(true);
+    expect((error as Error).message).toContain('closed');
+    await expect.poll(() => sim.stats().connectionsOpen).toBe(0);
+  });
+});
