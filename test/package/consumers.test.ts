@@ -15,7 +15,28 @@ const run = (cmd: string, args: string[], cwd: string) =>
   execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 180_000 });
 const node = (args: string[], cwd = consumer) => run(process.execPath, args, cwd);
 
-const SERVER_NAMES = ['InvalidOptionError', 'VllmKitError', 'isInvalidOptionError', 'isVllmKitError'];
+// Every public name of `vllm-kit`, sorted: an export added or lost by accident fails here.
+const SERVER_NAMES = [
+  'InvalidOptionError',
+  'RequestAbortedError',
+  'UpstreamAuthenticationError',
+  'UpstreamBadRequestError',
+  'UpstreamConnectionError',
+  'UpstreamHttpError',
+  'UpstreamNotFoundError',
+  'UpstreamOverloadedError',
+  'UpstreamRateLimitError',
+  'UpstreamServerError',
+  'UpstreamTimeoutError',
+  'VllmKitError',
+  'createVllmClient',
+  'isInvalidOptionError',
+  'isRequestAbortedError',
+  'isUpstreamConnectionError',
+  'isUpstreamHttpError',
+  'isUpstreamTimeoutError',
+  'isVllmKitError',
+];
 
 beforeAll(() => {
   work = mkdtempSync(join(tmpdir(), 'vllm-kit-consumers-'));
@@ -101,11 +122,24 @@ startVllmSimulator({ maxNumSeqs: 0 }).catch((error) => {
   });
 
   it('starts no timers, sockets or servers on import', () => {
-    const script = `const before = new Set(process.getActiveResourcesInfo());
-await import('vllm-kit'); await import('vllm-kit/testing');
-console.log(JSON.stringify(process.getActiveResourcesInfo().filter((r) => !before.has(r))));`;
+    // Module loading itself leaves transient file requests, and Node's own util/colors opens stderr (a PipeWrap when
+    // stderr is a pipe, as here); neither is ours nor keeps the process alive. Timers, sockets and servers would.
+    const script = `const ignored = new Set(['PipeWrap', 'TTYWrap', 'CloseReq', 'FSReqCallback', 'FSReqPromise']);
+const before = process.getActiveResourcesInfo();
+await import('vllm-kit'); await import('vllm-kit/testing'); await import('vllm-kit/browser');
+const added = process.getActiveResourcesInfo().slice(before.length).filter((r) => !ignored.has(r));
+console.log(JSON.stringify(added));`;
     writeFileSync(join(consumer, 'quiet.mjs'), script);
     expect(JSON.parse(node(['quiet.mjs']))).toEqual([]);
+    // And nothing keeps the process alive: an import-only script exits at once by itself.
+    writeFileSync(join(consumer, 'exits.mjs'), "await import('vllm-kit'); await import('vllm-kit/testing');");
+    // (A timer or socket left behind would hold it until execFileSync's timeout kills it, failing the test.)
+    const result = execFileSync(process.execPath, ['exits.mjs'], {
+      cwd: consumer,
+      timeout: 60_000,
+      encoding: 'utf8',
+    });
+    expect(result).toBe('');
   });
 
   it.each([
