@@ -322,51 +322,6 @@ export class Upstream {
   }
 }
 
-/** Counts outstanding requests and connection failures per replica around the pool's own handler. */
-class UpstreamHandler implements Handler {
-  private responded = false;
-
-  constructor(
-    private readonly handler: Handler,
-    private readonly upstream: Upstream,
-    private readonly onEject: (upstream: Upstream) => void,
-  ) {}
-
-  onConnect(abort: Abort, context?: unknown): void {
-    (this.handler.onConnect as (abort: Abort, context?: unknown) => void)?.call(this.handler, abort, context);
-  }
-  onResponseStarted(): void {
-    this.handler.onResponseStarted?.();
-  }
-  onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
-    this.responded = true;
-    this.upstream.recordSuccess();
-    return this.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true;
-  }
-  onData(chunk: Buffer): boolean {
-    return this.handler.onData?.(chunk) ?? true;
-  }
-  onComplete(trailers: string[] | null): void {
-    this.upstream.outstanding--;
-    this.handler.onComplete?.(trailers);
-  }
-  onUpgrade(
-    statusCode: number,
-    headers: Buffer[] | string[] | null,
-    socket: import('node:stream').Duplex,
-  ): void {
-    this.handler.onUpgrade?.(statusCode, headers, socket);
-  }
-  onBodySent(chunkSize: number, totalBytesSent: number): void {
-    this.handler.onBodySent?.(chunkSize, totalBytesSent);
-  }
-  onError(error: Error): void {
-    this.upstream.outstanding--;
-    if (!this.responded) this.upstream.recordFailure(error, this.onEject);
-    this.handler.onError?.(error);
-  }
-}
-
 /** Sends each request to the replica with the fewest outstanding requests (round-robin among ties). */
 export class Router extends Dispatcher {
   readonly upstreams: Upstream[];
@@ -401,13 +356,12 @@ export class Router extends Dispatcher {
 
   override dispatch(opts: Dispatcher.DispatchOptions, handler: Handler): boolean {
     const upstream = this.pick();
-    upstream.outstanding++;
-    // Our own replay handler does the replica's accounting itself: one wrapper less per request.
+    // The replay handler (every request of the client goes through one) does the replica's accounting itself.
     if (handler instanceof ReplayHandler) {
+      upstream.outstanding++;
       handler.bindUpstream(upstream, this.onEject);
-      return upstream.pool.dispatch(opts, handler);
     }
-    return upstream.pool.dispatch(opts, new UpstreamHandler(handler, upstream, this.onEject));
+    return upstream.pool.dispatch(opts, handler);
   }
 
   private async checkAll(): Promise<void> {
