@@ -26,12 +26,14 @@ export {
   InvalidOptionError,
   isInvalidOptionError,
   isRequestAbortedError,
+  isTokenVerificationError,
   isUpstreamConnectionError,
   isUpstreamHttpError,
   isUpstreamTimeoutError,
   isVllmKitError,
   RequestAbortedError,
   type TimeoutKind,
+  TokenVerificationError,
   UpstreamAuthenticationError,
   UpstreamBadRequestError,
   UpstreamConnectionError,
@@ -49,3 +51,11 @@ export {
   type VllmKitErrorCode,
   type VllmKitErrorOptions,
 } from './errors/index.js';
+export {
+  createTokenCache,
+  type RedisLike,
+  type RedisSubscriberLike,
+  type TokenCache,
+  type TokenCacheOptions,
+  type TokenCacheStats,
+} from './token-cache/index.js';

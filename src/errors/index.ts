@@ -207,3 +207,15 @@ export function isUpstreamConnectionError(value: unknown): value is UpstreamConn
 export function isRequestAbortedError(value: unknown): value is RequestAbortedError {
   return isVllmKitError(value) && value.code === 'ERR_VK_ABORTED';
 }
+
+/** A token lookup threw (e.g. the key store is down): the token could be valid or not. `cause` is the lookup's error. */
+export class TokenVerificationError extends VllmKitError {
+  constructor(cause: unknown) {
+    super('The token could not be verified: the lookup failed', 'ERR_VK_TOKEN_LOOKUP_FAILED', { cause });
+  }
+}
+
+/** True for {@link TokenVerificationError}. */
+export function isTokenVerificationError(value: unknown): value is TokenVerificationError {
+  return isVllmKitError(value) && value.code === 'ERR_VK_TOKEN_LOOKUP_FAILED';
+}
