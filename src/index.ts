@@ -23,6 +23,19 @@ export {
   type VllmClientStats,
 } from './client/index.js';
 export {
+  type AdaptiveOptions,
+  type ConcurrencyLimiter,
+  type ConcurrencyLimiterOptions,
+  type ConcurrencyLimiterStats,
+  createConcurrencyLimiter,
+  isQueueFullError,
+  isQueueTimeoutError,
+  QueueFullError,
+  QueueTimeoutError,
+  type RunOptions,
+  type TaskContext,
+} from './concurrency/index.js';
+export {
   InvalidOptionError,
   isInvalidOptionError,
   isRequestAbortedError,

@@ -6,6 +6,8 @@ export interface ChildServer {
   url: string;
   /** CPU time (user + system) the child has used so far, in µs. */
   cpuMicros(): Promise<number>;
+  /** Sends a message and resolves with the child's next reply. */
+  ask(message: string): Promise<unknown>;
   stop(): Promise<void>;
 }
 
@@ -27,6 +29,11 @@ export function startChild(script: string, args: string[] = []): Promise<ChildSe
           new Promise((answer) => {
             child.once('message', (reply: { cpu: number }) => answer(reply.cpu));
             child.send('cpu');
+          }),
+        ask: (question: string) =>
+          new Promise((answer) => {
+            child.once('message', answer);
+            child.send(question);
           }),
         stop: () =>
           new Promise((done) => {

@@ -18,6 +18,8 @@ const node = (args: string[], cwd = consumer) => run(process.execPath, args, cwd
 // Every public name of `vllm-kit`, sorted: an export added or lost by accident fails here.
 const SERVER_NAMES = [
   'InvalidOptionError',
+  'QueueFullError',
+  'QueueTimeoutError',
   'RequestAbortedError',
   'TokenVerificationError',
   'UpstreamAuthenticationError',
@@ -30,9 +32,12 @@ const SERVER_NAMES = [
   'UpstreamServerError',
   'UpstreamTimeoutError',
   'VllmKitError',
+  'createConcurrencyLimiter',
   'createTokenCache',
   'createVllmClient',
   'isInvalidOptionError',
+  'isQueueFullError',
+  'isQueueTimeoutError',
   'isRequestAbortedError',
   'isTokenVerificationError',
   'isUpstreamConnectionError',
@@ -109,6 +114,8 @@ console.log(JSON.stringify({ names: Object.keys(kit).sort(), browser: Object.key
       join(consumer, 'cjs.cjs'),
       `const kit = require('vllm-kit');
 const { startVllmSimulator } = require('vllm-kit/testing');
+// p-limit is ESM-only: the CommonJS build must carry it, or this require would fail on Node 20.18.
+kit.createConcurrencyLimiter({ concurrency: 1 }).run(async () => 'limited').then((v) => console.error(v));
 startVllmSimulator({ maxNumSeqs: 0 }).catch((error) => {
   console.log(JSON.stringify({ names: Object.keys(kit).sort(), guard: kit.isInvalidOptionError(error),
     instance: error instanceof kit.InvalidOptionError, message: error.message }));
