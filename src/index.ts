@@ -65,6 +65,15 @@ export {
   type VllmKitErrorOptions,
 } from './errors/index.js';
 export {
+  createIpRateLimiter,
+  type FastifyReplyLike,
+  type IpRateLimiter,
+  type IpRateLimiterOptions,
+  type RateLimitDecision,
+  serveClusterRateLimits,
+  type TrustProxy,
+} from './rate-limit/index.js';
+export {
   createTokenCache,
   type RedisLike,
   type RedisSubscriberLike,

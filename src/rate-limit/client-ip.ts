@@ -1,0 +1,139 @@
+// The client's IP: the socket's address, or X-Forwarded-For / Forwarded read only through trusted proxy hops.
+// IPv4-mapped IPv6 counts as IPv4; IPv6 is keyed by its prefix (default /64: one subscriber's allocation).
+import { BlockList, isIP } from 'node:net';
+
+/** `false`: trust no proxy. A number: that many proxy hops in front. A list: proxies by address or CIDR. */
+export type TrustProxy = false | number | string[];
+
+export interface ClientIpOptions {
+  trustProxy: TrustProxy;
+  /** Prefix length IPv6 addresses are keyed by; 128 keys each address. */
+  ipv6Subnet: number;
+}
+
+/** Compiled trust rules: a hop count or a BlockList of trusted proxies. */
+export interface TrustRule {
+  hops: number;
+  list: BlockList | undefined;
+}
+
+export function compileTrust(trustProxy: TrustProxy): TrustRule {
+  if (trustProxy === false) return { hops: 0, list: undefined };
+  if (typeof trustProxy === 'number') return { hops: trustProxy, list: undefined };
+  const list = new BlockList();
+  for (const entry of trustProxy) {
+    const [address, prefixText] = entry.split('/') as [string, string | undefined];
+    const normalized = normalizeIp(address);
+    const family = isIP(normalized);
+    if (family === 0) throw new Error(entry);
+    const type = family === 4 ? 'ipv4' : 'ipv6';
+    if (prefixText === undefined) list.addAddress(normalized, type);
+    else {
+      const prefix = Number(prefixText);
+      if (!Number.isInteger(prefix) || prefix < 0 || prefix > (family === 4 ? 32 : 128))
+        throw new Error(entry);
+      list.addSubnet(normalized, prefix, type);
+    }
+  }
+  return { hops: Number.POSITIVE_INFINITY, list };
+}
+
+/** `::ffff:1.2.3.4` → `1.2.3.4`; strips brackets, ports and zone ids that headers may carry. */
+export function normalizeIp(raw: string): string {
+  let ip = raw.trim();
+  if (ip.startsWith('"') && ip.endsWith('"')) ip = ip.slice(1, -1);
+  if (ip.startsWith('[')) {
+    const end = ip.indexOf(']');
+    ip = end === -1 ? ip.slice(1) : ip.slice(1, end);
+  } else if (ip.indexOf(':') !== -1 && ip.indexOf(':') === ip.lastIndexOf(':') && ip.includes('.')) {
+    ip = ip.slice(0, ip.indexOf(':')); // 1.2.3.4:5678
+  }
+  const zone = ip.indexOf('%');
+  if (zone !== -1) ip = ip.slice(0, zone);
+  if (ip.length > 7 && (ip.startsWith('::ffff:') || ip.startsWith('::FFFF:')) && ip.includes('.'))
+    ip = ip.slice(7);
+  return ip;
+}
+
+function isTrusted(address: string, rule: TrustRule, depth: number): boolean {
+  if (rule.list === undefined) return depth < rule.hops;
+  const family = isIP(address);
+  return family !== 0 && rule.list.check(address, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+/** The `for=` addresses of a Forwarded header, nearest proxy last (RFC 7239). */
+function forwardedFor(header: string): string[] {
+  const out: string[] = [];
+  for (const element of header.split(',')) {
+    for (const pair of element.split(';')) {
+      const eq = pair.indexOf('=');
+      if (eq !== -1 && pair.slice(0, eq).trim().toLowerCase() === 'for') out.push(pair.slice(eq + 1));
+    }
+  }
+  return out;
+}
+
+/**
+ * Walks from the socket's peer towards the client through trusted hops only: with `trustProxy: 2` the address two
+ * hops in front is the client; with a list, the first address that is not a trusted proxy.
+ */
+export function clientIp(
+  remoteAddress: string | undefined,
+  headers: Record<string, string | string[] | undefined>,
+  rule: TrustRule,
+): string {
+  const peer = normalizeIp(remoteAddress ?? '');
+  if (rule.hops === 0 && rule.list === undefined) return peer;
+  const forwarded = headers.forwarded;
+  const xff = headers['x-forwarded-for'];
+  let chain: string[];
+  if (typeof forwarded === 'string' && forwarded !== '') chain = forwardedFor(forwarded);
+  else if (xff !== undefined) chain = (Array.isArray(xff) ? xff.join(',') : xff).split(',');
+  else return peer;
+  // Nearest first: the peer, then the forwarded addresses from right to left.
+  let current = peer;
+  for (let depth = 0, i = chain.length - 1; i >= 0; depth++, i--) {
+    if (!isTrusted(current, rule, depth)) return current;
+    const next = normalizeIp(chain[i]!);
+    if (isIP(next) === 0) return current; // garbage (e.g. "unknown"): stop at the last known hop
+    current = next;
+  }
+  return current;
+}
+
+/** Expands an IPv6 address to 8 groups of 16 bits (an embedded IPv4 tail included). */
+function expandIpv6(ip: string): number[] {
+  let text = ip;
+  const tail: number[] = [];
+  const lastColon = ip.lastIndexOf(':');
+  if (ip.indexOf('.', lastColon) !== -1) {
+    const v4 = ip
+      .slice(lastColon + 1)
+      .split('.')
+      .map(Number);
+    tail.push((v4[0]! << 8) | v4[1]!, (v4[2]! << 8) | v4[3]!);
+    text = ip.slice(0, lastColon + 1);
+    if (!text.endsWith('::')) text = text.slice(0, -1);
+  }
+  const double = text.indexOf('::');
+  const parse = (part: string) => (part === '' ? [] : part.split(':').map((g) => Number.parseInt(g, 16)));
+  if (double === -1) return [...parse(text), ...tail];
+  const left = parse(text.slice(0, double));
+  const right = parse(text.slice(double + 2));
+  const zeros = new Array<number>(Math.max(0, 8 - tail.length - left.length - right.length)).fill(0);
+  return [...left, ...zeros, ...right, ...tail];
+}
+
+/** The rate-limit key of an address: IPv4 as is, IPv6 as its /prefix network. */
+export function ipKey(ip: string, ipv6Subnet: number): string {
+  if (isIP(ip) !== 6 || ipv6Subnet >= 128) return ip;
+  const groups = expandIpv6(ip);
+  const bits = ipv6Subnet;
+  const out: string[] = [];
+  for (let g = 0; g < 8; g++) {
+    const keep = Math.max(0, Math.min(16, bits - g * 16));
+    const mask = keep === 0 ? 0 : (0xffff << (16 - keep)) & 0xffff;
+    out.push(((groups[g] ?? 0) & mask).toString(16));
+  }
+  return `${out.join(':')}/${ipv6Subnet}`;
+}
