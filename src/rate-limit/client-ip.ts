@@ -40,6 +40,8 @@ export function compileTrust(trustProxy: TrustProxy): TrustRule {
 
 /** `::ffff:1.2.3.4` → `1.2.3.4`; strips brackets, ports and zone ids that headers may carry. */
 export function normalizeIp(raw: string): string {
+  // Fast path: a plain IPv4 address as sockets report it.
+  if (raw.indexOf(':') === -1 && raw.indexOf(' ') === -1 && raw.indexOf('"') === -1) return raw;
   let ip = raw.trim();
   if (ip.startsWith('"') && ip.endsWith('"')) ip = ip.slice(1, -1);
   if (ip.startsWith('[')) {
@@ -126,7 +128,8 @@ function expandIpv6(ip: string): number[] {
 
 /** The rate-limit key of an address: IPv4 as is, IPv6 as its /prefix network. */
 export function ipKey(ip: string, ipv6Subnet: number): string {
-  if (isIP(ip) !== 6 || ipv6Subnet >= 128) return ip;
+  // IPv4 (no colon) is the common case: no parsing at all.
+  if (ip.indexOf(':') === -1 || ipv6Subnet >= 128 || isIP(ip) !== 6) return ip;
   const groups = expandIpv6(ip);
   const bits = ipv6Subnet;
   const out: string[] = [];

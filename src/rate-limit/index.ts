@@ -274,27 +274,37 @@ class Limiter implements IpRateLimiter {
     };
   }
 
-  async consume(key: string, cost = 1): Promise<RateLimitDecision> {
-    let state: WindowState;
-    let degraded = false;
+  consume(key: string, cost = 1): Promise<RateLimitDecision> {
+    let pending: Promise<WindowState> | WindowState;
     try {
-      state = await this.store.consume(key, cost);
+      pending = this.store.consume(key, cost);
     } catch {
-      degraded = true;
-      if (this.insurance !== undefined) state = this.insurance.consume(key, cost);
-      else {
-        const allowed = this.onStoreError === 'open';
-        return {
-          allowed,
-          limit: this.points,
-          remaining: allowed ? this.points : 0,
-          resetMs: this.windowSec * 1000,
-          retryAfterSec: allowed ? 0 : this.windowSec,
-          key,
-          degraded,
-        };
-      }
+      return Promise.resolve(this.fallback(key, cost));
     }
+    // The memory store answers synchronously: no extra await on the hot path.
+    if (!(pending instanceof Promise)) return Promise.resolve(this.decide(pending, key, false));
+    return pending.then(
+      (state) => this.decide(state, key, false),
+      () => this.fallback(key, cost),
+    );
+  }
+
+  /** The store failed: the insurance limiter counts, or the fail-open/closed policy answers. */
+  private fallback(key: string, cost: number): RateLimitDecision {
+    if (this.insurance !== undefined) return this.decide(this.insurance.consume(key, cost), key, true);
+    const allowed = this.onStoreError === 'open';
+    return {
+      allowed,
+      limit: this.points,
+      remaining: allowed ? this.points : 0,
+      resetMs: this.windowSec * 1000,
+      retryAfterSec: allowed ? 0 : this.windowSec,
+      key,
+      degraded: true,
+    };
+  }
+
+  private decide(state: WindowState, key: string, degraded: boolean): RateLimitDecision {
     const allowed = state.consumed <= this.points;
     const resetMs = Math.max(0, state.resetAt - this.now());
     return {

@@ -33,6 +33,7 @@ const SERVER_NAMES = [
   'UpstreamTimeoutError',
   'VllmKitError',
   'createConcurrencyLimiter',
+  'createIpRateLimiter',
   'createTokenCache',
   'createVllmClient',
   'isInvalidOptionError',
@@ -44,6 +45,7 @@ const SERVER_NAMES = [
   'isUpstreamHttpError',
   'isUpstreamTimeoutError',
   'isVllmKitError',
+  'serveClusterRateLimits',
 ];
 
 beforeAll(() => {
