@@ -2,7 +2,14 @@
 import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
 
-const SCRIPTS = ['simulator.ts', 'client.ts', 'token-cache.ts', 'concurrency.ts', 'rate-limit.ts'];
+const SCRIPTS = [
+  'simulator.ts',
+  'client.ts',
+  'token-cache.ts',
+  'concurrency.ts',
+  'rate-limit.ts',
+  'browser-size.ts',
+];
 const args = process.argv.slice(2);
 let failed = false;
 for (const script of SCRIPTS) {

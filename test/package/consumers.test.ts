@@ -1,7 +1,7 @@
 // Tests what ships: build, `npm pack`, install the tarball into throwaway consumer projects, and import it as ESM and
 // CommonJS, from JavaScript and from TypeScript (tsc with NodeNext).
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -103,7 +103,7 @@ console.log(JSON.stringify({ names: Object.keys(kit).sort(), browser: Object.key
     const out = JSON.parse(node(['esm.mjs']));
     expect(out).toEqual({
       names: SERVER_NAMES,
-      browser: [],
+      browser: ['createBrowserTokenCache'],
       name: 'vllm-kit',
       status: 200,
       tokens: 2,
@@ -195,6 +195,24 @@ void wrong;
 `,
     );
     expect(() => node([tsc, '-p', project])).not.toThrow();
+  });
+
+  it('ships a browser build with no Node built-ins, in it or in the chunks it imports', () => {
+    const dist = join(consumer, 'node_modules/vllm-kit/dist');
+    const seen = new Set<string>();
+    const visit = (file: string) => {
+      if (seen.has(file)) return;
+      seen.add(file);
+      const code = readFileSync(join(dist, file), 'utf8');
+      expect(code, file).not.toMatch(
+        /from\s*["']node:|require\(|from\s*["'](fs|net|http|crypto|os|path|stream|events|undici)["']/,
+      );
+      for (const match of code.matchAll(/from\s*["']\.\/([\w.-]+)["']|import\s*["']\.\/([\w.-]+)["']/g)) {
+        visit(match[1] ?? match[2]!);
+      }
+    };
+    visit('browser.js');
+    expect(seen.size).toBeGreaterThanOrEqual(1);
   });
 
   it('installs the vllm-kit-sim bin', () => {
