@@ -177,13 +177,13 @@ class Simulator implements VllmSimulator {
   }
 
   async setFaults(faults: SimulatorFaults): Promise<void> {
-    this.useFaults(resolveFaults(faults));
+    this.applyFaults(resolveFaults(faults));
     if (this.closed) return;
     if (this.activeFaults.refuseConnections && this.listening) this.stopListening();
     if (!this.activeFaults.refuseConnections && !this.listening) await this.startListening(this.port);
   }
 
-  private useFaults(faults: SimulatorFaults): void {
+  private applyFaults(faults: SimulatorFaults): void {
     this.activeFaults = faults;
     this.faulty = Object.keys(faults).length > 0;
   }
@@ -421,7 +421,7 @@ class Simulator implements VllmSimulator {
       if (counted.times <= 0) {
         const rest = { ...this.activeFaults };
         delete rest[name];
-        this.useFaults(rest);
+        this.applyFaults(rest);
       }
     }
     return rule;

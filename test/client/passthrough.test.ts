@@ -2,10 +2,10 @@
 import { Agent } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { isUpstreamConnectionError } from '../../src/index.js';
-import { messages, useResources } from '../helpers/fixtures.js';
+import { messages, trackResources } from '../helpers/fixtures.js';
 import { sseData } from '../helpers/http.js';
 
-const use = useResources();
+const use = trackResources();
 
 describe('request()', () => {
   it('returns status, headers and the raw body stream, with X-Request-Id sent', async () => {

@@ -1,8 +1,8 @@
 // Connection pooling: reuse, the connection cap, the keep-alive race, and many concurrent streams.
 import { describe, expect, it } from 'vitest';
-import { messages, useResources } from '../helpers/fixtures.js';
+import { messages, trackResources } from '../helpers/fixtures.js';
 
-const use = useResources();
+const use = trackResources();
 
 describe('pool', () => {
   it('sends N sequential requests over one connection', async () => {

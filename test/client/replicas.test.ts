@@ -1,8 +1,8 @@
 // Several replicas: least-outstanding choice, passive ejection, /health re-admission, active probing.
 import { describe, expect, it } from 'vitest';
-import { messages, useResources } from '../helpers/fixtures.js';
+import { messages, trackResources } from '../helpers/fixtures.js';
 
-const use = useResources();
+const use = trackResources();
 
 describe('replicas', () => {
   it('spreads concurrent requests evenly (round-robin among ties)', async () => {

@@ -8,9 +8,9 @@ import {
   UpstreamRateLimitError,
   UpstreamServerError,
 } from '../../src/index.js';
-import { messages, useResources } from '../helpers/fixtures.js';
+import { messages, trackResources } from '../helpers/fixtures.js';
 
-const use = useResources();
+const use = trackResources();
 const fast = { retryBaseDelayMs: 1, retryMaxDelayMs: 5 };
 
 describe('retries', () => {

@@ -2,9 +2,9 @@
 import { ChatOpenAI } from '@langchain/openai';
 import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
-import { messages, useResources } from '../helpers/fixtures.js';
+import { messages, trackResources } from '../helpers/fixtures.js';
 
-const use = useResources();
+const use = trackResources();
 
 describe('fetch', () => {
   it('serves the openai client, streaming and not, over the pool', async () => {

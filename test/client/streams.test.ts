@@ -8,9 +8,9 @@ import {
   UpstreamNotFoundError,
   UpstreamServerError,
 } from '../../src/index.js';
-import { messages, useResources } from '../helpers/fixtures.js';
+import { messages, trackResources } from '../helpers/fixtures.js';
 
-const use = useResources();
+const use = trackResources();
 
 async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
   const items: T[] = [];

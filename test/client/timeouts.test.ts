@@ -3,9 +3,9 @@ import { createServer } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { resolveClientOptions } from '../../src/client/options.js';
 import { UpstreamTimeoutError } from '../../src/index.js';
-import { messages, useResources } from '../helpers/fixtures.js';
+import { messages, trackResources } from '../helpers/fixtures.js';
 
-const use = useResources();
+const use = trackResources();
 
 async function timeoutOf(promise: Promise<unknown>): Promise<string | undefined> {
   const error = await promise.then(

@@ -2,9 +2,9 @@
 import { describe, expect, it } from 'vitest';
 import { createConcurrencyLimiter, type VllmClient } from '../../src/index.js';
 import type { VllmSimulator } from '../../src/testing/index.js';
-import { messages, useResources } from '../helpers/fixtures.js';
+import { messages, trackResources } from '../helpers/fixtures.js';
 
-const use = useResources();
+const use = trackResources();
 
 /** `callers` loops each sending requests through the limiter until `total` have completed. */
 async function drive(

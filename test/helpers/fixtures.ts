@@ -8,7 +8,7 @@ import {
 } from '../../src/testing/index.js';
 
 /** Registers an afterEach that closes everything the returned helpers opened. */
-export function useResources() {
+export function trackResources() {
   const closers: (() => Promise<unknown>)[] = [];
   afterEach(async () => {
     await Promise.all(closers.splice(0).map((close) => close()));
