@@ -1,11 +1,12 @@
 // store: an ioredis client — one budget across processes through the real Redis, and what happens when Redis dies.
-import { type ChildProcess, fork, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createServer as createHttpServer } from 'node:http';
 import { type AddressInfo, createServer } from 'node:net';
 import { resolve } from 'node:path';
 import { Redis, type RedisOptions } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createIpRateLimiter, type RateLimitDecision } from '../../src/index.js';
+import { forkTs } from '../helpers/child.js';
 import { REDIS_URL, uniqueName } from '../helpers/services.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -36,24 +37,13 @@ describe('store: Redis', () => {
     await new Promise((ready) => connection.once('ready', ready));
     const here = createIpRateLimiter({ store: connection, name, points: 20, windowSec: 60 });
     cleanups.push(() => here.close());
-    const child: ChildProcess = fork(resolve(import.meta.dirname, 'child-limiter.ts'), [REDIS_URL, name], {
-      execArgv: ['--import', 'tsx'],
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
-    cleanups.push(
-      () =>
-        new Promise((done) => {
-          if (child.exitCode !== null) return done(undefined);
-          child.once('exit', done);
-          child.send({ close: true });
-        }),
+    const child = forkTs<RateLimitDecision & { ready?: boolean }>(
+      resolve(import.meta.dirname, 'child-limiter.ts'),
+      [REDIS_URL, name],
     );
-    const ask = (message: object) =>
-      new Promise<RateLimitDecision & { ready?: boolean }>((answer) => {
-        child.once('message', answer as never);
-        if (Object.keys(message).length > 0) child.send(message);
-      });
-    expect((await ask({})).ready).toBe(true);
+    cleanups.push(() => child.stop());
+    const ask = child.ask;
+    expect((await ask()).ready).toBe(true);
     const decisions: RateLimitDecision[] = [];
     for (let i = 0; i < 25; i++) {
       decisions.push(i % 2 === 0 ? await here.check('198.51.100.77') : await ask({ check: '198.51.100.77' }));

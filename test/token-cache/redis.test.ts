@@ -1,9 +1,9 @@
 // Revocation through the real Redis: between two caches in one process, and between two processes.
-import { fork } from 'node:child_process';
 import { resolve } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createTokenCache, type TokenCache } from '../../src/index.js';
+import { forkTs } from '../helpers/child.js';
 import { REDIS_URL, uniqueName } from '../helpers/services.js';
 
 const TOKEN = 'sk-revoke-me-123';
@@ -64,24 +64,13 @@ describe('revocation through Redis', () => {
 
   it('reaches another process', async () => {
     const channel = uniqueName('vk-test-revocations');
-    const child = fork(resolve(import.meta.dirname, 'child-cache.ts'), [REDIS_URL, channel], {
-      execArgv: ['--import', 'tsx'],
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
-    cleanups.push(
-      () =>
-        new Promise((done) => {
-          if (child.exitCode !== null) return done(undefined);
-          child.once('exit', done);
-          child.send({ close: true });
-        }),
+    const child = forkTs<{ lookups?: number; ready?: boolean }>(
+      resolve(import.meta.dirname, 'child-cache.ts'),
+      [REDIS_URL, channel],
     );
-    const ask = (message: object) =>
-      new Promise<{ lookups?: number; ready?: boolean }>((answer) => {
-        child.once('message', answer);
-        if (Object.keys(message).length > 0) child.send(message);
-      });
-    expect(await ask({})).toEqual({ ready: true });
+    cleanups.push(() => child.stop());
+    const ask = child.ask;
+    expect(await ask()).toEqual({ ready: true });
     expect(await ask({ verify: TOKEN })).toEqual({ lookups: 1 });
     expect(await ask({ verify: TOKEN })).toEqual({ lookups: 1 });
     const here = cache(channel, { lookups: 0 });
