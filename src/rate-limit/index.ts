@@ -312,7 +312,7 @@ class Limiter implements IpRateLimiter {
       limit: this.points,
       remaining: Math.max(0, this.points - state.consumed),
       resetMs,
-      retryAfterSec: allowed ? 0 : Math.max(1, Math.ceil(resetMs / 1000)),
+      retryAfterSec: allowed ? 0 : Math.min(this.windowSec, Math.max(1, Math.ceil(resetMs / 1000))),
       key,
       degraded,
     };
@@ -325,7 +325,8 @@ class Limiter implements IpRateLimiter {
 
   headers(decision: RateLimitDecision): Record<string, string> {
     const headers: Record<string, string> = {};
-    const resetSec = Math.ceil(decision.resetMs / 1000);
+    // Windows end on whole seconds, so the remaining time can round up past the window: cap it.
+    const resetSec = Math.min(this.windowSec, Math.ceil(decision.resetMs / 1000));
     if (this.standardHeaders) {
       headers['ratelimit-policy'] = this.policy;
       headers.ratelimit = `"${this.name}";r=${decision.remaining};t=${resetSec}`;

@@ -1,0 +1,121 @@
+// The gateway's configuration, read from the environment and validated at start: a bad value stops start-up with a
+// message naming the variable.
+import { availableParallelism } from 'node:os';
+
+export interface GatewayConfig {
+  env: 'development' | 'production';
+  host: string;
+  port: number;
+  workers: number;
+  limitConcurrency: number;
+  maxQueue: number;
+  queueTimeoutMs: number;
+  /** Empty: demo mode against the built-in simulator. */
+  vllmBaseUrls: string[];
+  vllmApiKey: string | undefined;
+  poolConnections: number;
+  keepAliveTimeoutMs: number;
+  rateLimitPoints: number;
+  rateLimitWindowSec: number;
+  trustProxy: false | number | string[];
+  redisUrl: string | undefined;
+  tokenCacheTtlSec: number;
+  tokenCacheSweepSec: number;
+  databaseUrl: string;
+  maxBodyBytes: number;
+  metrics: boolean;
+  /** Longest wait for the upstream's first byte (a non-streamed answer comes whole), ms. */
+  upstreamTimeoutMs: number;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(name, `${name} must be an integer from ${min} to ${max}, got "${raw}"`);
+  }
+  return value;
+}
+
+function url(name: string, raw: string): string {
+  try {
+    const parsed = new URL(raw);
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new Error();
+    return raw;
+  } catch {
+    throw new ConfigError(name, `${name} must be an http(s) URL, got "${raw}"`);
+  }
+}
+
+export function loadConfig(env: Env = process.env): GatewayConfig {
+  const mode = env.ENV ?? 'production';
+  if (mode !== 'development' && mode !== 'production') {
+    throw new ConfigError('ENV', `ENV must be "development" or "production", got "${mode}"`);
+  }
+  const limitConcurrency = integer(env, 'LIMIT_CONCURRENCY', 200, 1, 100_000);
+  const vllm = (env.VLLM_BASE_URL ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  let trustProxy: GatewayConfig['trustProxy'] = false;
+  const rawTrust = env.TRUST_PROXY;
+  if (rawTrust !== undefined && rawTrust !== '' && rawTrust !== 'false') {
+    if (rawTrust === 'true') {
+      throw new ConfigError(
+        'TRUST_PROXY',
+        'TRUST_PROXY=true would let any client pick its IP: give a hop count or CIDRs',
+      );
+    }
+    trustProxy = /^\d+$/.test(rawTrust) ? Number(rawTrust) : rawTrust.split(',').map((s) => s.trim());
+  }
+  const redisUrl = env.REDIS_URL === undefined || env.REDIS_URL === '' ? undefined : env.REDIS_URL;
+  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) {
+    throw new ConfigError('REDIS_URL', `REDIS_URL must be a redis:// or rediss:// URL, got "${redisUrl}"`);
+  }
+  const databaseUrl = env.DATABASE_URL || 'sqlite:./data/keys.db';
+  if (!/^(sqlite:|postgres(ql)?:\/\/)/.test(databaseUrl)) {
+    throw new ConfigError(
+      'DATABASE_URL',
+      `DATABASE_URL must be sqlite:PATH or postgres://…, got "${databaseUrl.replace(/:[^:@/]*@/, ':***@')}"`,
+    );
+  }
+  const metrics = env.METRICS ?? 'true';
+  if (metrics !== 'true' && metrics !== 'false')
+    throw new ConfigError('METRICS', `METRICS must be "true" or "false", got "${metrics}"`);
+  return {
+    env: mode,
+    host: env.HOST || '0.0.0.0',
+    port: integer(env, 'PORT', 8000, 0, 65535),
+    workers: mode === 'development' ? 1 : integer(env, 'WORKERS', availableParallelism(), 1, 256),
+    limitConcurrency,
+    maxQueue: integer(env, 'MAX_QUEUE', 2 * limitConcurrency, 0, 1_000_000),
+    queueTimeoutMs: integer(env, 'QUEUE_TIMEOUT_MS', 30_000, 0, 3_600_000),
+    vllmBaseUrls: vllm.map((u) => url('VLLM_BASE_URL', u)),
+    vllmApiKey: env.VLLM_API_KEY || undefined,
+    poolConnections: integer(env, 'POOL_CONNECTIONS', 100, 1, 65535),
+    keepAliveTimeoutMs: integer(env, 'KEEPALIVE_TIMEOUT_MS', 4000, 1, 600_000),
+    rateLimitPoints: integer(env, 'RATE_LIMIT_POINTS', 20, 1, 10_000_000),
+    rateLimitWindowSec: integer(env, 'RATE_LIMIT_WINDOW_SEC', 60, 1, 86_400),
+    trustProxy,
+    redisUrl,
+    tokenCacheTtlSec: integer(env, 'TOKEN_CACHE_TTL_SEC', 300, 1, 86_400),
+    tokenCacheSweepSec: integer(env, 'TOKEN_CACHE_SWEEP_SEC', 60, 0, 86_400),
+    databaseUrl,
+    maxBodyBytes: integer(env, 'MAX_BODY_BYTES', 1_048_576, 1, 1_073_741_824),
+    metrics: metrics === 'true',
+    upstreamTimeoutMs: integer(env, 'UPSTREAM_TIMEOUT_MS', 600_000, 1, 86_400_000),
+  };
+}

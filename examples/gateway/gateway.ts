@@ -1,0 +1,361 @@
+// The reference gateway, built without listening: rate limit → key check (token cache) → concurrency limiter →
+// the pooled client's passthrough. `main.ts` adds workers, signals and the listening socket.
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream/promises';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import {
+  type ConcurrencyLimiter,
+  type IpRateLimiter,
+  isQueueFullError,
+  isQueueTimeoutError,
+  isRequestAbortedError,
+  isTokenVerificationError,
+  isUpstreamConnectionError,
+  isUpstreamTimeoutError,
+  type TokenCache,
+  type VllmClient,
+} from 'vllm-kit';
+import type { ApiKey } from './key-store.js';
+import type { GatewayMetrics } from './metrics.js';
+
+export interface GatewayDeps {
+  client: VllmClient;
+  tokens: TokenCache<ApiKey>;
+  rateLimiter: IpRateLimiter;
+  limiter: ConcurrencyLimiter;
+  logger: Logger;
+  metrics: GatewayMetrics | undefined;
+  /** Renders /metrics (aggregated over workers when clustered). */
+  renderMetrics: (() => Promise<{ contentType: string; body: string }>) | undefined;
+  maxBodyBytes: number;
+}
+
+interface Route {
+  method: 'GET' | 'POST';
+  /** Forwarded to the upstream (under the concurrency limit when `limited`). */
+  upstream: boolean;
+  limited: boolean;
+  auth: boolean;
+}
+
+const ROUTES: Record<string, Route> = {
+  '/v1/chat/completions': { method: 'POST', upstream: true, limited: true, auth: true },
+  '/v1/completions': { method: 'POST', upstream: true, limited: true, auth: true },
+  '/v1/embeddings': { method: 'POST', upstream: true, limited: true, auth: true },
+  '/v1/models': { method: 'GET', upstream: true, limited: false, auth: true },
+  '/auth/verify': { method: 'GET', upstream: false, limited: false, auth: true },
+  '/health': { method: 'GET', upstream: false, limited: false, auth: false },
+  '/metrics': { method: 'GET', upstream: false, limited: false, auth: false },
+};
+
+/** An OpenAI-style error. */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string,
+    readonly code: string | null = null,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+function send(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
+  if (res.headersSent || res.destroyed) return;
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    ...headers,
+  });
+  res.end(text);
+}
+
+function sendError(res: ServerResponse, error: HttpError): void {
+  send(
+    res,
+    error.status,
+    { error: { message: error.message, type: error.type, param: null, code: error.code } },
+    error.headers,
+  );
+}
+
+/** Reads the body up to `limit` bytes; 413 beyond it (without reading the rest into memory). */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers['content-length']);
+    if (Number.isFinite(declared) && declared > limit) {
+      reject(
+        new HttpError(
+          413,
+          `The request body exceeds ${limit} bytes`,
+          'invalid_request_error',
+          'body_too_large',
+        ),
+      );
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.removeAllListeners('data');
+        req.resume();
+        reject(
+          new HttpError(
+            413,
+            `The request body exceeds ${limit} bytes`,
+            'invalid_request_error',
+            'body_too_large',
+          ),
+        );
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+const VALID_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export function createGateway(deps: GatewayDeps) {
+  const { client, tokens, rateLimiter, limiter, logger, metrics } = deps;
+
+  async function authenticate(req: IncomingMessage): Promise<ApiKey> {
+    const header = req.headers.authorization;
+    const match = typeof header === 'string' ? /^Bearer\s+(\S+)$/i.exec(header) : null;
+    if (!match) {
+      throw new HttpError(
+        401,
+        'Missing API key: send "Authorization: Bearer <key>"',
+        'invalid_request_error',
+        'missing_api_key',
+      );
+    }
+    let principal: ApiKey | null;
+    try {
+      principal = await tokens.verify(match[1]!);
+    } catch (error) {
+      if (isTokenVerificationError(error)) {
+        throw new HttpError(
+          503,
+          'The key store is unavailable; try again shortly',
+          'service_unavailable',
+          'key_store_unavailable',
+          {
+            'retry-after': '5',
+          },
+        );
+      }
+      throw error;
+    }
+    if (principal === null)
+      throw new HttpError(401, 'Invalid or revoked API key', 'invalid_request_error', 'invalid_api_key');
+    return principal;
+  }
+
+  async function forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    path: string,
+    route: Route,
+    requestId: string,
+  ) {
+    let body: Buffer | null = null;
+    if (route.method === 'POST') {
+      const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+      if (contentType !== 'application/json') {
+        throw new HttpError(
+          400,
+          "Content-Type must be 'application/json'",
+          'invalid_request_error',
+          'unsupported_media_type',
+        );
+      }
+      body = await readBody(req, deps.maxBodyBytes);
+      try {
+        JSON.parse(body.toString('utf8'));
+      } catch {
+        throw new HttpError(
+          400,
+          'The request body is not valid JSON',
+          'invalid_request_error',
+          'invalid_json',
+        );
+      }
+    }
+    // The client going away aborts the upstream request at once (vLLM then frees the GPU slot).
+    const controller = new AbortController();
+    const onClose = () => {
+      if (!res.writableFinished) controller.abort();
+    };
+    res.once('close', onClose);
+    const started = performance.now();
+    const work = async () => {
+      const upstream = await client.request({
+        method: route.method,
+        path,
+        headers: body === null ? {} : { 'content-type': 'application/json' },
+        body,
+        signal: controller.signal,
+        requestId,
+      });
+      const headers: Record<string, string> = { 'x-request-id': requestId };
+      const contentType = upstream.headers['content-type'];
+      if (typeof contentType === 'string') headers['content-type'] = contentType;
+      const streaming = typeof contentType === 'string' && contentType.startsWith('text/event-stream');
+      if (streaming) {
+        headers['cache-control'] = 'no-cache';
+        headers['x-accel-buffering'] = 'no';
+      }
+      res.writeHead(upstream.status, headers);
+      if (streaming) res.flushHeaders();
+      let first = true;
+      upstream.body.on('data', () => {
+        if (first) {
+          first = false;
+          metrics?.ttft.observe({ route: path }, (performance.now() - started) / 1000);
+        }
+      });
+      // pipeline applies backpressure and destroys both sides on either's failure.
+      await pipeline(upstream.body, res);
+    };
+    try {
+      if (route.limited) await limiter.run(work, { signal: controller.signal });
+      else await work();
+    } finally {
+      res.off('close', onClose);
+    }
+  }
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const started = performance.now();
+    const incomingId = req.headers['x-request-id'];
+    const requestId =
+      typeof incomingId === 'string' && VALID_REQUEST_ID.test(incomingId) ? incomingId : randomUUID();
+    res.setHeader('x-request-id', requestId);
+    const url = req.url ?? '/';
+    const query = url.indexOf('?');
+    const path = query === -1 ? url : url.slice(0, query);
+    const route = ROUTES[path];
+    const routeLabel = route ? path : 'unknown';
+    const log = logger.child({ requestId });
+    res.once('close', () => {
+      const status = res.headersSent ? res.statusCode : 499;
+      metrics?.requests.inc({ route: routeLabel, status: String(status) });
+      metrics?.duration.observe({ route: routeLabel }, (performance.now() - started) / 1000);
+      log.info({ method: req.method, path, status, ms: Math.round(performance.now() - started) }, 'request');
+    });
+    try {
+      if (route === undefined)
+        throw new HttpError(404, `Unknown route ${path}`, 'invalid_request_error', 'not_found');
+      if (req.method !== route.method) {
+        throw new HttpError(
+          405,
+          `Use ${route.method} for ${path}`,
+          'invalid_request_error',
+          'method_not_allowed',
+          {
+            allow: route.method,
+          },
+        );
+      }
+      if (path === '/health') return await health(res);
+      if (path === '/metrics') return await renderMetrics(res);
+      // Rate limit first: cheap, so floods never reach the key store.
+      const decision = await rateLimiter.check(req);
+      for (const [name, value] of Object.entries(rateLimiter.headers(decision))) res.setHeader(name, value);
+      if (!decision.allowed) {
+        metrics?.rateLimited.inc();
+        throw new HttpError(
+          429,
+          `Rate limit exceeded: ${decision.limit} requests per window. Retry after ${decision.retryAfterSec} seconds.`,
+          'rate_limit_exceeded',
+          'rate_limit_exceeded',
+        );
+      }
+      const principal = await authenticate(req);
+      if (path === '/auth/verify') return send(res, 200, { id: principal.id, name: principal.name });
+      await forward(req, res, path, route, requestId);
+    } catch (error) {
+      respondToError(res, error, log);
+    }
+  }
+
+  function respondToError(res: ServerResponse, error: unknown, log: Logger): void {
+    if (error instanceof HttpError) return sendError(res, error);
+    if (isQueueFullError(error) || isQueueTimeoutError(error)) {
+      const retryAfter = String((error as { retryAfterSec: number }).retryAfterSec);
+      return sendError(
+        res,
+        new HttpError(
+          503,
+          error.message,
+          'service_unavailable',
+          isQueueFullError(error) ? 'queue_full' : 'queue_timeout',
+          {
+            'retry-after': retryAfter,
+          },
+        ),
+      );
+    }
+    if (isRequestAbortedError(error) || res.destroyed) return; // the client left: nobody to answer
+    if (isUpstreamTimeoutError(error)) {
+      return sendError(
+        res,
+        new HttpError(504, 'The model server did not answer in time', 'upstream_timeout', error.code),
+      );
+    }
+    if (isUpstreamConnectionError(error)) {
+      return sendError(
+        res,
+        new HttpError(502, 'The model server is unreachable', 'upstream_unreachable', error.code),
+      );
+    }
+    // Anything else is a bug: log it (never the key), answer a generic 500 without details.
+    log.error(
+      { err: { message: (error as Error)?.message, code: (error as { code?: string })?.code } },
+      'unexpected error',
+    );
+    if (!res.headersSent) sendError(res, new HttpError(500, 'Internal error', 'internal_error'));
+    else res.destroy();
+  }
+
+  async function health(res: ServerResponse): Promise<void> {
+    let upstreamHealthy = false;
+    try {
+      upstreamHealthy = await client.health({ timeoutMs: 2000 });
+    } catch {
+      upstreamHealthy = false;
+    }
+    const stats = client.stats();
+    send(res, upstreamHealthy ? 200 : 503, {
+      status: upstreamHealthy ? 'ok' : 'degraded',
+      upstreams: stats.upstreams.map((u) => ({ url: u.url, ejected: u.ejected, connected: u.connected })),
+      queue: { active: limiter.activeCount, pending: limiter.pendingCount },
+    });
+  }
+
+  async function renderMetrics(res: ServerResponse): Promise<void> {
+    if (deps.renderMetrics === undefined)
+      throw new HttpError(404, 'Metrics are off (METRICS=false)', 'invalid_request_error', 'not_found');
+    const { contentType, body } = await deps.renderMetrics();
+    res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+  }
+
+  return { handle };
+}
+
+export type { Registry };

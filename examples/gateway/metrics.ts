@@ -1,0 +1,83 @@
+// Prometheus metrics of one worker (prom-client); the primary aggregates them over workers for GET /metrics.
+import client from 'prom-client';
+import type { ConcurrencyLimiter, TokenCache, VllmClient } from 'vllm-kit';
+
+export interface GatewayMetrics {
+  registry: client.Registry;
+  requests: client.Counter<'route' | 'status'>;
+  duration: client.Histogram<'route'>;
+  ttft: client.Histogram<'route'>;
+  rateLimited: client.Counter;
+}
+
+export function createMetrics(sources: {
+  client: VllmClient;
+  tokens: TokenCache<unknown>;
+  limiter: ConcurrencyLimiter;
+}): GatewayMetrics {
+  // The global registry: prom-client's cluster aggregation reads it in every worker.
+  const registry = client.register;
+  registry.clear();
+  const requests = new client.Counter({
+    name: 'gateway_requests_total',
+    help: 'Requests by route and status.',
+    labelNames: ['route', 'status'] as const,
+  });
+  const duration = new client.Histogram({
+    name: 'gateway_request_duration_seconds',
+    help: 'Request latency, to the last byte.',
+    labelNames: ['route'] as const,
+    buckets: [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+  });
+  const ttft = new client.Histogram({
+    name: 'gateway_time_to_first_byte_seconds',
+    help: 'Time to the first upstream body byte (the first token of a stream).',
+    labelNames: ['route'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+  });
+  const rateLimited = new client.Counter({
+    name: 'gateway_rate_limited_total',
+    help: 'Requests refused with 429.',
+  });
+  new client.Gauge({
+    name: 'gateway_upstream_connections',
+    help: 'Upstream pool connections by state.',
+    labelNames: ['upstream', 'state'] as const,
+    collect() {
+      this.reset();
+      for (const u of sources.client.stats().upstreams) {
+        this.set({ upstream: u.url, state: 'connected' }, u.connected);
+        this.set({ upstream: u.url, state: 'free' }, u.free);
+        this.set({ upstream: u.url, state: 'running' }, u.running);
+        this.set({ upstream: u.url, state: 'pending' }, u.pending);
+      }
+    },
+  });
+  new client.Gauge({
+    name: 'gateway_token_cache_total',
+    help: 'Token-cache outcomes since start.',
+    labelNames: ['outcome'] as const,
+    collect() {
+      const stats = sources.tokens.stats();
+      this.set({ outcome: 'hit' }, stats.hits);
+      this.set({ outcome: 'miss' }, stats.misses);
+      this.set({ outcome: 'negative_hit' }, stats.negativeHits);
+    },
+  });
+  new client.Gauge({
+    name: 'gateway_queue_depth',
+    help: 'Requests waiting for an upstream slot.',
+    collect() {
+      this.set(sources.limiter.pendingCount);
+    },
+  });
+  new client.Gauge({
+    name: 'gateway_queue_wait_seconds_avg',
+    help: 'Average time requests waited for an upstream slot.',
+    collect() {
+      const stats = sources.limiter.stats();
+      this.set(stats.queueWaitCount === 0 ? 0 : stats.queueWaitTotalMs / stats.queueWaitCount / 1000);
+    },
+  });
+  return { registry, requests, duration, ttft, rateLimited };
+}
