@@ -1,10 +1,21 @@
 // Two projects: `unit` (every piece, against real loopback servers and services) and `package` (what ships).
+import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
+
+const src = (path: string) => fileURLToPath(new URL(`./src/${path}`, import.meta.url));
 
 export default defineConfig({
   test: {
     projects: [
       {
+        // Examples import the package by name; in the unit tests that means its sources, not a (maybe stale) build.
+        resolve: {
+          alias: [
+            { find: /^vllm-kit\/testing$/, replacement: src('testing/index.ts') },
+            { find: /^vllm-kit\/browser$/, replacement: src('browser/index.ts') },
+            { find: /^vllm-kit$/, replacement: src('index.ts') },
+          ],
+        },
         test: {
           name: 'unit',
           include: ['test/**/*.test.ts'],

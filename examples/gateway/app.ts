@@ -54,6 +54,9 @@ export async function startWorker(
     sweepIntervalMs: config.tokenCacheSweepSec * 1000,
     ...(redis ? { redis: { client: redis, channel: REVOCATION_CHANNEL } } : {}),
   });
+  // Serve only once revocations can reach us (a message published before the subscription is lost), but never
+  // wait more than 2 s for a Redis that is down: the cache TTL still bounds a revoked key's life then.
+  await Promise.race([tokens.ready(), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);
   const rateLimiter = createIpRateLimiter({
     points: config.rateLimitPoints,
     windowSec: config.rateLimitWindowSec,

@@ -143,7 +143,9 @@ class Cache<P> implements TokenCache<P> {
   private readonly channel: string | undefined;
   private readonly publisher: RedisLike | undefined;
   private readonly subscriber: RedisSubscriberLike | undefined;
-  private readonly subscribed: Promise<unknown> | undefined;
+  private readonly subscribed: Promise<void> | undefined;
+  private closed = false;
+  private retryTimer: NodeJS.Timeout | undefined;
   private readonly counts = {
     hits: 0,
     misses: 0,
@@ -222,7 +224,22 @@ class Cache<P> implements TokenCache<P> {
       this.subscriber.on('message', (channel, hash) => {
         if (channel === this.channel) this.forget(hash);
       });
-      this.subscribed = this.subscriber.subscribe(this.channel).catch(() => undefined);
+      const subscriber = this.subscriber;
+      const channel = this.channel;
+      // A client without an offline queue refuses commands until connected: try again shortly until it takes.
+      this.subscribed = new Promise<void>((resolve) => {
+        const subscribe = () => {
+          subscriber.subscribe(channel).then(
+            () => resolve(),
+            () => {
+              if (this.closed) return;
+              this.retryTimer = setTimeout(subscribe, 200);
+              this.retryTimer.unref();
+            },
+          );
+        };
+        subscribe();
+      });
     }
   }
 
@@ -354,7 +371,9 @@ class Cache<P> implements TokenCache<P> {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
     this.closing.abort(new VllmKitError('The token cache was closed', 'ERR_VK_CLOSED'));
     this.cache.clear();
     await this.subscriber?.quit().catch(() => undefined);
