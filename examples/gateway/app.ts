@@ -5,6 +5,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import pino, { type Logger } from 'pino';
+import pretty from 'pino-pretty';
 import client from 'prom-client';
 import { createConcurrencyLimiter, createIpRateLimiter, createTokenCache, createVllmClient } from 'vllm-kit';
 import type { GatewayConfig } from './config.js';
@@ -21,13 +22,16 @@ export interface GatewayWorker {
 }
 
 export function createLogger(config: GatewayConfig): Logger {
-  return pino({
+  const options = {
     level: process.env.LOG_LEVEL ?? 'info',
     base: { pid: process.pid },
     // Never log credentials, wherever they would appear.
     redact: ['req.headers.authorization', 'headers.authorization', 'authorization', 'key'],
-    ...(config.env === 'development' ? { timestamp: pino.stdTimeFunctions.isoTime } : {}),
-  });
+  };
+  // Development: readable lines on stdout (in-process, no worker thread); production: one JSON object a line.
+  return config.env === 'development'
+    ? pino(options, pretty({ colorize: false, sync: true }))
+    : pino(options);
 }
 
 export async function startWorker(
@@ -71,6 +75,8 @@ export async function startWorker(
   const metrics = config.metrics
     ? createMetrics({ client: vllm, tokens: tokens as never, limiter })
     : undefined;
+  // prom-client answers the primary's aggregation requests only once an AggregatorRegistry exists in the worker.
+  if (config.metrics && cluster.isWorker) new client.AggregatorRegistry();
   const renderMetrics = config.metrics
     ? cluster.isWorker
       ? () => askPrimaryForMetrics()

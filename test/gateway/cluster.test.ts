@@ -115,6 +115,10 @@ describe('gateway with node:cluster workers', () => {
     expect(statuses.filter((s) => s === 200)).toHaveLength(20);
     expect(statuses.slice(20)).toEqual([429, 429, 429, 429, 429]);
     expect(sim.stats().connectionsAccepted).toBeGreaterThan(1);
+    // /metrics sums every worker's counters (the primary aggregates them).
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    expect(metrics).toMatch(/gateway_requests_total\{route="\/v1\/chat\/completions",status="200"\} 20\b/);
+    expect(metrics).toMatch(/gateway_rate_limited_total 5\b/);
   }, 60_000);
 
   it('replaces a killed worker and keeps serving; SIGTERM lets an open stream finish, then exits 0', async () => {
