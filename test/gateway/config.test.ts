@@ -1,0 +1,106 @@
+// The gateway's configuration and keys CLI: bad values stop start-up with a message naming the variable.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../../examples/gateway/config.js';
+
+const root = resolve(import.meta.dirname, '../..');
+
+describe('loadConfig', () => {
+  it('has the documented defaults', () => {
+    const config = loadConfig({});
+    expect(config).toMatchObject({
+      env: 'production',
+      host: '0.0.0.0',
+      port: 8000,
+      limitConcurrency: 200,
+      maxQueue: 400,
+      rateLimitPoints: 20,
+      rateLimitWindowSec: 60,
+      trustProxy: false,
+      tokenCacheTtlSec: 300,
+      tokenCacheSweepSec: 60,
+      databaseUrl: 'sqlite:./data/keys.db',
+      vllmBaseUrls: [],
+      metrics: true,
+    });
+    expect(config.workers).toBeGreaterThanOrEqual(1);
+    expect(loadConfig({ ENV: 'development', WORKERS: '8' }).workers).toBe(1);
+    expect(loadConfig({ VLLM_BASE_URL: 'http://a:8000, http://b:8000' }).vllmBaseUrls).toEqual([
+      'http://a:8000',
+      'http://b:8000',
+    ]);
+    expect(loadConfig({ TRUST_PROXY: '2' }).trustProxy).toBe(2);
+    expect(loadConfig({ TRUST_PROXY: '10.0.0.0/8,192.168.0.0/16' }).trustProxy).toEqual([
+      '10.0.0.0/8',
+      '192.168.0.0/16',
+    ]);
+  });
+
+  it.each([
+    [{ ENV: 'staging' }, 'ENV', 'ENV must be "development" or "production", got "staging"'],
+    [{ PORT: '80x' }, 'PORT', 'PORT must be an integer from 0 to 65535, got "80x"'],
+    [{ WORKERS: '0' }, 'WORKERS', 'WORKERS must be an integer from 1 to 256, got "0"'],
+    [{ VLLM_BASE_URL: 'ftp://x' }, 'VLLM_BASE_URL', 'VLLM_BASE_URL must be an http(s) URL, got "ftp://x"'],
+    [{ TRUST_PROXY: 'true' }, 'TRUST_PROXY', 'TRUST_PROXY=true would let any client pick its IP'],
+    [{ REDIS_URL: 'localhost:6379' }, 'REDIS_URL', 'REDIS_URL must be a redis:// or rediss:// URL'],
+    [
+      { DATABASE_URL: 'mysql://u:secret@h/db' },
+      'DATABASE_URL',
+      'DATABASE_URL must be sqlite:PATH or postgres://',
+    ],
+    [{ METRICS: 'yes' }, 'METRICS', 'METRICS must be "true" or "false", got "yes"'],
+  ])('refuses %j', (env, variable, message) => {
+    let error: unknown;
+    try {
+      loadConfig(env);
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as ConfigError).variable).toBe(variable);
+    expect((error as Error).message).toContain(message);
+    expect((error as Error).message).not.toContain('secret');
+  });
+
+  it('stops `npm start` with the message and exit code 2', () => {
+    const result = spawnSync(process.execPath, ['--import', 'tsx', 'examples/gateway/main.ts'], {
+      cwd: root,
+      env: { ...process.env, PORT: 'eighty' },
+      encoding: 'utf8',
+    });
+    expect(result.status).toBe(2);
+    expect(result.stderr).toContain('PORT must be an integer');
+  });
+});
+
+describe('keys CLI', () => {
+  it('creates (key printed once, last line), lists and revokes', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vllm-kit-cli-'));
+    try {
+      const env = { ...process.env, DATABASE_URL: `sqlite:${join(dir, 'keys.db')}`, REDIS_URL: '' };
+      const run = (...args: string[]) =>
+        spawnSync(process.execPath, ['--import', 'tsx', 'examples/gateway/keys-cli.ts', ...args], {
+          cwd: root,
+          env,
+          encoding: 'utf8',
+        });
+      const created = run('create', '--name', 'alice');
+      expect(created.status).toBe(0);
+      const key = created.stdout.trim().split('\n').at(-1)!;
+      expect(key).toMatch(/^vk-/);
+      const listed = run('list');
+      expect(listed.stdout).toMatch(/key_[0-9a-f]+\talice\tvk-\S+…\t\S+\tactive/);
+      expect(listed.stdout).not.toContain(key);
+      expect(run('revoke', 'alice').stdout).toContain('Revoked');
+      expect(run('list').stdout).toContain('revoked');
+      const again = run('revoke', 'alice');
+      expect(again.status).toBe(1);
+      expect(run('bogus').status).toBe(2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
