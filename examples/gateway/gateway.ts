@@ -90,17 +90,12 @@ function sendError(res: ServerResponse, error: HttpError): void {
 
 /** Reads the body up to `limit` bytes; 413 beyond it (without reading the rest into memory). */
 function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const tooLarge = () =>
+    new HttpError(413, `The request body exceeds ${limit} bytes`, 'invalid_request_error', 'body_too_large');
   return new Promise((resolve, reject) => {
     const declared = Number(req.headers['content-length']);
     if (Number.isFinite(declared) && declared > limit) {
-      reject(
-        new HttpError(
-          413,
-          `The request body exceeds ${limit} bytes`,
-          'invalid_request_error',
-          'body_too_large',
-        ),
-      );
+      reject(tooLarge());
       return;
     }
     const chunks: Buffer[] = [];
@@ -110,14 +105,7 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
       if (size > limit) {
         req.removeAllListeners('data');
         req.resume();
-        reject(
-          new HttpError(
-            413,
-            `The request body exceeds ${limit} bytes`,
-            'invalid_request_error',
-            'body_too_large',
-          ),
-        );
+        reject(tooLarge());
         return;
       }
       chunks.push(chunk);
