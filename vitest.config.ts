@@ -19,7 +19,13 @@ export default defineConfig({
         test: {
           name: 'unit',
           include: ['test/**/*.test.ts'],
-          exclude: ['test/package/**', '**/node_modules/**'],
+          // VK_LIBRARY_ONLY (the Node 22/24 runs in CI): the library's tests only; the example gateway's tests need
+          // better-sqlite3 built for the Node that installed it.
+          exclude: [
+            'test/package/**',
+            '**/node_modules/**',
+            ...(process.env.VK_LIBRARY_ONLY ? ['test/gateway/**'] : []),
+          ],
           testTimeout: 20_000,
           hookTimeout: 20_000,
         },
