@@ -320,17 +320,32 @@ export function createGateway(deps: GatewayDeps) {
     else res.destroy();
   }
 
+  /** 200 when at least one upstream answers its own /health (each probed, 2 s at most), 503 otherwise. */
   async function health(res: ServerResponse): Promise<void> {
-    let upstreamHealthy = false;
-    try {
-      upstreamHealthy = await client.health({ timeoutMs: 2000 });
-    } catch {
-      upstreamHealthy = false;
-    }
-    const stats = client.stats();
-    send(res, upstreamHealthy ? 200 : 503, {
-      status: upstreamHealthy ? 'ok' : 'degraded',
-      upstreams: stats.upstreams.map((u) => ({ url: u.url, ejected: u.ejected, connected: u.connected })),
+    const probe = async (url: string) => {
+      try {
+        const reply = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2000) });
+        await reply.body?.cancel();
+        return reply.ok;
+      } catch {
+        return false;
+      }
+    };
+    const upstreams = await Promise.all(
+      client.baseUrls.map(async (url) => {
+        const pool = client.stats().upstreams.find((u) => u.url === url);
+        return {
+          url,
+          healthy: await probe(url),
+          ejected: pool?.ejected ?? false,
+          connected: pool?.connected ?? 0,
+        };
+      }),
+    );
+    const healthy = upstreams.some((u) => u.healthy);
+    send(res, healthy ? 200 : 503, {
+      status: healthy ? 'ok' : 'degraded',
+      upstreams,
       queue: { active: limiter.activeCount, pending: limiter.pendingCount },
     });
   }

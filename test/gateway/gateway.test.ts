@@ -22,7 +22,11 @@ interface Setup {
   url: string;
 }
 
-async function setup(env: Record<string, string> = {}, sim?: VllmSimulator): Promise<Setup> {
+async function setup(
+  env: Record<string, string> = {},
+  sim?: VllmSimulator,
+  moreUpstreams: string[] = [],
+): Promise<Setup> {
   const dir = mkdtempSync(join(tmpdir(), 'vllm-kit-gateway-'));
   cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
   const simulator = sim ?? (await startVllmSimulator({ model: 'm' }));
@@ -232,7 +236,24 @@ describe('gateway behaviour', () => {
     await sim.setFaults({ unhealthy: true });
     const unhealthy = await fetch(`${url}/health`);
     expect(unhealthy.status).toBe(503);
-    expect(await unhealthy.json()).toMatchObject({ status: 'degraded' });
+    expect(await unhealthy.json()).toMatchObject({
+      status: 'degraded',
+      upstreams: [{ url: sim.url, healthy: false }],
+    });
+  });
+
+  it('is healthy while at least one replica is', async () => {
+    const a = await startVllmSimulator({ model: 'm' });
+    const b = await startVllmSimulator({ model: 'm' });
+    cleanups.push(
+      () => a.close(),
+      () => b.close(),
+    );
+    const { url } = await setup({}, a, [b.url]);
+    await a.setFaults({ unhealthy: true });
+    expect((await fetch(`${url}/health`)).status).toBe(200);
+    await b.setFaults({ unhealthy: true });
+    expect((await fetch(`${url}/health`)).status).toBe(503);
   });
 
   it('serves Prometheus metrics', async () => {
