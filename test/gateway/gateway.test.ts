@@ -39,7 +39,7 @@ async function setup(
     ...env,
   });
   const gateway = await startWorker(config, {
-    upstreams: [simulator.url],
+    upstreams: [simulator.url, ...moreUpstreams],
     logger: pino({ level: 'silent' }),
   });
   cleanups.push(() => gateway.close(1000));
