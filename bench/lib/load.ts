@@ -34,76 +34,52 @@ export function median(values: number[]): number {
 }
 
 export async function closedLoop(options: LoadOptions): Promise<LoadResult> {
+  // One undici Client (one connection) per loop.
   const clients = Array.from(
     { length: options.connections },
     () => new Client(options.url, { pipelining: 1, keepAliveTimeout: 60_000 }),
   );
   const headers = { 'content-type': 'application/json', ...options.headers };
-  const latencies: number[] = [];
-  let errors = 0;
-  let counting = false;
-  let stop = false;
-  const loop = async (client: Client) => {
-    while (!stop) {
-      const started = performance.now();
-      try {
-        const response = await client.request({
+  try {
+    return await closedLoopCalls(
+      async (loop) => {
+        const response = await clients[loop]!.request({
           path: options.path,
           method: options.method ?? 'POST',
           headers,
           body: options.body ?? null,
         });
         await response.body.dump({ limit: Number.POSITIVE_INFINITY });
-        if (counting) {
-          if (response.statusCode >= 400) errors++;
-          latencies.push(performance.now() - started);
-        }
-      } catch {
-        if (counting) errors++;
-      }
-    }
-  };
-  const loops = clients.map(loop);
-  await new Promise((resolve) => setTimeout(resolve, options.warmupMs ?? 500));
-  counting = true;
-  const started = performance.now();
-  await new Promise((resolve) => setTimeout(resolve, options.durationMs));
-  counting = false;
-  const elapsed = performance.now() - started;
-  stop = true;
-  await Promise.all(loops);
-  await Promise.all(clients.map((c) => c.close()));
-  latencies.sort((a, b) => a - b);
-  return {
-    requests: latencies.length,
-    errors,
-    requestsPerSec: (latencies.length / elapsed) * 1000,
-    p50Ms: percentile(latencies, 50),
-    p99Ms: percentile(latencies, 99),
-  };
+        if (response.statusCode >= 400) throw new Error(`status ${response.statusCode}`);
+      },
+      { concurrency: options.connections, durationMs: options.durationMs, warmupMs: options.warmupMs ?? 500 },
+    );
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+  }
 }
 
 /** Closed loop over any async call: `concurrency` loops, each starting its next call when the last ends. */
 export async function closedLoopCalls(
-  call: () => Promise<unknown>,
+  call: (loop: number) => Promise<unknown>,
   options: { concurrency: number; durationMs: number; warmupMs: number },
 ): Promise<LoadResult> {
   const latencies: number[] = [];
   let errors = 0;
   let counting = false;
   let stop = false;
-  const loop = async () => {
+  const loop = async (index: number) => {
     while (!stop) {
       const started = performance.now();
       try {
-        await call();
+        await call(index);
         if (counting) latencies.push(performance.now() - started);
       } catch {
         if (counting) errors++;
       }
     }
   };
-  const loops = Array.from({ length: options.concurrency }, loop);
+  const loops = Array.from({ length: options.concurrency }, (_, index) => loop(index));
   await new Promise((resolve) => setTimeout(resolve, options.warmupMs));
   counting = true;
   const started = performance.now();

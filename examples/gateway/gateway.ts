@@ -209,12 +209,8 @@ export function createGateway(deps: GatewayDeps) {
       }
       res.writeHead(upstream.status, headers);
       if (streaming) res.flushHeaders();
-      let first = true;
-      upstream.body.on('data', () => {
-        if (first) {
-          first = false;
-          metrics?.ttft.observe({ route: path }, (performance.now() - started) / 1000);
-        }
+      upstream.body.once('data', () => {
+        metrics?.ttft.observe({ route: path }, (performance.now() - started) / 1000);
       });
       // pipeline applies backpressure and destroys both sides on either's failure.
       await pipeline(upstream.body, res);

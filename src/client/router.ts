@@ -80,7 +80,6 @@ type Abort = (reason?: Error) => void;
 export class ReplayHandler implements Handler {
   /** Set by the router when it is the dispatcher: the handler then also does the replica's accounting. */
   private upstream: Upstream | undefined;
-  private onEject: ((upstream: Upstream) => void) | undefined;
   private attempt: Attempt | undefined;
   private abortAttempt: Abort | undefined;
   private abortReason: Error | undefined;
@@ -102,9 +101,8 @@ export class ReplayHandler implements Handler {
     private readonly maxReplays: number,
   ) {}
 
-  bindUpstream(upstream: Upstream, onEject: (upstream: Upstream) => void): void {
+  bindUpstream(upstream: Upstream): void {
     this.upstream = upstream;
-    this.onEject = onEject;
   }
 
   onConnect(abort: Abort, context?: unknown): void {
@@ -166,7 +164,7 @@ export class ReplayHandler implements Handler {
     const upstream = this.upstream;
     if (upstream) {
       upstream.outstanding--;
-      if (!this.responded) upstream.recordFailure(error, this.onEject!);
+      if (!this.responded) upstream.recordFailure(error);
     }
     if (this.shouldReplay(error)) {
       this.replays++;
@@ -267,10 +265,10 @@ export class Upstream {
   }
 
   /** A request failed before any response: count it, and take the replica out after enough in a row. */
-  recordFailure(error: Error, onEject: (upstream: Upstream) => void): void {
+  recordFailure(error: Error): void {
     if (!CONNECTION_FAILURE_CODES.has((error as { code?: string }).code ?? '')) return;
     this.consecutiveFailures++;
-    if (!this.ejected && this.consecutiveFailures >= this.options.ejectAfterFailures) onEject(this);
+    if (!this.ejected && this.consecutiveFailures >= this.options.ejectAfterFailures) this.eject();
   }
 
   recordSuccess(): void {
@@ -327,7 +325,6 @@ export class Router extends Dispatcher {
   readonly upstreams: Upstream[];
   private next = 0;
   private healthTimer: NodeJS.Timeout | undefined;
-  private readonly onEject = (upstream: Upstream) => upstream.eject();
 
   constructor(options: ResolvedClientOptions) {
     super();
@@ -359,7 +356,7 @@ export class Router extends Dispatcher {
     // The replay handler (every request of the client goes through one) does the replica's accounting itself.
     if (handler instanceof ReplayHandler) {
       upstream.outstanding++;
-      handler.bindUpstream(upstream, this.onEject);
+      handler.bindUpstream(upstream);
     }
     return upstream.pool.dispatch(opts, handler);
   }

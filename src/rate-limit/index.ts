@@ -130,11 +130,11 @@ export function createIpRateLimiter(options: IpRateLimiterOptions = {}): IpRateL
   return new Limiter(options);
 }
 
-function cidrList(option: string, value: unknown): BlockList | undefined {
-  if (value === undefined) return undefined;
+/** Compiles a list of addresses/CIDRs once, refusing a bad entry with a message that names the option. */
+function compileList(option: string, value: unknown): TrustRule {
   if (!Array.isArray(value)) throw invalid(option, 'an array of addresses or CIDRs', value);
   try {
-    return compileTrust(value as string[]).list;
+    return compileTrust(value as string[]);
   } catch (error) {
     throw new InvalidOptionError(
       option,
@@ -202,10 +202,13 @@ class Limiter implements IpRateLimiter {
     ) {
       throw invalid('trustProxy', 'false, a hop count or a list of addresses/CIDRs', trustProxy);
     }
-    if (typeof trustProxy === 'number')
-      numberOption('trustProxy', trustProxy, 0, { min: 0, max: 100, integer: true });
-    if (Array.isArray(trustProxy)) cidrList('trustProxy', trustProxy);
-    this.trust = compileTrust((trustProxy ?? false) as TrustProxy);
+    this.trust = Array.isArray(trustProxy)
+      ? compileList('trustProxy', trustProxy)
+      : compileTrust(
+          typeof trustProxy === 'number'
+            ? numberOption('trustProxy', trustProxy, 0, { min: 0, max: 100, integer: true })
+            : false,
+        );
     this.ipv6Subnet = numberOption('ipv6Subnet', options.ipv6Subnet, 64, { min: 1, max: 128, integer: true });
     if (options.keyGenerator !== undefined && typeof options.keyGenerator !== 'function') {
       throw invalid('keyGenerator', 'a function', options.keyGenerator);
@@ -214,7 +217,8 @@ class Limiter implements IpRateLimiter {
       throw invalid('skip', 'a function', options.skip);
     this.keyGenerator = options.keyGenerator as IpRateLimiterOptions['keyGenerator'];
     this.skip = options.skip as IpRateLimiterOptions['skip'];
-    this.allowlist = cidrList('allowlist', options.allowlist);
+    this.allowlist =
+      options.allowlist === undefined ? undefined : compileList('allowlist', options.allowlist).list;
     this.standardHeaders = booleanOption('standardHeaders', options.standardHeaders, true);
     this.legacyHeaders = booleanOption('legacyHeaders', options.legacyHeaders, false);
     this.policy = `"${this.name}";q=${this.points};w=${this.windowSec}`;
