@@ -28,10 +28,11 @@ export function createLogger(config: GatewayConfig): Logger {
     // Never log credentials, wherever they would appear.
     redact: ['req.headers.authorization', 'headers.authorization', 'authorization', 'key'],
   };
-  // Development: readable lines on stdout (in-process, no worker thread); production: one JSON object a line.
+  // Development: readable lines on stdout (in-process, no worker thread). Production: one JSON object a line,
+  // written in 4 KB batches rather than one write(2) per line (pino flushes what is left when the process exits).
   return config.env === 'development'
     ? pino(options, pretty({ colorize: false, sync: true }))
-    : pino(options);
+    : pino(options, pino.destination({ dest: 1, minLength: 4096, sync: false }));
 }
 
 export async function startWorker(

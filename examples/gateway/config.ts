@@ -105,9 +105,11 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     queueTimeoutMs: integer(env, 'QUEUE_TIMEOUT_MS', 30_000, 0, 3_600_000),
     vllmBaseUrls: vllm.map((u) => url('VLLM_BASE_URL', u)),
     vllmApiKey: env.VLLM_API_KEY || undefined,
-    poolConnections: integer(env, 'POOL_CONNECTIONS', 100, 1, 65535),
+    // One connection per request the limiter admits: vLLM serves one request per connection (HTTP/1.1).
+    poolConnections: integer(env, 'POOL_CONNECTIONS', limitConcurrency, 1, 65535),
     keepAliveTimeoutMs: integer(env, 'KEEPALIVE_TIMEOUT_MS', 4000, 1, 600_000),
-    rateLimitPoints: integer(env, 'RATE_LIMIT_POINTS', 20, 1, 10_000_000),
+    // The limiter's own ceiling (its memory store packs the count into 21 bits).
+    rateLimitPoints: integer(env, 'RATE_LIMIT_POINTS', 20, 1, 2_000_000),
     rateLimitWindowSec: integer(env, 'RATE_LIMIT_WINDOW_SEC', 60, 1, 86_400),
     trustProxy,
     redisUrl,

@@ -2,7 +2,7 @@
 // the pooled client's passthrough. `main.ts` adds workers, signals and the listening socket.
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { pipeline } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import {
@@ -115,6 +115,34 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   });
 }
 
+/**
+ * Pipes the upstream body into the response with backpressure; either side failing or closing early destroys the
+ * other (an early client close rejects, so the caller knows). What stream.pipeline does, without the AbortController
+ * and DOMException it allocates per call — a measurable share of a small request's CPU.
+ */
+function pipeBody(source: Readable, res: ServerResponse): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const settle = (error?: Error) => {
+      if (settled) return;
+      settled = true;
+      res.off('finish', onFinish);
+      res.off('close', onClose);
+      if (error === undefined) return resolve();
+      source.destroy();
+      res.destroy();
+      reject(error);
+    };
+    const onFinish = () => settle();
+    const onClose = () => settle(new Error('The client closed the connection before the response ended'));
+    // Stays attached: a late error from a destroyed body must not go unhandled.
+    source.on('error', (error) => settle(error));
+    res.once('finish', onFinish);
+    res.once('close', onClose);
+    source.pipe(res);
+  });
+}
+
 const VALID_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 export function createGateway(deps: GatewayDeps) {
@@ -209,11 +237,10 @@ export function createGateway(deps: GatewayDeps) {
       }
       res.writeHead(upstream.status, headers);
       if (streaming) res.flushHeaders();
-      upstream.body.once('data', () => {
-        metrics?.ttft.observe({ route: path }, (performance.now() - started) / 1000);
-      });
-      // pipeline applies backpressure and destroys both sides on either's failure.
-      await pipeline(upstream.body, res);
+      if (metrics) {
+        upstream.body.once('data', () => metrics.observeTtft(path, (performance.now() - started) / 1000));
+      }
+      await pipeBody(upstream.body, res);
     };
     try {
       if (route.limited) await limiter.run(work, { signal: controller.signal });
@@ -234,12 +261,12 @@ export function createGateway(deps: GatewayDeps) {
     const path = query === -1 ? url : url.slice(0, query);
     const route = ROUTES[path];
     const routeLabel = route ? path : 'unknown';
-    const log = logger.child({ requestId });
     res.once('close', () => {
       const status = res.headersSent ? res.statusCode : 499;
-      metrics?.requests.inc({ route: routeLabel, status: String(status) });
-      metrics?.duration.observe({ route: routeLabel }, (performance.now() - started) / 1000);
-      log.info({ method: req.method, path, status, ms: Math.round(performance.now() - started) }, 'request');
+      const ms = performance.now() - started;
+      metrics?.observeRequest(routeLabel, status, ms / 1000);
+      // One line per request; no per-request child logger (it would serialise its bindings every time).
+      logger.info({ requestId, method: req.method, path, status, ms: Math.round(ms) }, 'request');
     });
     try {
       if (route === undefined)
@@ -273,11 +300,11 @@ export function createGateway(deps: GatewayDeps) {
       if (path === '/auth/verify') return send(res, 200, { id: principal.id, name: principal.name });
       await forward(req, res, path, route, requestId);
     } catch (error) {
-      respondToError(res, error, log);
+      respondToError(res, error, requestId);
     }
   }
 
-  function respondToError(res: ServerResponse, error: unknown, log: Logger): void {
+  function respondToError(res: ServerResponse, error: unknown, requestId: string): void {
     if (error instanceof HttpError) return sendError(res, error);
     if (isQueueFullError(error) || isQueueTimeoutError(error)) {
       const retryAfter = String((error as { retryAfterSec: number }).retryAfterSec);
@@ -308,8 +335,8 @@ export function createGateway(deps: GatewayDeps) {
       );
     }
     // Anything else is a bug: log it (never the key), answer a generic 500 without details.
-    log.error(
-      { err: { message: (error as Error)?.message, code: (error as { code?: string })?.code } },
+    logger.error(
+      { requestId, err: { message: (error as Error)?.message, code: (error as { code?: string })?.code } },
       'unexpected error',
     );
     if (!res.headersSent) sendError(res, new HttpError(500, 'Internal error', 'internal_error'));

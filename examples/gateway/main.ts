@@ -54,12 +54,15 @@ async function primary(): Promise<void> {
   serveClusterRateLimits();
   const aggregator = new client.AggregatorRegistry();
   let stopping = false;
-  let listening = 0;
+  const listeningWorkers = new Set<number>();
   const fork = () => {
     const worker = cluster.fork({ GATEWAY_UPSTREAMS: upstreams.join(',') });
     worker.on('message', async (message: { type?: string; id?: number; url?: string }) => {
-      if (message?.type === 'vllm-kit:gateway:listening' && ++listening === config.workers) {
-        process.stdout.write(`gateway: listening on ${message.url} (${config.workers} workers)\n`);
+      if (message?.type === 'vllm-kit:gateway:listening') {
+        listeningWorkers.add(worker.id);
+        if (listeningWorkers.size === config.workers) {
+          process.stdout.write(`gateway: listening on ${message.url} (${config.workers} workers)\n`);
+        }
       }
       if (message?.type === 'vllm-kit:gateway:metrics-request') {
         const body = await aggregator.clusterMetrics().catch(() => '');
@@ -75,19 +78,28 @@ async function primary(): Promise<void> {
   for (let i = 0; i < config.workers; i++) fork();
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) return;
+    if (!listeningWorkers.has(worker.id)) {
+      // It died before serving (the key store unreachable, a bad setting): a new one would die the same way, so
+      // stop instead of forking in a loop.
+      process.stderr.write(
+        `gateway: worker ${worker.process.pid} failed to start (${signal ?? code}); stopping\n`,
+      );
+      stop(1);
+      return;
+    }
     process.stderr.write(
       `gateway: worker ${worker.process.pid} exited (${signal ?? code}); starting a new one\n`,
     );
     fork();
   });
-  const stop = () => {
+  const stop = (exitCode = 0) => {
     if (stopping) return;
     stopping = true;
     const workers = Object.values(cluster.workers ?? {});
     let left = workers.length;
     const done = async () => {
       await sim?.close();
-      process.exit(0);
+      process.exit(exitCode);
     };
     if (left === 0) void done();
     for (const worker of workers) {
@@ -97,8 +109,8 @@ async function primary(): Promise<void> {
       worker?.process.kill('SIGTERM');
     }
   };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  process.once('SIGTERM', () => stop());
+  process.once('SIGINT', () => stop());
 }
 
 async function worker(): Promise<void> {

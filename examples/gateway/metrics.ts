@@ -8,6 +8,22 @@ export interface GatewayMetrics {
   duration: client.Histogram<'route'>;
   ttft: client.Histogram<'route'>;
   rateLimited: client.Counter;
+  /** Counts a finished request and observes its duration (label children cached: no label hashing per request). */
+  observeRequest(route: string, status: number, seconds: number): void;
+  observeTtft(route: string, seconds: number): void;
+}
+
+/** `make(key)` once per key, then the cached value. */
+function cached<T>(make: (key: string) => T): (key: string) => T {
+  const cache = new Map<string, T>();
+  return (key) => {
+    let value = cache.get(key);
+    if (value === undefined) {
+      value = make(key);
+      cache.set(key, value);
+    }
+    return value;
+  };
 }
 
 export function createMetrics(sources: {
@@ -79,5 +95,25 @@ export function createMetrics(sources: {
       this.set(stats.queueWaitCount === 0 ? 0 : stats.queueWaitTotalMs / stats.queueWaitCount / 1000);
     },
   });
-  return { registry, requests, duration, ttft, rateLimited };
+  // Routes and statuses are a small closed set (unknown paths are labelled "unknown"), so the caches stay small.
+  const requestCounter = cached((key) => {
+    const [route, status] = key.split(' ') as [string, string];
+    return requests.labels(route, status);
+  });
+  const durationOf = cached((route) => duration.labels(route));
+  const ttftOf = cached((route) => ttft.labels(route));
+  return {
+    registry,
+    requests,
+    duration,
+    ttft,
+    rateLimited,
+    observeRequest(route, status, seconds) {
+      requestCounter(`${route} ${status}`).inc();
+      durationOf(route).observe(seconds);
+    },
+    observeTtft(route, seconds) {
+      ttftOf(route).observe(seconds);
+    },
+  };
 }

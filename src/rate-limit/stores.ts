@@ -31,37 +31,49 @@ export class LocalStore implements Store {
 
 const TAG = 'vllm-kit:rate-limit';
 
-interface ClusterRequest {
-  [TAG]: 'consume' | 'reset';
-  id: number;
+/** One check: `[id, kind, key, cost]`, kind 0 = consume, 1 = reset. */
+type ClusterItem = [id: number, kind: 0 | 1, key: string, cost: number];
+
+/** Every check a worker made in one event-loop turn, in one IPC message. */
+interface ClusterBatch {
+  [TAG]: 'batch';
   name: string;
   windowSec: number;
-  key: string;
-  cost: number;
+  items: ClusterItem[];
 }
 
-interface ClusterReply {
-  [TAG]: 'result';
-  id: number;
-  consumed: number;
-  resetAt: number;
+/** `[id, consumed, resetAt]` for each item of a batch. */
+interface ClusterResults {
+  [TAG]: 'results';
+  results: [id: number, consumed: number, resetAt: number][];
 }
 
-/** A worker's store: asks the primary over IPC, which holds the only counts. */
+interface ClusterWaiter {
+  resolve: (state: WindowState) => void;
+  reject: (error: Error) => void;
+  /** Set when the item's batch is sent: the batch's one timeout, and how many of its items are unanswered. */
+  batch?: { timer: NodeJS.Timeout; left: number };
+}
+
+/**
+ * A worker's store: asks the primary over IPC, which holds the only counts. The checks of one event-loop turn travel
+ * as one message and come back as one (under load, many requests arrive per turn: one round trip serves them all).
+ */
 export class ClusterStore implements Store {
   private nextId = 0;
-  private readonly pending = new Map<
-    number,
-    { resolve: (state: WindowState) => void; reject: (error: Error) => void; timer: NodeJS.Timeout }
-  >();
+  private queue: ClusterItem[] = [];
+  private flushing: NodeJS.Immediate | undefined;
+  private readonly pending = new Map<number, ClusterWaiter>();
   private readonly onMessage = (message: unknown) => {
-    const reply = message as ClusterReply | null;
-    if (reply === null || typeof reply !== 'object' || reply[TAG] !== 'result') return;
-    const waiter = this.pending.get(reply.id);
-    if (waiter === undefined) return;
-    this.pending.delete(reply.id);
-    clearTimeout(waiter.timer);
-    waiter.resolve({ consumed: reply.consumed, resetAt: reply.resetAt });
+    const reply = message as ClusterResults | null;
+    if (reply === null || typeof reply !== 'object' || reply[TAG] !== 'results') return;
+    for (const [id, consumed, resetAt] of reply.results) {
+      const waiter = this.pending.get(id);
+      if (waiter === undefined) continue;
+      this.pending.delete(id);
+      if (waiter.batch !== undefined && --waiter.batch.left === 0) clearTimeout(waiter.batch.timer);
+      waiter.resolve({ consumed, resetAt });
+    }
   };
 
   constructor(
@@ -78,44 +90,58 @@ export class ClusterStore implements Store {
     process.on('message', this.onMessage);
   }
 
-  private ask(kind: 'consume' | 'reset', key: string, cost: number): Promise<WindowState> {
+  private ask(kind: 0 | 1, key: string, cost: number): Promise<WindowState> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new Error(`the cluster primary did not answer within ${this.timeoutMs} ms`));
-      }, this.timeoutMs);
-      timer.unref();
-      this.pending.set(id, { resolve, reject, timer });
-      const request: ClusterRequest = {
-        [TAG]: kind,
-        id,
-        name: this.name,
-        windowSec: this.windowSec,
-        key,
-        cost,
-      };
-      process.send!(request, undefined, undefined, (error) => {
-        if (error && this.pending.delete(id)) {
-          clearTimeout(timer);
-          reject(error);
-        }
-      });
+      this.queue.push([id, kind, key, cost]);
+      this.pending.set(id, { resolve, reject });
+      this.flushing ??= setImmediate(this.flush);
     });
   }
 
+  private readonly flush = (): void => {
+    this.flushing = undefined;
+    const items = this.queue;
+    this.queue = [];
+    const fail = (ids: ClusterItem[], error: Error) => {
+      for (const [id] of ids) {
+        const waiter = this.pending.get(id);
+        if (waiter === undefined) continue;
+        this.pending.delete(id);
+        waiter.reject(error);
+      }
+    };
+    const timer = setTimeout(
+      () => fail(items, new Error(`the cluster primary did not answer within ${this.timeoutMs} ms`)),
+      this.timeoutMs,
+    );
+    timer.unref();
+    const batch = { timer, left: items.length };
+    for (const [id] of items) this.pending.get(id)!.batch = batch;
+    const message: ClusterBatch = { [TAG]: 'batch', name: this.name, windowSec: this.windowSec, items };
+    process.send!(message, undefined, undefined, (error) => {
+      if (error) {
+        clearTimeout(timer);
+        fail(items, error);
+      }
+    });
+  };
+
   consume(key: string, cost: number): Promise<WindowState> {
-    return this.ask('consume', key, cost);
+    return this.ask(0, key, cost);
   }
 
   async reset(key: string): Promise<void> {
-    await this.ask('reset', key, 0);
+    await this.ask(1, key, 0);
   }
 
   async close(): Promise<void> {
     process.off('message', this.onMessage);
+    if (this.flushing !== undefined) clearImmediate(this.flushing);
+    this.flushing = undefined;
+    this.queue = [];
     for (const [id, waiter] of this.pending) {
-      clearTimeout(waiter.timer);
+      if (waiter.batch !== undefined) clearTimeout(waiter.batch.timer);
       waiter.reject(new Error('the rate limiter was closed'));
       this.pending.delete(id);
     }
@@ -131,25 +157,25 @@ export function serveClusterRateLimits(options: { now?: () => number } = {}): { 
   const now = options.now ?? Date.now;
   const stores = new Map<string, MemoryStore>();
   const onMessage = (worker: Worker, message: unknown) => {
-    const request = message as ClusterRequest | null;
-    if (
-      request === null ||
-      typeof request !== 'object' ||
-      (request[TAG] !== 'consume' && request[TAG] !== 'reset')
-    ) {
-      return;
-    }
-    const storeKey = `${request.name}\u0000${request.windowSec}`;
+    const batch = message as ClusterBatch | null;
+    if (batch === null || typeof batch !== 'object' || batch[TAG] !== 'batch') return;
+    const storeKey = `${batch.name}\u0000${batch.windowSec}`;
     let store = stores.get(storeKey);
     if (store === undefined) {
-      store = new MemoryStore(request.windowSec, now);
+      store = new MemoryStore(batch.windowSec, now);
       stores.set(storeKey, store);
     }
-    let state: WindowState = { consumed: 0, resetAt: now() };
-    if (request[TAG] === 'consume') state = store.consume(request.key, request.cost);
-    else store.reset(request.key);
-    const reply: ClusterReply = { [TAG]: 'result', id: request.id, ...state };
-    if (worker.isConnected()) worker.send(reply);
+    const results: ClusterResults['results'] = [];
+    for (const [id, kind, key, cost] of batch.items) {
+      if (kind === 0) {
+        const state = store.consume(key, cost);
+        results.push([id, state.consumed, state.resetAt]);
+      } else {
+        store.reset(key);
+        results.push([id, 0, now()]);
+      }
+    }
+    if (worker.isConnected()) worker.send({ [TAG]: 'results', results } satisfies ClusterResults);
   };
   cluster.on('message', onMessage);
   return {

@@ -121,6 +121,30 @@ describe('gateway with node:cluster workers', () => {
     expect(metrics).toMatch(/gateway_rate_limited_total 5\b/);
   }, 60_000);
 
+  it('stops (exit 1) instead of forking in a loop when workers cannot start', async () => {
+    // A key store nobody listens on: every worker fails before it serves.
+    const child = spawn(process.execPath, ['--import', 'tsx', 'examples/gateway/main.ts'], {
+      cwd: root,
+      env: {
+        ...process.env,
+        ENV: 'production',
+        WORKERS: '2',
+        HOST: '127.0.0.1',
+        PORT: '0',
+        DATABASE_URL: 'postgres://postgres@127.0.0.1:1/test',
+        VLLM_BASE_URL: 'http://127.0.0.1:1',
+        REDIS_URL: '',
+        LOG_LEVEL: 'silent',
+      },
+    });
+    let out = '';
+    child.stderr.on('data', (chunk) => (out += chunk));
+    const code = await new Promise<number | null>((done) => child.once('exit', (c) => done(c)));
+    expect(code).toBe(1);
+    expect(out).toMatch(/gateway: worker \d+ failed to start \(2\); stopping/);
+    expect(out).not.toMatch(/starting a new one/);
+  }, 60_000);
+
   it('replaces a killed worker and keeps serving; SIGTERM lets an open stream finish, then exits 0', async () => {
     const sim = await startVllmSimulator({ itlMs: 30 });
     cleanups.push(() => sim.close());

@@ -17,6 +17,7 @@ describe('loadConfig', () => {
       port: 8000,
       limitConcurrency: 200,
       maxQueue: 400,
+      poolConnections: 200,
       rateLimitPoints: 20,
       rateLimitWindowSec: 60,
       trustProxy: false,
@@ -27,6 +28,8 @@ describe('loadConfig', () => {
       metrics: true,
     });
     expect(config.workers).toBeGreaterThanOrEqual(1);
+    // Every request the limiter admits has an upstream connection of its own (vLLM serves one request per connection).
+    expect(loadConfig({ LIMIT_CONCURRENCY: '1000' }).poolConnections).toBe(1000);
     expect(loadConfig({ ENV: 'development', WORKERS: '8' }).workers).toBe(1);
     expect(loadConfig({ VLLM_BASE_URL: 'http://a:8000, http://b:8000' }).vllmBaseUrls).toEqual([
       'http://a:8000',
@@ -50,6 +53,11 @@ describe('loadConfig', () => {
       { DATABASE_URL: 'mysql://u:secret@h/db' },
       'DATABASE_URL',
       'DATABASE_URL must be sqlite:PATH or postgres://',
+    ],
+    [
+      { RATE_LIMIT_POINTS: '10000000' },
+      'RATE_LIMIT_POINTS',
+      'RATE_LIMIT_POINTS must be an integer from 1 to 2000000, got "10000000"',
     ],
     [{ METRICS: 'yes' }, 'METRICS', 'METRICS must be "true" or "false", got "yes"'],
   ])('refuses %j', (env, variable, message) => {

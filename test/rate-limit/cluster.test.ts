@@ -4,14 +4,16 @@ import { request } from 'node:http';
 import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-let app: ChildProcess;
+const apps: ChildProcess[] = [];
 let port: number;
 
-beforeAll(async () => {
-  app = spawn(process.execPath, ['--import', 'tsx', resolve(import.meta.dirname, 'cluster-app.ts')], {
+async function startApp(env: Record<string, string> = {}): Promise<number> {
+  const app = spawn(process.execPath, ['--import', 'tsx', resolve(import.meta.dirname, 'cluster-app.ts')], {
     stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, ...env },
   });
-  port = await new Promise<number>((resolvePort, reject) => {
+  apps.push(app);
+  return new Promise<number>((resolvePort, reject) => {
     let out = '';
     app.stdout!.on('data', (chunk) => {
       out += chunk;
@@ -20,10 +22,15 @@ beforeAll(async () => {
     });
     app.once('exit', (code) => reject(new Error(`cluster app exited with ${code}`)));
   });
+}
+
+beforeAll(async () => {
+  port = await startApp();
 });
 
 afterAll(async () => {
-  if (app.exitCode === null) {
+  for (const app of apps) {
+    if (app.exitCode !== null) continue;
     const exited = new Promise((done) => app.once('exit', done));
     app.kill('SIGTERM');
     await exited;
@@ -31,16 +38,21 @@ afterAll(async () => {
 });
 
 /** One request on a new connection, so the primary spreads them over the workers. */
-function get(): Promise<{ status: number; worker: string }> {
+function get(path = '/', onPort = port): Promise<{ status: number; worker: string; body: string }> {
   return new Promise((resolveReply, reject) => {
-    const req = request({ host: '127.0.0.1', port, path: '/', agent: false }, (res) => {
-      res.resume();
-      res.on('end', () => resolveReply({ status: res.statusCode!, worker: String(res.headers['x-worker']) }));
+    const req = request({ host: '127.0.0.1', port: onPort, path, agent: false }, (res) => {
+      let body = '';
+      res.on('data', (chunk) => (body += chunk));
+      res.on('end', () =>
+        resolveReply({ status: res.statusCode!, worker: String(res.headers['x-worker']), body }),
+      );
     });
     req.on('error', reject);
     req.end();
   });
 }
+
+type Decision = { allowed: boolean; remaining: number; degraded: boolean };
 
 describe('store: "cluster"', () => {
   it('gives one IP one budget across four workers', async () => {
@@ -51,5 +63,22 @@ describe('store: "cluster"', () => {
     expect(replies.slice(20).every((r) => r.status === 429)).toBe(true);
     // The requests really were spread over several workers.
     expect(new Set(replies.map((r) => r.worker)).size).toBeGreaterThanOrEqual(2);
+  }, 30_000);
+
+  it('answers every check of a burst sent as one batch, exactly: 20 of 50 pass, remaining 19 … 0', async () => {
+    const decisions = JSON.parse((await get('/burst')).body) as Decision[];
+    expect(decisions.filter((d) => d.allowed)).toHaveLength(20);
+    expect(decisions.filter((d) => d.allowed).map((d) => d.remaining)).toEqual(
+      Array.from({ length: 20 }, (_, i) => 19 - i),
+    );
+    expect(decisions.every((d) => !d.degraded)).toBe(true);
+  }, 30_000);
+
+  it('falls back to the worker insurance store when the primary does not answer within storeTimeoutMs', async () => {
+    const silentPort = await startApp({ SERVE_RATE_LIMITS: '0' });
+    const decisions = JSON.parse((await get('/burst', silentPort)).body) as Decision[];
+    // The insurance store counts in the worker meanwhile: the same budget, marked degraded.
+    expect(decisions.every((d) => d.degraded)).toBe(true);
+    expect(decisions.filter((d) => d.allowed)).toHaveLength(20);
   }, 30_000);
 });
