@@ -231,7 +231,14 @@ export async function openLoop(options: {
   warmupMs: number;
   seed?: number;
   send: (index: number) => Promise<Outcome>;
-}): Promise<{ outcomes: Outcome[]; offered: number; elapsedMs: number }> {
+}): Promise<{
+  outcomes: Outcome[];
+  offered: number;
+  /** The counted window: from the end of the warm-up to the last arrival. */
+  elapsedMs: number;
+  /** From the end of the warm-up until every request has ended (queues drained). */
+  finishedMs: number;
+}> {
   // Seeded, so every run offers the same arrival times.
   const random = createRandom(options.seed ?? 1);
   const outcomes: Outcome[] = [];
@@ -261,5 +268,5 @@ export async function openLoop(options: {
   }
   const elapsedMs = performance.now() - begin - options.warmupMs;
   await Promise.all(pending);
-  return { outcomes, offered, elapsedMs };
+  return { outcomes, offered, elapsedMs, finishedMs: performance.now() - begin - options.warmupMs };
 }

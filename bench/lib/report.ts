@@ -1,0 +1,354 @@
+// Turns the suite's results into the markdown capacity report, its SVG charts and the summary table.
+import { barChart, lineChart } from './svg.js';
+
+// The scripts' JSON lines, as they print them.
+type Figures = any;
+
+export interface Report {
+  date: string;
+  quick: boolean;
+  machine: { cpu: string; cores: number; memoryGb: number; node: string; kernel: string };
+  minutes: number;
+  results: Record<string, Figures>;
+}
+
+const fmt = (n: number | undefined, digits = 0) =>
+  n === undefined || n === null || Number.isNaN(n)
+    ? '—'
+    : n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+
+function table(headers: string[], rows: (string | number)[][]): string {
+  return [
+    `| ${headers.join(' | ')} |`,
+    `| ${headers.map(() => '---').join(' | ')} |`,
+    ...rows.map((r) => `| ${r.join(' | ')} |`),
+  ].join('\n');
+}
+
+/** One row per headline figure: what was measured, the target, and whether it was met. */
+export function summarize(report: Report): { figure: string; value: string; target: string; met: string }[] {
+  const r = report.results;
+  const rows: { figure: string; value: string; target: string; met: string }[] = [];
+  const add = (figure: string, value: string, target = '', met?: boolean) =>
+    rows.push({ figure, value, target, met: met === undefined ? '' : met ? 'yes' : 'NO' });
+  if (r.overhead) {
+    const o = r.overhead.ratios;
+    add(
+      'gateway (1 worker) / passthrough, req/s at 32',
+      fmt(o.gateway1VsPassthrough, 2),
+      '≥ 0.80',
+      o.gateway1VsPassthrough >= 0.8,
+    );
+    add(
+      'gateway (2 workers) / passthrough, req/s at 32',
+      fmt(o.gateway2VsPassthrough, 2),
+      '≥ 0.80',
+      o.gateway2VsPassthrough >= 0.8,
+    );
+    add(
+      'gateway added p50, one caller (ms)',
+      fmt(o.addedP50MsOneCaller.gateway1, 3),
+      '≤ 0.5',
+      o.addedP50MsOneCaller.gateway1 <= 0.5,
+    );
+  }
+  if (r.seed) {
+    add('seed "before" sustained (req/min)', fmt(r.seed.sustainedPerMin.before));
+    add(
+      'gateway defaults sustained (req/min)',
+      `${r.seed.afterSustainedEveryRate ? '≥ ' : ''}${fmt(r.seed.sustainedPerMin.after)}`,
+      '≫ 160',
+      r.seed.sustainedPerMin.after >= 4 * 160,
+    );
+  }
+  if (r.streaming) {
+    for (const a of r.streaming.added)
+      add(`streaming: added TTFT p50 at ${a.concurrency} (ms)`, fmt(a.addedTtftP50Ms, 2));
+    for (const a of r.streaming.added)
+      add(`streaming: added gap p99 at ${a.concurrency} (ms)`, fmt(a.addedGapP99Ms, 2));
+    add(
+      `streaming: worker memory at ${r.streaming.memory.streams} streams (MB)`,
+      fmt(r.streaming.memory.workerRssMb, 1),
+    );
+  }
+  if (r.saturation) {
+    const s = r.saturation;
+    add('saturation: goodput / capacity', fmt(s.goodputVsCapacity, 3), '≥ 0.95', s.goodputVsCapacity >= 0.95);
+    add(
+      'saturation: upstream queue max (gateway / direct)',
+      `${s.through.upstreamWaitingMax} / ${s.direct.upstreamWaitingMax}`,
+    );
+    add(
+      'saturation: every 503/429 has Retry-After',
+      String(s.everyShedHasRetryAfter),
+      'true',
+      s.everyShedHasRetryAfter,
+    );
+  }
+  if (r['token-cache'])
+    add(
+      'token-cache hit (µs)',
+      fmt(r['token-cache'].hitMicrosPerVerify, 2),
+      '≤ 2',
+      r['token-cache'].hitMicrosPerVerify <= 2,
+    );
+  if (r['rate-limit']) {
+    const rl = r['rate-limit'];
+    add(
+      `rate-limit heap, ${fmt(rl.ours.keys)} keys (MB)`,
+      fmt(rl.ours.heapMb, 1),
+      rl.ours.keys >= 1e6 ? '≤ 150' : '',
+      rl.ours.keys >= 1e6 ? rl.ours.heapMb <= 150 : undefined,
+    );
+    add('rate-limit check, memory (µs)', fmt(rl.ours.microsPerCheck, 2));
+    add('rate-limit check, cluster (µs, sequential)', fmt(rl.clusterPath.microsPerCheck, 1));
+    add('rate-limit check, Redis (µs, sequential)', fmt(rl.redisMicros, 1));
+  }
+  if (r.concurrency) {
+    add('limiter overhead, 1 caller (µs)', fmt(r.concurrency.overheadNsPerRun.oneCaller / 1000, 2));
+    add('limiter overhead, 64 callers (µs)', fmt(r.concurrency.overheadNsPerRun.sixtyFourCallers / 1000, 2));
+  }
+  if (r.client) add('client / raw undici, req/s', fmt(r.client.vsRawUndici, 2));
+  if (r.simulator)
+    add('simulator / plain node:http (body parsed), req/s', fmt(r.simulator.throughputVsParsed, 2));
+  if (r['browser-size'])
+    add('vllm-kit/browser, min+gzip (bytes)', fmt(r['browser-size'].minGzipBytes), '', undefined);
+  return rows;
+}
+
+export function renderReport(
+  report: Report,
+  date: string,
+): { markdown: string; charts: Record<string, string> } {
+  const r = report.results;
+  const charts: Record<string, string> = {};
+  const parts: string[] = [];
+  const chart = (name: string, svg: string, alt: string) => {
+    const file = `${date}-${name}.svg`;
+    charts[file] = svg;
+    parts.push(`![${alt}](./${file})`);
+  };
+  parts.push(
+    `# vllm-kit capacity report, ${date}${report.quick ? ' (--quick: a smoke run, figures meaningless)' : ''}`,
+  );
+  parts.push(
+    `Machine: ${report.machine.cpu}, ${report.machine.cores} cores, ${report.machine.memoryGb} GB, Node ${report.machine.node}, Linux ${report.machine.kernel}. ` +
+      `Load generator, simulator and servers share the machine over loopback; the suite took ${report.minutes} min. ` +
+      "Raw figures: the JSON file beside this report. Method: the README's performance section.",
+  );
+  parts.push(
+    '## Summary',
+    table(
+      ['figure', 'value', 'target', 'met'],
+      summarize(report).map((s) => [s.figure, s.value, s.target, s.met]),
+    ),
+  );
+
+  if (r.overhead) {
+    const o = r.overhead;
+    parts.push('## 1. Overhead (zero-latency simulator, closed loop, one source address per caller)');
+    parts.push(
+      table(
+        ['target', 'callers', 'req/s', 'own CPU µs/req', 'p50 ms', 'p90 ms', 'p99 ms', 'errors'],
+        o.points.map((p: Figures) => [
+          p.target,
+          p.concurrency,
+          fmt(p.rps),
+          fmt(p.cpuMicrosPerRequest),
+          fmt(p.p50Ms, 3),
+          fmt(p.p90Ms, 3),
+          fmt(p.p99Ms, 3),
+          p.errors,
+        ]),
+      ),
+    );
+    const targets = [...new Set(o.points.map((p: Figures) => p.target))] as string[];
+    chart(
+      'throughput',
+      lineChart({
+        title: 'Throughput against concurrency',
+        xLabel: 'concurrent callers',
+        yLabel: 'requests/s',
+        logX: true,
+        series: targets.map((t) => ({
+          name: t,
+          points: o.points.filter((p: Figures) => p.target === t).map((p: Figures) => [p.concurrency, p.rps]),
+        })),
+      }),
+      'throughput against concurrency',
+    );
+    const loaded = o.points.filter((p: Figures) => p.concurrency === o.ratios.concurrency);
+    chart(
+      'latency',
+      barChart({
+        title: `Latency percentiles at ${o.ratios.concurrency} callers`,
+        xLabel: 'target',
+        yLabel: 'ms',
+        groups: loaded.map((p: Figures) => p.target),
+        series: [
+          { name: 'p50', values: loaded.map((p: Figures) => p.p50Ms) },
+          { name: 'p90', values: loaded.map((p: Figures) => p.p90Ms) },
+          { name: 'p99', values: loaded.map((p: Figures) => p.p99Ms) },
+        ],
+      }),
+      'latency percentiles',
+    );
+  }
+
+  if (r.seed) {
+    const s = r.seed;
+    parts.push(
+      `## 2. The seed's before and after (streamed chat, Poisson arrivals, ${fmt(s.addresses)} client addresses; sustained = ≥ ${s.minSuccess * 100}% succeed and p99 time to first token ≤ ${s.ttftP99BoundMs} ms)`,
+    );
+    const rows = (name: string, steps: Figures[]) =>
+      steps.map((x) => [
+        name,
+        fmt(x.ratePerMin),
+        x.offered,
+        `${(x.successRate * 100).toFixed(1)}%`,
+        fmt(x.ttftP50Ms),
+        fmt(x.ttftP99Ms),
+        fmt(x.e2eP50Ms),
+        fmt(x.e2eP99Ms),
+        x.sustained ? 'yes' : 'no',
+      ]);
+    parts.push(
+      table(
+        [
+          'backend',
+          'req/min offered',
+          'requests',
+          'succeeded',
+          'TTFT p50 ms',
+          'TTFT p99 ms',
+          'end-to-end p50 ms',
+          'p99 ms',
+          'sustained',
+        ],
+        [...rows('before (seed, unoptimised)', s.before), ...rows('after (gateway defaults)', s.after)],
+      ),
+    );
+    chart(
+      'seed',
+      lineChart({
+        title: 'p99 time to first token against offered load',
+        xLabel: 'requests/min offered',
+        yLabel: 'p99 TTFT, ms',
+        series: [
+          { name: 'before', points: s.before.map((x: Figures) => [x.ratePerMin, x.ttftP99Ms]) },
+          { name: 'after', points: s.after.map((x: Figures) => [x.ratePerMin, x.ttftP99Ms]) },
+        ],
+        reference: { y: s.ttftP99BoundMs, label: 'bound' },
+      }),
+      'p99 TTFT against offered load',
+    );
+  }
+
+  if (r.streaming) {
+    const s = r.streaming;
+    parts.push('## 3. Streaming (64-token streams, closed loops, H100-like simulator without jitter)');
+    parts.push(
+      table(
+        [
+          'target',
+          'streams at once',
+          'streams',
+          'TTFT p50 ms',
+          'TTFT p99 ms',
+          'chunk gap p50 ms',
+          'gap p99 ms',
+          'worker RSS MB',
+        ],
+        s.points.map((p: Figures) => [
+          p.target,
+          p.concurrency,
+          p.streams,
+          fmt(p.ttftP50Ms, 2),
+          fmt(p.ttftP99Ms, 2),
+          fmt(p.gapP50Ms, 2),
+          fmt(p.gapP99Ms, 2),
+          fmt(p.workerRssMb, 1),
+        ]),
+      ),
+    );
+    parts.push(
+      table(
+        ['streams at once', 'added TTFT p50 ms', 'added TTFT p99 ms', 'added gap p50 ms', 'added gap p99 ms'],
+        s.added.map((a: Figures) => [
+          a.concurrency,
+          fmt(a.addedTtftP50Ms, 2),
+          fmt(a.addedTtftP99Ms, 2),
+          fmt(a.addedGapP50Ms, 2),
+          fmt(a.addedGapP99Ms, 2),
+        ]),
+      ),
+    );
+    parts.push(
+      `Gateway worker memory at ${s.memory.streams} streams: ${fmt(s.memory.workerRssMb, 1)} MB RSS (${fmt(s.memory.idleRssMb, 1)} MB idle, ≈ ${fmt(s.memory.kbPerStream)} KB per stream).`,
+    );
+  }
+
+  if (r.saturation) {
+    const s = r.saturation;
+    parts.push(
+      `## 4. Saturation (offered ${fmt(s.offeredRps)} req/s, twice the measured capacity of ${fmt(s.measuredCapacityRps)} req/s, plus one address sending ${s.abuserRps} req/s)`,
+    );
+    const row = (name: string, x: Figures, waiting: number, drain: number) => [
+      name,
+      JSON.stringify(x.statuses).replace(/"/g, ''),
+      fmt(x.goodputRps),
+      fmt(x.okP50Ms),
+      fmt(x.okP99Ms),
+      fmt(x.shedP50Ms, 2),
+      waiting,
+      fmt(drain),
+    ];
+    parts.push(
+      table(
+        [
+          'path',
+          'statuses',
+          'goodput req/s',
+          'ok p50 ms',
+          'ok p99 ms',
+          'shed p50 ms',
+          'upstream queue max',
+          'drain after load ms',
+        ],
+        [
+          row('straight to the simulator', s.direct.legit, s.direct.upstreamWaitingMax, s.direct.drainMs),
+          row('through the gateway', s.through.legit, s.through.upstreamWaitingMax, s.through.drainMs),
+          row('abusive address, through the gateway', s.through.abuser, Number.NaN, Number.NaN),
+        ],
+      ),
+    );
+    chart(
+      'saturation',
+      barChart({
+        title: 'Overload at 2× capacity',
+        xLabel: 'path',
+        yLabel: 'ms / requests per second',
+        groups: ['straight to the simulator', 'through the gateway'],
+        series: [
+          {
+            name: 'goodput, req/s',
+            values: [s.direct.legit.goodputRps, s.through.legit.goodputRps + s.through.abuser.goodputRps],
+          },
+          { name: 'p99 of answered, ms', values: [s.direct.legit.okP99Ms, s.through.legit.okP99Ms] },
+        ],
+      }),
+      'overload at twice capacity',
+    );
+  }
+
+  const pieces = ['token-cache', 'rate-limit', 'concurrency', 'client', 'simulator', 'browser-size'].filter(
+    (n) => r[n],
+  );
+  if (pieces.length > 0) {
+    parts.push('## 5. Pieces');
+    parts.push("Each piece's own benchmark (bench/<name>.ts), its figures as printed:");
+    for (const name of pieces)
+      parts.push(`### ${name}`, `\`\`\`json\n${JSON.stringify(r[name], null, 2)}\n\`\`\``);
+  }
+  return { markdown: `${parts.join('\n\n')}\n`, charts };
+}
