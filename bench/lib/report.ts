@@ -258,6 +258,7 @@ export function renderReport(
           'chunk gap p50 ms',
           'gap p99 ms',
           'worker RSS MB',
+          'TTFT mean inside the gateway ms',
         ],
         s.points.map((p: Figures) => [
           p.target,
@@ -268,6 +269,7 @@ export function renderReport(
           fmt(p.gapP50Ms, 2),
           fmt(p.gapP99Ms, 2),
           fmt(p.workerRssMb, 1),
+          fmt(p.gatewayTtftMeanMs, 2),
         ]),
       ),
     );

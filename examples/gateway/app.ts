@@ -66,7 +66,8 @@ export async function startWorker(
     points: config.rateLimitPoints,
     windowSec: config.rateLimitWindowSec,
     trustProxy: config.trustProxy,
-    store: redis ?? (cluster.isWorker ? 'cluster' : 'memory'),
+    // Several workers share one budget through the primary; a single worker keeps its own (no IPC per request).
+    store: redis ?? (cluster.isWorker && config.workers > 1 ? 'cluster' : 'memory'),
   });
   const limiter = createConcurrencyLimiter({
     concurrency: config.limitConcurrency,
