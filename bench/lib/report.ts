@@ -302,7 +302,7 @@ export function renderReport(
       fmt(x.okP50Ms),
       fmt(x.okP99Ms),
       fmt(x.shedP50Ms, 2),
-      waiting,
+      Number.isNaN(waiting) ? '—' : waiting,
       fmt(drain),
     ];
     parts.push(
