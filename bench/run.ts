@@ -20,7 +20,7 @@ const SCRIPTS = {
   simulator: 'simulator.ts',
   'browser-size': 'browser-size.ts',
 } as const;
-export type BenchName = keyof typeof SCRIPTS;
+type BenchName = keyof typeof SCRIPTS;
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');

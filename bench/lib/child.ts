@@ -21,6 +21,9 @@ process.once('exit', () => {
   for (const child of live) child.kill('SIGKILL');
 });
 
+// Linux's USER_HZ (getconf CLK_TCK), the unit of the CPU times in /proc/<pid>/stat.
+const CLOCK_TICKS = 100;
+
 /** CPU time (user + system) that processes `pids` have used so far, in µs, read from /proc (Linux). */
 export function processCpuMicros(pids: number[]): number {
   let ticks = 0;
@@ -32,7 +35,6 @@ export function processCpuMicros(pids: number[]): number {
   }
   return (ticks / CLOCK_TICKS) * 1e6;
 }
-const CLOCK_TICKS = 100;
 
 /** Kills `child` when this process exits. */
 export function ownChild(child: ChildProcess): ChildProcess {

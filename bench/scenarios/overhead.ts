@@ -50,6 +50,7 @@ async function measure(name: string, concurrency: number): Promise<Sample> {
   const clients = new ClientPool(url);
   const request = { path: '/v1/chat/completions', body, headers: { authorization: `Bearer ${key}` } };
   const processes = pids();
+  let cpuAtOpen = 0;
   let cpu = 0;
   try {
     const run = await closedLoopRun((loop) => send(clients.for(loop), request), {
@@ -57,7 +58,8 @@ async function measure(name: string, concurrency: number): Promise<Sample> {
       durationMs,
       warmupMs,
       onWindow: (edge) => {
-        cpu = processCpuMicros(processes) - (edge === 'close' ? cpu : 0);
+        if (edge === 'open') cpuAtOpen = processCpuMicros(processes);
+        else cpu = processCpuMicros(processes) - cpuAtOpen;
       },
     });
     const ok = run.results.filter((o) => o.status === 200);

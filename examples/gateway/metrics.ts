@@ -96,10 +96,7 @@ export function createMetrics(sources: {
     },
   });
   // Routes and statuses are a small closed set (unknown paths are labelled "unknown"), so the caches stay small.
-  const requestCounter = cached((key) => {
-    const [route, status] = key.split(' ') as [string, string];
-    return requests.labels(route, status);
-  });
+  const requestCounter = cached((route) => cached((status) => requests.labels(route, status)));
   const durationOf = cached((route) => duration.labels(route));
   const ttftOf = cached((route) => ttft.labels(route));
   return {
@@ -109,7 +106,7 @@ export function createMetrics(sources: {
     ttft,
     rateLimited,
     observeRequest(route, status, seconds) {
-      requestCounter(`${route} ${status}`).inc();
+      requestCounter(route)(String(status)).inc();
       durationOf(route).observe(seconds);
     },
     observeTtft(route, seconds) {

@@ -103,8 +103,9 @@ export class ClusterStore implements Store {
     this.flushing = undefined;
     const items = this.queue;
     this.queue = [];
-    const fail = (ids: ClusterItem[], error: Error) => {
-      for (const [id] of ids) {
+    // Rejects the batch's items that are still unanswered.
+    const fail = (error: Error) => {
+      for (const [id] of items) {
         const waiter = this.pending.get(id);
         if (waiter === undefined) continue;
         this.pending.delete(id);
@@ -112,7 +113,7 @@ export class ClusterStore implements Store {
       }
     };
     const timer = setTimeout(
-      () => fail(items, new Error(`the cluster primary did not answer within ${this.timeoutMs} ms`)),
+      () => fail(new Error(`the cluster primary did not answer within ${this.timeoutMs} ms`)),
       this.timeoutMs,
     );
     timer.unref();
@@ -122,7 +123,7 @@ export class ClusterStore implements Store {
     process.send!(message, undefined, undefined, (error) => {
       if (error) {
         clearTimeout(timer);
-        fail(items, error);
+        fail(error);
       }
     });
   };
