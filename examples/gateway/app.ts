@@ -66,6 +66,7 @@ export async function startWorker(
     points: config.rateLimitPoints,
     windowSec: config.rateLimitWindowSec,
     trustProxy: config.trustProxy,
+    proxyHeader: config.trustProxyHeader,
     // Several workers share one budget through the primary; a single worker keeps its own (no IPC per request).
     store: redis ?? (cluster.isWorker && config.workers > 1 ? 'cluster' : 'memory'),
   });

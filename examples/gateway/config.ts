@@ -18,6 +18,8 @@ export interface GatewayConfig {
   rateLimitPoints: number;
   rateLimitWindowSec: number;
   trustProxy: false | number | string[];
+  /** The one header the trusted proxies write the client's address into; the other is never read. */
+  trustProxyHeader: 'x-forwarded-for' | 'forwarded';
   redisUrl: string | undefined;
   tokenCacheTtlSec: number;
   tokenCacheSweepSec: number;
@@ -81,6 +83,13 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     }
     trustProxy = /^\d+$/.test(rawTrust) ? Number(rawTrust) : rawTrust.split(',').map((s) => s.trim());
   }
+  const trustProxyHeader = (env.TRUST_PROXY_HEADER || 'x-forwarded-for').toLowerCase();
+  if (trustProxyHeader !== 'x-forwarded-for' && trustProxyHeader !== 'forwarded') {
+    throw new ConfigError(
+      'TRUST_PROXY_HEADER',
+      `TRUST_PROXY_HEADER must be "x-forwarded-for" or "forwarded", got "${env.TRUST_PROXY_HEADER}"`,
+    );
+  }
   const redisUrl = env.REDIS_URL === undefined || env.REDIS_URL === '' ? undefined : env.REDIS_URL;
   if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) {
     throw new ConfigError('REDIS_URL', `REDIS_URL must be a redis:// or rediss:// URL, got "${redisUrl}"`);
@@ -112,6 +121,7 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     rateLimitPoints: integer(env, 'RATE_LIMIT_POINTS', 20, 1, 2_000_000),
     rateLimitWindowSec: integer(env, 'RATE_LIMIT_WINDOW_SEC', 60, 1, 86_400),
     trustProxy,
+    trustProxyHeader,
     redisUrl,
     tokenCacheTtlSec: integer(env, 'TOKEN_CACHE_TTL_SEC', 300, 1, 86_400),
     tokenCacheSweepSec: integer(env, 'TOKEN_CACHE_SWEEP_SEC', 60, 0, 86_400),

@@ -1,25 +1,25 @@
-// The client's IP: the socket's address, or X-Forwarded-For / Forwarded read only through trusted proxy hops.
+// The client's IP: the socket's address, or the one proxy header the operator names (X-Forwarded-For by default,
+// or Forwarded) read only through trusted proxy hops. The other header is never read: proxies append to the one
+// they speak and pass the other through from the client untouched, so reading it would let any client pick its key.
 // IPv4-mapped IPv6 counts as IPv4; IPv6 is keyed by its prefix (default /64: one subscriber's allocation).
 import { BlockList, isIP } from 'node:net';
 
 /** `false`: trust no proxy. A number: that many proxy hops in front. A list: proxies by address or CIDR. */
 export type TrustProxy = false | number | string[];
 
-export interface ClientIpOptions {
-  trustProxy: TrustProxy;
-  /** Prefix length IPv6 addresses are keyed by; 128 keys each address. */
-  ipv6Subnet: number;
-}
+/** The header trusted proxies write the client's address into. */
+export type ProxyHeader = 'x-forwarded-for' | 'forwarded';
 
-/** Compiled trust rules: a hop count or a BlockList of trusted proxies. */
+/** Compiled trust rules: a hop count or a BlockList of trusted proxies, and the one header to read. */
 export interface TrustRule {
   hops: number;
   list: BlockList | undefined;
+  header: ProxyHeader;
 }
 
-export function compileTrust(trustProxy: TrustProxy): TrustRule {
-  if (trustProxy === false) return { hops: 0, list: undefined };
-  if (typeof trustProxy === 'number') return { hops: trustProxy, list: undefined };
+export function compileTrust(trustProxy: TrustProxy, header: ProxyHeader = 'x-forwarded-for'): TrustRule {
+  if (trustProxy === false) return { hops: 0, list: undefined, header };
+  if (typeof trustProxy === 'number') return { hops: trustProxy, list: undefined, header };
   const list = new BlockList();
   for (const entry of trustProxy) {
     const [address, prefixText] = entry.split('/') as [string, string | undefined];
@@ -35,7 +35,7 @@ export function compileTrust(trustProxy: TrustProxy): TrustRule {
       list.addSubnet(normalized, prefix, type);
     }
   }
-  return { hops: Number.POSITIVE_INFINITY, list };
+  return { hops: Number.POSITIVE_INFINITY, list, header };
 }
 
 /** `::ffff:1.2.3.4` → `1.2.3.4`; strips brackets, ports and zone ids that headers may carry. */
@@ -86,12 +86,11 @@ export function clientIp(
 ): string {
   const peer = normalizeIp(remoteAddress ?? '');
   if (rule.hops === 0 && rule.list === undefined) return peer;
-  const forwarded = headers.forwarded;
-  const xff = headers['x-forwarded-for'];
-  let chain: string[];
-  if (typeof forwarded === 'string' && forwarded !== '') chain = forwardedFor(forwarded);
-  else if (xff !== undefined) chain = (Array.isArray(xff) ? xff.join(',') : xff).split(',');
-  else return peer;
+  const raw = headers[rule.header];
+  if (raw === undefined || raw === '') return peer;
+  // Several header lines are one list (RFC 9110 §5.3), in the order they came.
+  const text = Array.isArray(raw) ? raw.join(',') : raw;
+  const chain = rule.header === 'forwarded' ? forwardedFor(text) : text.split(',');
   // Nearest first: the peer, then the forwarded addresses from right to left.
   let current = peer;
   for (let depth = 0, i = chain.length - 1; i >= 0; depth++, i--) {

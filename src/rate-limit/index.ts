@@ -12,11 +12,19 @@ import {
   rejectUnknownKeys,
   stringOption,
 } from '../internal/validate.js';
-import { clientIp, compileTrust, ipKey, normalizeIp, type TrustProxy, type TrustRule } from './client-ip.js';
+import {
+  clientIp,
+  compileTrust,
+  ipKey,
+  normalizeIp,
+  type ProxyHeader,
+  type TrustProxy,
+  type TrustRule,
+} from './client-ip.js';
 import type { WindowState } from './memory-store.js';
 import { ClusterStore, LocalStore, RedisStore, type Store } from './stores.js';
 
-export type { TrustProxy } from './client-ip.js';
+export type { ProxyHeader, TrustProxy } from './client-ip.js';
 export { serveClusterRateLimits } from './stores.js';
 
 type RequestLike = Pick<IncomingMessage, 'headers' | 'socket'>;
@@ -45,6 +53,13 @@ export interface IpRateLimiterOptions {
    * of addresses/CIDRs. `true` (trust anything) is refused: any client could then pick its own IP. @default false
    */
   trustProxy?: TrustProxy;
+  /**
+   * The one header trusted proxies write the client's address into: `'x-forwarded-for'` (nginx, HAProxy, cloud load
+   * balancers, Cloudflare) or `'forwarded'` (RFC 7239). The other is ignored: proxies pass a client's own copy of
+   * the header they do not write through untouched, so reading both would let any client choose its key.
+   * @default 'x-forwarded-for'
+   */
+  proxyHeader?: ProxyHeader;
   /** IPv6 clients are keyed by this prefix (a /64 is one subscriber); 128 keys each address. @default 64 */
   ipv6Subnet?: number;
   /** Key a request by something else (e.g. an API key); return undefined to fall back to the IP. */
@@ -110,6 +125,7 @@ const KEYS = [
   'onStoreError',
   'storeTimeoutMs',
   'trustProxy',
+  'proxyHeader',
   'ipv6Subnet',
   'keyGenerator',
   'skip',
@@ -131,10 +147,10 @@ export function createIpRateLimiter(options: IpRateLimiterOptions = {}): IpRateL
 }
 
 /** Compiles a list of addresses/CIDRs once, refusing a bad entry with a message that names the option. */
-function compileList(option: string, value: unknown): TrustRule {
+function compileList(option: string, value: unknown, header?: ProxyHeader): TrustRule {
   if (!Array.isArray(value)) throw invalid(option, 'an array of addresses or CIDRs', value);
   try {
-    return compileTrust(value as string[]);
+    return compileTrust(value as string[], header);
   } catch (error) {
     throw new InvalidOptionError(
       option,
@@ -202,12 +218,19 @@ class Limiter implements IpRateLimiter {
     ) {
       throw invalid('trustProxy', 'false, a hop count or a list of addresses/CIDRs', trustProxy);
     }
+    const proxyHeader = oneOfOption(
+      'proxyHeader',
+      options.proxyHeader,
+      ['x-forwarded-for', 'forwarded'],
+      'x-forwarded-for',
+    );
     this.trust = Array.isArray(trustProxy)
-      ? compileList('trustProxy', trustProxy)
+      ? compileList('trustProxy', trustProxy, proxyHeader)
       : compileTrust(
           typeof trustProxy === 'number'
             ? numberOption('trustProxy', trustProxy, 0, { min: 0, max: 100, integer: true })
             : false,
+          proxyHeader,
         );
     this.ipv6Subnet = numberOption('ipv6Subnet', options.ipv6Subnet, 64, { min: 1, max: 128, integer: true });
     if (options.keyGenerator !== undefined && typeof options.keyGenerator !== 'function') {

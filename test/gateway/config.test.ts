@@ -21,6 +21,7 @@ describe('loadConfig', () => {
       rateLimitPoints: 20,
       rateLimitWindowSec: 60,
       trustProxy: false,
+      trustProxyHeader: 'x-forwarded-for',
       tokenCacheTtlSec: 300,
       tokenCacheSweepSec: 60,
       databaseUrl: 'sqlite:./data/keys.db',
@@ -36,6 +37,7 @@ describe('loadConfig', () => {
       'http://b:8000',
     ]);
     expect(loadConfig({ TRUST_PROXY: '2' }).trustProxy).toBe(2);
+    expect(loadConfig({ TRUST_PROXY_HEADER: 'Forwarded' }).trustProxyHeader).toBe('forwarded');
     expect(loadConfig({ TRUST_PROXY: '10.0.0.0/8,192.168.0.0/16' }).trustProxy).toEqual([
       '10.0.0.0/8',
       '192.168.0.0/16',
@@ -48,6 +50,11 @@ describe('loadConfig', () => {
     [{ WORKERS: '0' }, 'WORKERS', 'WORKERS must be an integer from 1 to 256, got "0"'],
     [{ VLLM_BASE_URL: 'ftp://x' }, 'VLLM_BASE_URL', 'VLLM_BASE_URL must be an http(s) URL, got "ftp://x"'],
     [{ TRUST_PROXY: 'true' }, 'TRUST_PROXY', 'TRUST_PROXY=true would let any client pick its IP'],
+    [
+      { TRUST_PROXY_HEADER: 'x-real-ip' },
+      'TRUST_PROXY_HEADER',
+      'TRUST_PROXY_HEADER must be "x-forwarded-for" or "forwarded", got "x-real-ip"',
+    ],
     [{ REDIS_URL: 'localhost:6379' }, 'REDIS_URL', 'REDIS_URL must be a redis:// or rediss:// URL'],
     [
       { DATABASE_URL: 'mysql://u:secret@h/db' },

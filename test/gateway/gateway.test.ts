@@ -1,68 +1,10 @@
 // The reference gateway end to end in one process: the official openai client, every error row, client aborts, and
 // revocation — against the simulator and a SQLite key store (PostgreSQL in key-store.test.ts).
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import OpenAI from 'openai';
-import pino from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
-import { type GatewayWorker, startWorker } from '../../examples/gateway/app.js';
-import { loadConfig } from '../../examples/gateway/config.js';
-import { startVllmSimulator, type VllmSimulator } from '../../src/testing/index.js';
+import { describe, expect, it } from 'vitest';
+import { errorOf, post, trackGateways } from '../helpers/gateway.js';
 
-const cleanups: (() => Promise<unknown>)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
-
-interface Setup {
-  gateway: GatewayWorker;
-  sim: VllmSimulator;
-  key: string;
-  url: string;
-}
-
-async function setup(
-  env: Record<string, string> = {},
-  sim?: VllmSimulator,
-  moreUpstreams: string[] = [],
-): Promise<Setup> {
-  const dir = mkdtempSync(join(tmpdir(), 'vllm-kit-gateway-'));
-  cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
-  const simulator = sim ?? (await startVllmSimulator({ model: 'm' }));
-  if (!sim) cleanups.push(() => simulator.close());
-  const config = loadConfig({
-    ENV: 'development',
-    HOST: '127.0.0.1',
-    PORT: '0',
-    DATABASE_URL: `sqlite:${join(dir, 'keys.db')}`,
-    ...env,
-  });
-  const gateway = await startWorker(config, {
-    upstreams: [simulator.url, ...moreUpstreams],
-    logger: pino({ level: 'silent' }),
-  });
-  cleanups.push(() => gateway.close(1000));
-  const { key } = await gateway.keyStore.create('alice');
-  return { gateway, sim: simulator, key, url: gateway.url };
-}
-
-const post = (url: string, path: string, init: { key?: string; body?: string; type?: string } = {}) =>
-  fetch(`${url}${path}`, {
-    method: 'POST',
-    headers: {
-      ...(init.key ? { authorization: `Bearer ${init.key}` } : {}),
-      'content-type': init.type ?? 'application/json',
-    },
-    body: init.body ?? JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }),
-  });
-
-async function errorOf(response: Response) {
-  return {
-    status: response.status,
-    body: (await response.json()) as { error: { type: string; code: unknown } },
-  };
-}
+const { setup, simulator } = trackGateways();
 
 describe('gateway with the openai client', () => {
   it('serves chat (streaming and not), completions, embeddings and models', async () => {
@@ -175,8 +117,7 @@ describe('gateway errors', () => {
   });
 
   it('503 queue full and queue timeout, with Retry-After', async () => {
-    const sim = await startVllmSimulator({ model: 'm', ttftMs: 60_000 });
-    cleanups.push(() => sim.close());
+    const sim = await simulator({ ttftMs: 60_000 });
     const { url, key } = await setup(
       { LIMIT_CONCURRENCY: '1', MAX_QUEUE: '1', QUEUE_TIMEOUT_MS: '200' },
       sim,
@@ -196,8 +137,7 @@ describe('gateway errors', () => {
   });
 
   it('502 when the upstream is unreachable, 504 when it does not answer in time', async () => {
-    const sim = await startVllmSimulator({ model: 'm', faults: { refuseConnections: true } });
-    cleanups.push(() => sim.close());
+    const sim = await simulator({ faults: { refuseConnections: true } });
     const { url, key } = await setup({ UPSTREAM_TIMEOUT_MS: '300' }, sim);
     expect(await errorOf(await post(url, '/v1/chat/completions', { key }))).toMatchObject({
       status: 502,
@@ -213,8 +153,7 @@ describe('gateway errors', () => {
 
 describe('gateway behaviour', () => {
   it('aborts the upstream request when the client disconnects mid-stream', async () => {
-    const sim = await startVllmSimulator({ model: 'm', itlMs: 20 });
-    cleanups.push(() => sim.close());
+    const sim = await simulator({ itlMs: 20 });
     const { url, key } = await setup({}, sim);
     const response = await post(url, '/v1/chat/completions', {
       key,
@@ -243,12 +182,8 @@ describe('gateway behaviour', () => {
   });
 
   it('is healthy while at least one replica is', async () => {
-    const a = await startVllmSimulator({ model: 'm' });
-    const b = await startVllmSimulator({ model: 'm' });
-    cleanups.push(
-      () => a.close(),
-      () => b.close(),
-    );
+    const a = await simulator();
+    const b = await simulator();
     const { url } = await setup({}, a, [b.url]);
     await a.setFaults({ unhealthy: true });
     expect((await fetch(`${url}/health`)).status).toBe(200);

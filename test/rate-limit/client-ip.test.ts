@@ -40,13 +40,30 @@ describe('clientIp', () => {
     expect(clientIp('2001:db8:ffff::1', { 'x-forwarded-for': '2001:db8:1::5' }, rule)).toBe('2001:db8:1::5');
   });
 
-  it('reads RFC 7239 Forwarded (preferred over X-Forwarded-For)', () => {
+  it('reads only X-Forwarded-For by default: a client-sent Forwarded cannot choose the address', () => {
+    // nginx, load balancers and Cloudflare append to X-Forwarded-For and pass the client's Forwarded through.
+    const headers = { forwarded: 'for=198.51.100.77', 'x-forwarded-for': '203.0.113.5' };
+    expect(clientIp('10.0.0.1', headers, compileTrust(1))).toBe('203.0.113.5');
+    expect(clientIp('10.0.0.1', { forwarded: 'for=198.51.100.77' }, compileTrust(1))).toBe('10.0.0.1');
+    expect(clientIp('10.0.0.1', { forwarded: 'for=198.51.100.77' }, compileTrust(['10.0.0.0/8']))).toBe(
+      '10.0.0.1',
+    );
+  });
+
+  it("reads RFC 7239 Forwarded when it is the operator's chosen header, and then ignores X-Forwarded-For", () => {
     const headers = {
       forwarded: 'for=192.0.2.60;proto=http;by=203.0.113.43, for="[2001:db8:cafe::17]:4711"',
       'x-forwarded-for': '9.9.9.9',
     };
-    expect(clientIp('10.0.0.1', headers, compileTrust(1))).toBe('2001:db8:cafe::17');
-    expect(clientIp('10.0.0.1', headers, compileTrust(2))).toBe('192.0.2.60');
+    expect(clientIp('10.0.0.1', headers, compileTrust(1, 'forwarded'))).toBe('2001:db8:cafe::17');
+    expect(clientIp('10.0.0.1', headers, compileTrust(2, 'forwarded'))).toBe('192.0.2.60');
+    expect(clientIp('10.0.0.1', { 'x-forwarded-for': '9.9.9.9' }, compileTrust(1, 'forwarded'))).toBe(
+      '10.0.0.1',
+    );
+    // Several Forwarded lines are one list, nearest proxy last.
+    expect(
+      clientIp('10.0.0.1', { forwarded: ['for=1.1.1.1', 'for=2.2.2.2'] }, compileTrust(2, 'forwarded')),
+    ).toBe('1.1.1.1');
   });
 
   it('handles X-Forwarded-For sent as several header lines', () => {

@@ -120,6 +120,10 @@ describe('createIpRateLimiter (memory)', () => {
       [{ store: 'cluster' }, 'in a node:cluster worker'],
       [{ onStoreError: 'maybe' }, 'Expected `onStoreError` to be one of "insurance", "open", "closed"'],
       [{ ipv6Subnet: 0 }, 'Expected `ipv6Subnet` to be an integer >= 1'],
+      [
+        { proxyHeader: 'x-real-ip' },
+        'Expected `proxyHeader` to be one of "x-forwarded-for", "forwarded", got `"x-real-ip"` (string)',
+      ],
       [{ limit: 5 }, 'Unknown option `limit`'],
     ];
     for (const [options, message] of cases) {
@@ -175,6 +179,43 @@ describe('node:http adapter', () => {
     expect(await send('198.51.100.1')).toBe(429);
     // An extra hop the client wrote itself is not believed: 198.51.100.2 is what the trusted proxy saw.
     expect(await send('6.6.6.6, 198.51.100.2')).toBe(429);
+  });
+
+  it('cannot be escaped with a client-sent Forwarded header behind a proxy that appends X-Forwarded-For', async () => {
+    const url = await serve(limiter({ points: 20, trustProxy: 1 }));
+    // An nginx-like proxy: appends the client's address to X-Forwarded-For and passes every other header through.
+    const proxy = createServer((req, res) => {
+      const headers = { ...req.headers } as Record<string, string>;
+      const peer = req.socket.remoteAddress!.replace('::ffff:', '');
+      headers['x-forwarded-for'] = headers['x-forwarded-for']
+        ? `${headers['x-forwarded-for']}, ${peer}`
+        : peer;
+      fetch(url + req.url, { headers }).then(async (reply) => {
+        res.writeHead(reply.status);
+        res.end(await reply.text());
+      });
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise((resolve) => proxy.close(resolve)));
+    const proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+    const statuses: number[] = [];
+    for (let i = 0; i < 30; i++) {
+      const reply = await fetch(proxyUrl, { headers: { forwarded: `for=198.51.100.${i}` } });
+      statuses.push(reply.status);
+    }
+    expect(statuses.filter((s) => s === 200)).toHaveLength(20);
+    expect(statuses.slice(20).every((s) => s === 429)).toBe(true);
+  });
+
+  it("reads Forwarded only when it is the operator's proxyHeader", async () => {
+    const url = await serve(limiter({ points: 1, trustProxy: 1, proxyHeader: 'forwarded' }));
+    const send = (headers: Record<string, string>) => fetch(url, { headers }).then((r) => r.status);
+    expect(await send({ forwarded: 'for=198.51.100.1' })).toBe(200);
+    expect(await send({ forwarded: 'for=198.51.100.2' })).toBe(200);
+    expect(await send({ forwarded: 'for=198.51.100.1' })).toBe(429);
+    // X-Forwarded-For is not read now: both requests count against the peer, 127.0.0.1.
+    expect(await send({ 'x-forwarded-for': '198.51.100.3' })).toBe(200);
+    expect(await send({ 'x-forwarded-for': '198.51.100.4' })).toBe(429);
   });
 
   it('counts a client that sends no headers at all by its socket address', async () => {
