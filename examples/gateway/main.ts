@@ -1,5 +1,10 @@
 // `npm start`: the reference gateway. The primary forks WORKERS workers (replacing any that crash), keeps the shared
-// rate-limit budget and aggregates metrics; SIGTERM drains. Without VLLM_BASE_URL it starts the simulator (demo mode).
+// rate-limit budget and aggregates metrics. Without VLLM_BASE_URL it starts the simulator (demo mode).
+//
+// Signals, however they arrive (to the primary, to one worker, to the whole process group as systemd and Ctrl-C send
+// them, repeated): SIGTERM and SIGINT drain — stop accepting, let in-flight requests and open streams finish within
+// SHUTDOWN_GRACE_MS, exit 0. Draining is idempotent: a worker signalled by the group and again by the primary keeps
+// draining. A second SIGINT to the primary (a second Ctrl-C) forces an immediate exit: workers are killed, exit 130.
 import cluster from 'node:cluster';
 import client from 'prom-client';
 import { serveClusterRateLimits } from 'vllm-kit';
@@ -8,6 +13,41 @@ import { startWorker } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
 
 const GRACE_MS = Number(process.env.SHUTDOWN_GRACE_MS ?? 30_000);
+/** 128 + SIGINT, as shells report a process ended by Ctrl-C. */
+const FORCED_EXIT_CODE = 130;
+
+/**
+ * Calls `drain` on the first SIGTERM or SIGINT and ignores repeats, except that a SIGINT once draining has begun
+ * calls `force` (when given). Handlers stay registered (`on`, not `once`): a repeated signal must never fall through
+ * to Node's default action, which kills the process mid-stream.
+ */
+function onStopSignals(drain: () => void, force?: () => void): void {
+  let draining = false;
+  const handle = (signal: NodeJS.Signals) => {
+    if (!draining) {
+      draining = true;
+      drain();
+    } else if (signal === 'SIGINT') force?.();
+  };
+  process.on('SIGTERM', handle);
+  process.on('SIGINT', handle);
+}
+
+/**
+ * Run by npm (`npm start`), the gateway stops with npm: if npm dies without passing a signal on (SIGKILL, a crash),
+ * the primary notices it has been re-parented and drains instead of serving on as an orphan.
+ */
+function drainWhenOrphaned(drain: () => void): void {
+  if (process.env.npm_lifecycle_event === undefined) return;
+  const parent = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid === parent) return;
+    clearInterval(timer);
+    process.stderr.write(`gateway: npm (pid ${parent}) exited; draining\n`);
+    drain();
+  }, 1000);
+  timer.unref();
+}
 
 function fail(error: unknown): never {
   const message = error instanceof ConfigError ? error.message : (error as Error).message;
@@ -47,8 +87,8 @@ async function primary(): Promise<void> {
       await sim?.close();
       process.exit(0);
     };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
+    onStopSignals(stop, () => process.exit(FORCED_EXIT_CODE));
+    drainWhenOrphaned(stop);
     return;
   }
   serveClusterRateLimits();
@@ -109,16 +149,30 @@ async function primary(): Promise<void> {
       worker?.process.kill('SIGTERM');
     }
   };
-  process.once('SIGTERM', () => stop());
-  process.once('SIGINT', () => stop());
+  const force = () => {
+    process.stderr.write('gateway: second SIGINT; exiting without draining\n');
+    const workers = Object.values(cluster.workers ?? {});
+    let left = workers.length;
+    const exit = () => process.exit(FORCED_EXIT_CODE);
+    if (left === 0) exit();
+    // Reap them before exiting (no zombies left to an init that may not reap), but never wait long.
+    setTimeout(exit, 1000).unref();
+    for (const worker of workers) {
+      worker?.once('exit', () => --left === 0 && exit());
+      worker?.process.kill('SIGKILL');
+    }
+  };
+  onStopSignals(() => stop(), force);
+  drainWhenOrphaned(() => stop());
 }
 
 async function worker(): Promise<void> {
   const upstreams = (process.env.GATEWAY_UPSTREAMS ?? '').split(',').filter(Boolean);
   const gateway = await startWorker(config, { upstreams });
   process.send?.({ type: 'vllm-kit:gateway:listening', url: gateway.url });
-  process.once('SIGTERM', async () => {
-    // Drain: stop accepting, let in-flight requests and open streams finish, then exit 0.
+  // Drain: stop accepting, let in-flight requests and open streams finish, then exit 0. A worker never forces: the
+  // group's second Ctrl-C reaches the primary too, which kills the workers itself.
+  onStopSignals(async () => {
     await gateway.close(GRACE_MS);
     process.exit(0);
   });

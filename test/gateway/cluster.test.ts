@@ -1,106 +1,18 @@
 // The gateway as `npm start` runs it: four node:cluster workers, one rate-limit budget, SIGTERM draining an open
 // stream, and a killed worker replaced.
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { request } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { execSync, spawn } from 'node:child_process';
+import { resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startVllmSimulator, type VllmSimulator } from '../../src/testing/index.js';
+import { startVllmSimulator } from '../../src/testing/index.js';
+import { chat as call, trackGatewayProcesses } from '../helpers/gateway-process.js';
 
 const root = resolve(import.meta.dirname, '../..');
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
-
-interface Running {
-  child: ChildProcess;
-  url: string;
-  key: string;
-  output: () => string;
-}
-
-async function startGateway(sim: VllmSimulator, env: Record<string, string> = {}): Promise<Running> {
-  const dir = mkdtempSync(join(tmpdir(), 'vllm-kit-gw-cluster-'));
-  cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
-  const baseEnv = {
-    ...process.env,
-    ENV: 'production',
-    WORKERS: '4',
-    HOST: '127.0.0.1',
-    PORT: '0',
-    DATABASE_URL: `sqlite:${join(dir, 'keys.db')}`,
-    VLLM_BASE_URL: sim.url,
-    REDIS_URL: '',
-    LOG_LEVEL: 'silent',
-    SHUTDOWN_GRACE_MS: '20000',
-    ...env,
-  };
-  const keys = spawn(
-    process.execPath,
-    ['--import', 'tsx', 'examples/gateway/keys-cli.ts', 'create', '--name', 'cluster'],
-    {
-      cwd: root,
-      env: baseEnv,
-    },
-  );
-  let keyOut = '';
-  keys.stdout.on('data', (chunk) => (keyOut += chunk));
-  await new Promise((done) => keys.once('exit', done));
-  const key = keyOut.trim().split('\n').at(-1)!;
-  const child = spawn(process.execPath, ['--import', 'tsx', 'examples/gateway/main.ts'], {
-    cwd: root,
-    env: baseEnv,
-  });
-  let out = '';
-  child.stdout!.on('data', (chunk) => (out += chunk));
-  child.stderr!.on('data', (chunk) => (out += chunk));
-  cleanups.push(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGKILL');
-      await new Promise((done) => child.once('exit', done));
-    }
-  });
-  const url = await new Promise<string>((ready, fail) => {
-    const timer = setTimeout(() => fail(new Error(`gateway did not start:\n${out}`)), 30_000);
-    child.stdout!.on('data', () => {
-      const match = /listening on (http:\/\/\S+) \(4 workers\)/.exec(out);
-      if (match) {
-        clearTimeout(timer);
-        ready(match[1]!);
-      }
-    });
-  });
-  return { child, url, key, output: () => out };
-}
-
-/** One request on its own connection, so the primary spreads requests over the workers. */
-function call(url: string, key: string, body: object): Promise<{ status: number; text: string }> {
-  return new Promise((done, fail) => {
-    const payload = JSON.stringify(body);
-    const req = request(
-      `${url}/v1/chat/completions`,
-      {
-        method: 'POST',
-        agent: false,
-        headers: {
-          authorization: `Bearer ${key}`,
-          'content-type': 'application/json',
-          'content-length': Buffer.byteLength(payload),
-        },
-      },
-      (res) => {
-        let text = '';
-        res.on('data', (chunk) => (text += chunk));
-        res.on('end', () => done({ status: res.statusCode!, text }));
-        res.on('error', fail);
-      },
-    );
-    req.on('error', fail);
-    req.end(payload);
-  });
-}
+const { start } = trackGatewayProcesses();
+const startGateway = (sim: { url: string }, env: Record<string, string> = {}) => start(sim.url, { env });
 
 describe('gateway with node:cluster workers', () => {
   it('holds one IP to one 20-per-minute budget across 4 workers (exactly 20 of 25)', async () => {
@@ -150,7 +62,6 @@ describe('gateway with node:cluster workers', () => {
     cleanups.push(() => sim.close());
     const gateway = await startGateway(sim);
     // Kill one worker: the primary starts another.
-    const { execSync } = await import('node:child_process');
     const workers = execSync(`pgrep -P ${gateway.child.pid}`).toString().trim().split('\n').map(Number);
     expect(workers).toHaveLength(4);
     process.kill(workers[0]!, 'SIGKILL');
@@ -175,12 +86,11 @@ describe('gateway with node:cluster workers', () => {
       stream: true,
     });
     await expect.poll(() => sim.stats().running).toBe(1);
-    const exited = new Promise<number | null>((done) => gateway.child.once('exit', (code) => done(code)));
     gateway.child.kill('SIGTERM');
     const result = await stream;
     expect(result.status).toBe(200);
     expect(result.text.trimEnd().endsWith('data: [DONE]')).toBe(true);
-    expect(await exited).toBe(0);
+    expect(await gateway.exited).toBe(0);
     expect(sim.stats().completed).toBeGreaterThanOrEqual(5);
   }, 90_000);
 });

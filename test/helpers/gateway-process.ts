@@ -1,0 +1,155 @@
+// The gateway as a separate process, as `npm start` runs it (workers, signals), for tests: a fresh SQLite key store
+// with one key, the URL it listens on, its output, and a kill in teardown.
+import { type ChildProcess, execSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterEach } from 'vitest';
+
+const root = resolve(import.meta.dirname, '../..');
+
+export interface GatewayProcess {
+  child: ChildProcess;
+  url: string;
+  key: string;
+  output: () => string;
+  /** Resolves with the exit code (or the signal's name) of the started process. */
+  exited: Promise<number | string>;
+}
+
+export interface StartOptions {
+  env?: Record<string, string>;
+  /** `npm start` (npm in front, as a container's `CMD ["npm","start"]`), or node directly. @default 'node' */
+  via?: 'node' | 'npm';
+  /** Its own process group (so a test can signal the whole group, as systemd and Ctrl-C do). @default false */
+  detached?: boolean;
+}
+
+/** Registers an afterEach that kills (SIGKILL, whole group when detached) what `start` started. */
+export function trackGatewayProcesses() {
+  const cleanups: (() => Promise<unknown>)[] = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  });
+
+  async function start(upstream: string, options: StartOptions = {}): Promise<GatewayProcess> {
+    const dir = mkdtempSync(join(tmpdir(), 'vllm-kit-gw-process-'));
+    cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
+    const env = {
+      ...process.env,
+      ENV: 'production',
+      WORKERS: '4',
+      HOST: '127.0.0.1',
+      PORT: '0',
+      DATABASE_URL: `sqlite:${join(dir, 'keys.db')}`,
+      VLLM_BASE_URL: upstream,
+      REDIS_URL: '',
+      LOG_LEVEL: 'silent',
+      SHUTDOWN_GRACE_MS: '20000',
+      ...options.env,
+    };
+    const keys = spawn(
+      process.execPath,
+      ['--import', 'tsx', 'examples/gateway/keys-cli.ts', 'create', '--name', 'test'],
+      {
+        cwd: root,
+        env,
+      },
+    );
+    let keyOut = '';
+    keys.stdout.on('data', (chunk) => (keyOut += chunk));
+    await new Promise((done) => keys.once('exit', done));
+    const key = keyOut.trim().split('\n').at(-1)!;
+    const [command, args] =
+      options.via === 'npm'
+        ? ['npm', ['start', '--silent']]
+        : [process.execPath, ['--import', 'tsx', 'examples/gateway/main.ts']];
+    const child = spawn(command, args, { cwd: root, env, detached: options.detached ?? false });
+    let out = '';
+    child.stdout!.on('data', (chunk) => (out += chunk));
+    child.stderr!.on('data', (chunk) => (out += chunk));
+    const exited = new Promise<number | string>((done) =>
+      child.once('exit', (code, signal) => done(code ?? signal ?? 'unknown')),
+    );
+    // Everything it started, even what outlived it: its process group when detached, else its descendants.
+    cleanups.push(async () => {
+      if (options.detached) {
+        try {
+          process.kill(-child.pid!, 'SIGKILL');
+        } catch {}
+      } else if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    });
+    const workers = env.ENV === 'development' ? 1 : Number(env.WORKERS);
+    const url = await new Promise<string>((ready, fail) => {
+      const timer = setTimeout(() => fail(new Error(`gateway did not start:\n${out}`)), 30_000);
+      const pattern = new RegExp(
+        `listening on (http://\\S+) \\((${workers} workers|1 worker, development)\\)`,
+      );
+      child.stdout!.on('data', () => {
+        const match = pattern.exec(out);
+        if (match) {
+          clearTimeout(timer);
+          ready(match[1]!);
+        }
+      });
+    });
+    return { child, url, key, output: () => out, exited };
+  }
+
+  return { start, onCleanup: (close: () => Promise<unknown>) => void cleanups.push(close) };
+}
+
+/** The pids of a process group's live members (zombies, dead but not yet reaped, are not counted). */
+export function groupMembers(pgid: number): number[] {
+  return execSync(`ps -o pid=,stat= -g ${pgid} || true`)
+    .toString()
+    .trim()
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .filter(([pid, stat]) => pid && !stat?.startsWith('Z'))
+    .map(([pid]) => Number(pid));
+}
+
+/** One chat request on its own connection (so the cluster spreads requests over the workers). */
+export function chat(
+  url: string,
+  key: string,
+  body: object,
+): Promise<{ status: number; text: string; complete: boolean }> {
+  return new Promise((done, fail) => {
+    const payload = JSON.stringify(body);
+    const req = request(
+      `${url}/v1/chat/completions`,
+      {
+        method: 'POST',
+        agent: false,
+        headers: {
+          authorization: `Bearer ${key}`,
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(payload),
+        },
+      },
+      (res) => {
+        let text = '';
+        res.on('data', (chunk) => (text += chunk));
+        res.on('end', () => done({ status: res.statusCode!, text, complete: res.complete }));
+        res.on('error', fail);
+        res.on('aborted', () => done({ status: res.statusCode!, text, complete: false }));
+      },
+    );
+    req.on('error', fail);
+    req.end(payload);
+  });
+}
+
+/** Whether a pid is alive. */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
