@@ -12,6 +12,7 @@ export {
   type EmbeddingList,
   type EmbeddingRequest,
   type FinishReason,
+  type HealthOptions,
   type ModelList,
   type RawRequest,
   type RawResponse,

@@ -230,6 +230,13 @@ export function createGateway(deps: GatewayDeps) {
       const headers: Record<string, string> = { 'x-request-id': requestId };
       const contentType = upstream.headers['content-type'];
       if (typeof contentType === 'string') headers['content-type'] = contentType;
+      // An upstream 429/503 is answered at once (the client never sleeps on it holding our slot): pass its advice on.
+      if (upstream.status >= 400) {
+        const retryAfter = upstream.headers['retry-after'];
+        const retryAfterMs = upstream.headers['retry-after-ms'];
+        if (typeof retryAfter === 'string') headers['retry-after'] = retryAfter;
+        if (typeof retryAfterMs === 'string') headers['retry-after-ms'] = retryAfterMs;
+      }
       const streaming = typeof contentType === 'string' && contentType.startsWith('text/event-stream');
       if (streaming) {
         headers['cache-control'] = 'no-cache';
@@ -343,17 +350,9 @@ export function createGateway(deps: GatewayDeps) {
     else res.destroy();
   }
 
-  /** 200 when at least one upstream answers its own /health (each probed, 2 s at most), 503 otherwise. */
+  /** 200 when at least one upstream answers its own /health (each probed once, 2 s at most), 503 otherwise. */
   async function health(res: ServerResponse): Promise<void> {
-    const probe = async (url: string) => {
-      try {
-        const reply = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2000) });
-        await reply.body?.cancel();
-        return reply.ok;
-      } catch {
-        return false;
-      }
-    };
+    const probe = (url: string) => client.health({ replica: url, timeoutMs: 2000 }).catch(() => false);
     const upstreams = await Promise.all(
       client.baseUrls.map(async (url) => {
         const pool = client.stats().upstreams.find((u) => u.url === url);

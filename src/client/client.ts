@@ -4,6 +4,7 @@ import { EventEmitter } from 'node:events';
 import type { Readable } from 'node:stream';
 import { type Dispatcher, fetch as undiciFetch } from 'undici';
 import {
+  InvalidOptionError,
   isVllmKitError,
   RequestAbortedError,
   UpstreamConnectionError,
@@ -37,6 +38,11 @@ export interface CallOptions {
   headers?: Record<string, string>;
   /** Sent as `X-Request-Id` and carried by errors. */
   requestId?: string;
+}
+
+export interface HealthOptions extends CallOptions {
+  /** Ask this replica (one of `baseUrls`) instead of the one routing would pick. */
+  replica?: string;
 }
 
 export interface RawRequest extends CallOptions {
@@ -100,8 +106,11 @@ export interface VllmClient {
   streamCompletion(body: CompletionRequest, options?: CallOptions): AsyncIterable<CompletionChunk>;
   embeddings(body: EmbeddingRequest, options?: CallOptions): Promise<EmbeddingList>;
   models(options?: CallOptions): Promise<ModelList>;
-  /** True when `/health` answers 2xx; false on another status. Connection failures throw. */
-  health(options?: CallOptions): Promise<boolean>;
+  /**
+   * True when `/health` answers 2xx; false on another status. Connection failures throw. One request, never retried:
+   * a health check reports the state now. `replica` asks a given replica.
+   */
+  health(options?: HealthOptions): Promise<boolean>;
   /** The server's version string (`/version`). */
   version(options?: CallOptions): Promise<string>;
   /** Sends a request and returns status, headers and the body stream without parsing: the gateway fast path. */
@@ -201,8 +210,15 @@ interface SendSpec {
   stream: boolean;
   /** Return error statuses instead of throwing (the passthrough). */
   passErrors: boolean;
-  /** Retry statuses and connection failures (health checks answer at once instead). @default true */
+  /** Retry connection failures before the first byte (health checks answer at once instead). @default true */
   retry?: boolean;
+  /** Send to this replica's origin instead of routing. */
+  replica?: string;
+  /**
+   * Retry 408/409/429/5xx. A passthrough answers them at once instead: its caller decides (and passes Retry-After on),
+   * and sleeping here would hold the caller's concurrency slot. @default true
+   */
+  retryStatuses?: boolean;
 }
 
 class Client implements VllmClient {
@@ -281,9 +297,26 @@ class Client implements VllmClient {
     return this.json('/v1/models', undefined, options) as Promise<ModelList>;
   }
 
-  async health(options?: CallOptions): Promise<boolean> {
+  async health(options?: HealthOptions): Promise<boolean> {
+    const replica = options?.replica;
+    if (replica !== undefined && !this.baseUrls.includes(replica.replace(/\/+$/, ''))) {
+      throw new InvalidOptionError(
+        'replica',
+        `Expected \`replica\` to be one of the client's baseUrls (${this.baseUrls.join(', ')}), got ${JSON.stringify(replica)}`,
+      );
+    }
     const sent = await this.send(
-      { method: 'GET', path: '/health', body: null, json: false, stream: false, passErrors: true },
+      {
+        method: 'GET',
+        path: '/health',
+        body: null,
+        json: false,
+        stream: false,
+        passErrors: true,
+        // One request, answered at once: a health check that retried would report late what it was asked now.
+        retry: false,
+        replica: replica?.replace(/\/+$/, ''),
+      },
       options,
     );
     try {
@@ -308,6 +341,7 @@ class Client implements VllmClient {
         json: false,
         stream: false,
         passErrors: true,
+        retryStatuses: false,
       },
       request,
     );
@@ -503,7 +537,9 @@ class Client implements VllmClient {
       let response: Dispatcher.ResponseData;
       try {
         response = await this.dispatcher.request({
-          origin: this.origin,
+          origin: spec.replica ?? this.origin,
+          // The router sends a request that names its replica there (an injected dispatcher goes by origin).
+          replica: spec.replica,
           path: spec.path,
           method: spec.method,
           headers,
@@ -531,7 +567,13 @@ class Client implements VllmClient {
       }
 
       const status = response.statusCode;
-      if (status >= 400 && isRetryableStatus(status) && replayable && this.takeRetry(attempt, signal)) {
+      if (
+        status >= 400 &&
+        spec.retryStatuses !== false &&
+        isRetryableStatus(status) &&
+        replayable &&
+        this.takeRetry(attempt, signal)
+      ) {
         await response.body.dump().catch(() => {});
         await sleep(this.retryDelay(attempt, response.headers), signal);
         if (!signal.aborted) continue;

@@ -2,6 +2,7 @@
 export {
   type CallOptions,
   createVllmClient,
+  type HealthOptions,
   type RawRequest,
   type RawResponse,
   type UpstreamStats,

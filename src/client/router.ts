@@ -352,7 +352,9 @@ export class Router extends Dispatcher {
   }
 
   override dispatch(opts: Dispatcher.DispatchOptions, handler: Handler): boolean {
-    const upstream = this.pick();
+    const replica = (opts as { replica?: string }).replica;
+    const upstream =
+      replica === undefined ? this.pick() : (this.upstreams.find((u) => u.origin === replica) ?? this.pick());
     // The replay handler (every request of the client goes through one) does the replica's accounting itself.
     if (handler instanceof ReplayHandler) {
       upstream.outstanding++;

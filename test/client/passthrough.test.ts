@@ -41,6 +41,49 @@ describe('request()', () => {
     expect(JSON.parse(text)).toMatchObject({ error: { param: 'model' } });
   });
 
+  it('answers an upstream 429 or 503 at once, Retry-After intact (no retry, no sleep)', async () => {
+    const sim = await use.simulator({ faults: { status: { status: 429, retryAfterSec: 7, times: 5 } } });
+    const client = use.client({ baseUrl: sim.url });
+    const started = performance.now();
+    const response = await client.request({
+      method: 'POST',
+      path: '/v1/chat/completions',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ messages, max_tokens: 1 }),
+    });
+    await response.body.dump();
+    expect(response.status).toBe(429);
+    expect(response.headers['retry-after']).toBe('7');
+    expect(sim.stats().requestsReceived).toBe(1);
+    expect(client.stats().retries).toBe(0);
+    // Far below the 7 s the old retry slept (a bound, not a timing assertion: it cannot flake on a slow machine).
+    expect(performance.now() - started).toBeLessThan(7000);
+    await sim.setFaults({ status: { status: 503, times: 5 } });
+    const overloaded = await client.request({
+      method: 'POST',
+      path: '/v1/chat/completions',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ messages, max_tokens: 1 }),
+    });
+    await overloaded.body.dump();
+    expect(overloaded.status).toBe(503);
+    expect(sim.stats().requestsReceived).toBe(2);
+  });
+
+  it('still retries a connection failure before the first byte', async () => {
+    const sim = await use.simulator({ faults: { resetBeforeResponse: { times: 1 } } });
+    const client = use.client({ baseUrl: sim.url, retryBaseDelayMs: 1 });
+    const response = await client.request({
+      method: 'POST',
+      path: '/v1/chat/completions',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ messages, max_tokens: 1 }),
+    });
+    await response.body.dump();
+    expect(response.status).toBe(200);
+    expect(sim.stats().requestsReceived).toBe(2);
+  });
+
   it('frees the upstream slot when the caller destroys the body', async () => {
     const sim = await use.simulator({ itlMs: 20 });
     const client = use.client({ baseUrl: sim.url });

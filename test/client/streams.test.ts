@@ -137,6 +137,18 @@ describe('error mapping', () => {
     expect(allowed.data[0]?.id).toBeTypeOf('string');
   });
 
+  it('health() sends one request and answers at once, retrying neither a 503 nor a refused connection', async () => {
+    const sim = await use.simulator({ faults: { unhealthy: true } });
+    const client = use.client({ baseUrl: sim.url });
+    expect(await client.health()).toBe(false);
+    expect(sim.stats().requestsReceived).toBe(1);
+    expect(client.stats().retries).toBe(0);
+    await sim.setFaults({ refuseConnections: true });
+    const fresh = use.client({ baseUrl: sim.url });
+    await expect(fresh.health()).rejects.toBeInstanceOf(UpstreamConnectionError);
+    expect(fresh.stats().retries).toBe(0);
+  });
+
   it('maps a refused connection with its cause', async () => {
     const sim = await use.simulator({ faults: { refuseConnections: true } });
     const client = use.client({ baseUrl: sim.url, maxRetries: 0 });

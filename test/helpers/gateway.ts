@@ -30,10 +30,13 @@ export function trackGateways() {
       onCleanup(() => sim.close());
       return sim;
     },
-    /** A development-mode worker (1 process) in front of `sim` (a fresh simulator when absent). */
+    /**
+     * A development-mode worker (1 process) in front of `sim` (a fresh simulator when absent; any upstream with a
+     * `url` will do, `sim` in the result is then that object).
+     */
     async setup(
       env: Record<string, string> = {},
-      sim?: VllmSimulator,
+      sim?: VllmSimulator | { url: string },
       moreUpstreams: string[] = [],
       logger: Logger = pino({ level: 'silent' }),
     ): Promise<GatewaySetup> {
@@ -51,7 +54,7 @@ export function trackGateways() {
       const gateway = await startWorker(config, { upstreams: [simulator.url, ...moreUpstreams], logger });
       onCleanup(() => gateway.close(1000));
       const { key } = await gateway.keyStore.create('alice');
-      return { gateway, sim: simulator, key, url: gateway.url };
+      return { gateway, sim: simulator as VllmSimulator, key, url: gateway.url };
     },
   };
 }
