@@ -14,7 +14,7 @@ import {
 import { errorFromStatus, errorFromStreamEvent, errorFromTransport } from './map-error.js';
 import { type ResolvedClientOptions, resolveClientOptions, type VllmClientOptions } from './options.js';
 import { backoffDelay, isRetryableStatus, parseRetryAfter, RetryBudget } from './retry.js';
-import { isReplayableBody, ReplayDispatcher, Router, SocketTracker } from './router.js';
+import { isReplayableBody, ReplayDispatcher, type RoutedOptions, Router, SocketTracker } from './router.js';
 import { SseParser } from './sse.js';
 import type {
   ChatCompletion,
@@ -213,7 +213,7 @@ interface SendSpec {
   /** Retry connection failures before the first byte (health checks answer at once instead). @default true */
   retry?: boolean;
   /** Send to this replica's origin instead of routing. */
-  replica?: string;
+  replica?: string | undefined;
   /**
    * Retry 408/409/429/5xx. A passthrough answers them at once instead: its caller decides (and passes Retry-After on),
    * and sleeping here would hold the caller's concurrency slot. @default true
@@ -536,7 +536,7 @@ class Client implements VllmClient {
     for (let attempt = 0; ; attempt++) {
       let response: Dispatcher.ResponseData;
       try {
-        response = await this.dispatcher.request({
+        const request: Dispatcher.RequestOptions & RoutedOptions = {
           origin: spec.replica ?? this.origin,
           // The router sends a request that names its replica there (an injected dispatcher goes by origin).
           replica: spec.replica,
@@ -548,7 +548,8 @@ class Client implements VllmClient {
           headersTimeout: this.options.firstByteTimeoutMs,
           // Streams get their own first-event and idle timers; undici's body timer would count the queue wait.
           bodyTimeout: spec.stream ? 0 : this.options.idleTimeoutMs,
-        });
+        };
+        response = await this.dispatcher.request(request);
       } catch (error) {
         const mapped = this.mapError(error, signal, options);
         const retryable =

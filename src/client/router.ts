@@ -320,6 +320,12 @@ export class Upstream {
   }
 }
 
+/** What the client adds to undici's dispatch options for the router. */
+export interface RoutedOptions {
+  /** Send to this replica (its origin) instead of choosing one. */
+  replica?: string | undefined;
+}
+
 /** Sends each request to the replica with the fewest outstanding requests (round-robin among ties). */
 export class Router extends Dispatcher {
   readonly upstreams: Upstream[];
@@ -352,7 +358,7 @@ export class Router extends Dispatcher {
   }
 
   override dispatch(opts: Dispatcher.DispatchOptions, handler: Handler): boolean {
-    const replica = (opts as { replica?: string }).replica;
+    const replica = (opts as RoutedOptions).replica;
     const upstream =
       replica === undefined ? this.pick() : (this.upstreams.find((u) => u.origin === replica) ?? this.pick());
     // The replay handler (every request of the client goes through one) does the replica's accounting itself.

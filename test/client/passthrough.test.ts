@@ -51,7 +51,7 @@ describe('request()', () => {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ messages, max_tokens: 1 }),
     });
-    await response.body.dump();
+    await response.body.toArray();
     expect(response.status).toBe(429);
     expect(response.headers['retry-after']).toBe('7');
     expect(sim.stats().requestsReceived).toBe(1);
@@ -65,7 +65,7 @@ describe('request()', () => {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ messages, max_tokens: 1 }),
     });
-    await overloaded.body.dump();
+    await overloaded.body.toArray();
     expect(overloaded.status).toBe(503);
     expect(sim.stats().requestsReceived).toBe(2);
   });
@@ -79,7 +79,7 @@ describe('request()', () => {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ messages, max_tokens: 1 }),
     });
-    await response.body.dump();
+    await response.body.toArray();
     expect(response.status).toBe(200);
     expect(sim.stats().requestsReceived).toBe(2);
   });

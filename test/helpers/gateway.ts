@@ -43,7 +43,7 @@ export function trackGateways() {
       const dir = mkdtempSync(join(tmpdir(), 'vllm-kit-gateway-'));
       onCleanup(async () => rmSync(dir, { recursive: true, force: true }));
       const simulator = sim ?? (await startVllmSimulator({ model: 'm' }));
-      if (!sim) onCleanup(() => simulator.close());
+      if (!sim) onCleanup(() => (simulator as VllmSimulator).close());
       const config = loadConfig({
         ENV: 'development',
         HOST: '127.0.0.1',
