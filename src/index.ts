@@ -12,7 +12,6 @@ export {
   type EmbeddingList,
   type EmbeddingRequest,
   type FinishReason,
-  type HealthOptions,
   type ModelList,
   type RawRequest,
   type RawResponse,

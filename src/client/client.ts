@@ -38,10 +38,7 @@ export interface CallOptions {
   headers?: Record<string, string>;
   /** Sent as `X-Request-Id` and carried by errors. */
   requestId?: string;
-}
-
-export interface HealthOptions extends CallOptions {
-  /** Ask this replica (one of `baseUrls`) instead of the one routing would pick. */
+  /** Send the call to this replica (one of `baseUrls`) instead of the one routing would pick. */
   replica?: string;
 }
 
@@ -108,9 +105,9 @@ export interface VllmClient {
   models(options?: CallOptions): Promise<ModelList>;
   /**
    * True when `/health` answers 2xx; false on another status. Connection failures throw. One request, never retried:
-   * a health check reports the state now. `replica` asks a given replica.
+   * a health check reports the state now.
    */
-  health(options?: HealthOptions): Promise<boolean>;
+  health(options?: CallOptions): Promise<boolean>;
   /** The server's version string (`/version`). */
   version(options?: CallOptions): Promise<string>;
   /** Sends a request and returns status, headers and the body stream without parsing: the gateway fast path. */
@@ -212,8 +209,6 @@ interface SendSpec {
   passErrors: boolean;
   /** Retry connection failures before the first byte (health checks answer at once instead). @default true */
   retry?: boolean;
-  /** Send to this replica's origin instead of routing. */
-  replica?: string | undefined;
   /**
    * Retry 408/409/429/5xx. A passthrough answers them at once instead: its caller decides (and passes Retry-After on),
    * and sleeping here would hold the caller's concurrency slot. @default true
@@ -297,14 +292,7 @@ class Client implements VllmClient {
     return this.json('/v1/models', undefined, options) as Promise<ModelList>;
   }
 
-  async health(options?: HealthOptions): Promise<boolean> {
-    const replica = options?.replica;
-    if (replica !== undefined && !this.baseUrls.includes(replica.replace(/\/+$/, ''))) {
-      throw new InvalidOptionError(
-        'replica',
-        `Expected \`replica\` to be one of the client's baseUrls (${this.baseUrls.join(', ')}), got ${JSON.stringify(replica)}`,
-      );
-    }
+  async health(options?: CallOptions): Promise<boolean> {
     const sent = await this.send(
       {
         method: 'GET',
@@ -315,7 +303,6 @@ class Client implements VllmClient {
         passErrors: true,
         // One request, answered at once: a health check that retried would report late what it was asked now.
         retry: false,
-        replica: replica?.replace(/\/+$/, ''),
       },
       options,
     );
@@ -520,6 +507,7 @@ class Client implements VllmClient {
   /** One call: attempts with retries, a total timeout, the caller's signal, and status errors mapped. */
   private async send(spec: SendSpec, options?: CallOptions): Promise<Sent> {
     if (this.closed) throw new UpstreamConnectionError('The client is closed');
+    const replica = options?.replica === undefined ? undefined : this.replicaOf(options.replica);
     this.requests++;
     this.budget.recordRequest();
     const requestId = options?.requestId;
@@ -537,9 +525,9 @@ class Client implements VllmClient {
       let response: Dispatcher.ResponseData;
       try {
         const request: Dispatcher.RequestOptions & RoutedOptions = {
-          origin: spec.replica ?? this.origin,
+          origin: replica ?? this.origin,
           // The router sends a request that names its replica there (an injected dispatcher goes by origin).
-          replica: spec.replica,
+          replica,
           path: spec.path,
           method: spec.method,
           headers,
@@ -601,6 +589,16 @@ class Client implements VllmClient {
         startedAt,
       };
     }
+  }
+
+  /** The origin of a replica the caller named, which must be one of `baseUrls`. */
+  private replicaOf(replica: string): string {
+    const origin = replica.replace(/\/+$/, '');
+    if (this.baseUrls.includes(origin)) return origin;
+    throw new InvalidOptionError(
+      'replica',
+      `Expected \`replica\` to be one of the client's baseUrls (${this.baseUrls.join(', ')}), got ${JSON.stringify(replica)}`,
+    );
   }
 
   /** Delay before retrying a status: the server's Retry-After (capped), else exponential backoff with jitter. */

@@ -2,7 +2,6 @@
 export {
   type CallOptions,
   createVllmClient,
-  type HealthOptions,
   type RawRequest,
   type RawResponse,
   type UpstreamStats,

@@ -1,5 +1,6 @@
 // Several replicas: least-outstanding choice, passive ejection, /health re-admission, active probing.
 import { describe, expect, it } from 'vitest';
+import { isInvalidOptionError } from '../../src/index.js';
 import { messages, trackResources } from '../helpers/fixtures.js';
 
 const use = trackResources();
@@ -82,5 +83,17 @@ describe('replicas', () => {
     await expect.poll(() => client.stats().upstreams.map((u) => u.ejected)).toEqual([true, false]);
     await a.clearFaults();
     await expect.poll(() => client.stats().upstreams.map((u) => u.ejected)).toEqual([false, false]);
+  });
+
+  it('sends a call to the replica it names, and refuses one that is not a baseUrl', async () => {
+    const a = await use.simulator();
+    const b = await use.simulator();
+    const client = use.client({ baseUrls: [a.url, b.url] });
+    for (let i = 0; i < 3; i++) await client.models({ replica: `${b.url}/` });
+    expect(await client.health({ replica: a.url })).toBe(true);
+    expect([a.stats().requestsReceived, b.stats().requestsReceived]).toEqual([1, 3]);
+    const error = await client.models({ replica: 'http://127.0.0.1:1' }).catch((e: unknown) => e);
+    expect(isInvalidOptionError(error)).toBe(true);
+    expect((error as Error).message).toContain("Expected `replica` to be one of the client's baseUrls");
   });
 });
