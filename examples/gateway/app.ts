@@ -9,6 +9,7 @@ import pretty from 'pino-pretty';
 import client from 'prom-client';
 import { createConcurrencyLimiter, createIpRateLimiter, createTokenCache, createVllmClient } from 'vllm-kit';
 import type { GatewayConfig } from './config.js';
+import { createCors } from './cors.js';
 import { createGateway } from './gateway.js';
 import { type ApiKey, hashKey, type KeyStore, openKeyStore, REVOCATION_CHANNEL } from './key-store.js';
 import { createMetrics } from './metrics.js';
@@ -21,25 +22,46 @@ export interface GatewayWorker {
   close(graceMs?: number): Promise<void>;
 }
 
-export function createLogger(config: GatewayConfig): Logger {
+/** How often buffered production log lines are written out, at the latest. */
+const LOG_FLUSH_MS = 500;
+
+/** The worker's logger and the timer that flushes it (stopped, with a last flush, by `close`). */
+export function createLogger(config: GatewayConfig): { logger: Logger; close(): void } {
   const options = {
     level: process.env.LOG_LEVEL ?? 'info',
     base: { pid: process.pid },
     // Never log credentials, wherever they would appear.
     redact: ['req.headers.authorization', 'headers.authorization', 'authorization', 'key'],
   };
-  // Development: readable lines on stdout (in-process, no worker thread). Production: one JSON object a line,
-  // written in 4 KB batches rather than one write(2) per line (pino flushes what is left when the process exits).
-  return config.env === 'development'
-    ? pino(options, pretty({ colorize: false, sync: true }))
-    : pino(options, pino.destination({ dest: 1, minLength: 4096, sync: false }));
+  // Development: readable lines on stdout (in-process, no worker thread).
+  if (config.env === 'development') {
+    return { logger: pino(options, pretty({ colorize: false, sync: true })), close() {} };
+  }
+  // Production: one JSON object a line, written in 4 KB batches rather than one write(2) per line — and at least
+  // every LOG_FLUSH_MS, so a quiet worker's lines still show within a second and a SIGKILL loses at most that much.
+  // Every exit path flushes what is left (pino registers a synchronous flush on process exit).
+  const destination = pino.destination({ dest: 1, minLength: 4096, sync: false });
+  const timer = setInterval(() => destination.flush(), LOG_FLUSH_MS);
+  timer.unref();
+  return {
+    logger: pino(options, destination),
+    close() {
+      clearInterval(timer);
+      try {
+        destination.flushSync();
+      } catch {
+        // A write already in flight finishes by itself; the exit flush catches the rest.
+      }
+    },
+  };
 }
 
 export async function startWorker(
   config: GatewayConfig,
   options: { upstreams: string[]; logger?: Logger; port?: number },
 ): Promise<GatewayWorker> {
-  const logger = options.logger ?? createLogger(config);
+  const logging = options.logger ? { logger: options.logger, close() {} } : createLogger(config);
+  const logger = logging.logger;
   const keyStore = await openKeyStore(config.databaseUrl);
   const redis = config.redisUrl
     ? new Redis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1 })
@@ -94,12 +116,20 @@ export async function startWorker(
     metrics,
     renderMetrics,
     maxBodyBytes: config.maxBodyBytes,
+    cors: config.corsOrigins.length > 0 ? createCors(config.corsOrigins) : undefined,
   });
-  const server = createServer((req, res) => void gateway.handle(req, res));
-  // Guard against slow clients: headers within 15 s, the whole request within 60 s, idle keep-alive 5 s.
-  server.headersTimeout = 15_000;
-  server.requestTimeout = 60_000;
-  server.keepAliveTimeout = 5_000;
+  const server = createServer(
+    {
+      // Guard against slow clients: headers within HEADERS_TIMEOUT_MS, the whole request within REQUEST_TIMEOUT_MS.
+      // Node checks both only every connectionsCheckingInterval (30 s by default, so a 15 s limit fired at ~39 s):
+      // check every second, so each fires within a second of its limit.
+      headersTimeout: config.headersTimeoutMs,
+      requestTimeout: config.requestTimeoutMs,
+      connectionsCheckingInterval: 1000,
+      keepAliveTimeout: 5_000,
+    },
+    (req, res) => void gateway.handle(req, res),
+  );
   await new Promise<void>((resolve) => server.listen(options.port ?? config.port, config.host, resolve));
   const address = server.address() as AddressInfo;
   const host = config.host === '0.0.0.0' ? '127.0.0.1' : config.host;
@@ -118,23 +148,59 @@ export async function startWorker(
       await vllm.close();
       await keyStore.close();
       await redis?.quit().catch(() => undefined);
+      logging.close();
     },
   };
 }
 
-let metricsRequest = 0;
+/** Scrapes waiting for the primary's answer, by request id (one IPC listener for all of them). */
+const scrapes = new Map<
+  number,
+  { resolve: (answer: { contentType: string; body: string }) => void; reject: (error: Error) => void }
+>();
+let lastScrape = 0;
+let listening = false;
+/** Longer than prom-client's own 5 s aggregation timeout, so the primary's answer (or error) arrives first. */
+const SCRAPE_TIMEOUT_MS = 6000;
+
+function onPrimaryMessage(message: { type?: string; id?: number; body?: string; error?: string }): void {
+  if (message?.type !== 'vllm-kit:gateway:metrics' || message.id === undefined) return;
+  const scrape = scrapes.get(message.id);
+  if (scrape === undefined) return;
+  scrapes.delete(message.id);
+  if (message.error !== undefined) scrape.reject(new Error(`metrics: ${message.error}`));
+  else scrape.resolve({ contentType: client.register.contentType, body: message.body ?? '' });
+}
+
 /** Asks the primary for metrics aggregated over every worker. */
 function askPrimaryForMetrics(): Promise<{ contentType: string; body: string }> {
-  const id = ++metricsRequest;
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('metrics: the primary did not answer')), 5000);
-    const onMessage = (message: { type?: string; id?: number; body?: string; contentType?: string }) => {
-      if (message?.type !== 'vllm-kit:gateway:metrics' || message.id !== id) return;
-      clearTimeout(timer);
-      process.off('message', onMessage);
-      resolve({ contentType: message.contentType ?? 'text/plain', body: message.body ?? '' });
-    };
-    process.on('message', onMessage);
+  if (!listening) {
+    listening = true;
+    process.on('message', onPrimaryMessage);
+  }
+  const id = ++lastScrape;
+  return new Promise<{ contentType: string; body: string }>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      scrapes.delete(id);
+      reject(new Error('metrics: the primary did not answer'));
+    }, SCRAPE_TIMEOUT_MS);
+    timer.unref();
+    scrapes.set(id, {
+      resolve: (answer) => {
+        clearTimeout(timer);
+        resolve(answer);
+      },
+      reject: (error) => {
+        clearTimeout(timer);
+        reject(error);
+      },
+    });
     process.send?.({ type: 'vllm-kit:gateway:metrics-request', id });
+  }).finally(() => {
+    // No scrape waiting: no listener left behind.
+    if (scrapes.size === 0 && listening) {
+      listening = false;
+      process.off('message', onPrimaryMessage);
+    }
   });
 }

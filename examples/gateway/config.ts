@@ -1,6 +1,7 @@
 // The gateway's configuration, read from the environment and validated at start: a bad value stops start-up with a
 // message naming the variable.
 import { availableParallelism } from 'node:os';
+import { parseCorsOrigins } from './cors.js';
 
 export interface GatewayConfig {
   env: 'development' | 'production';
@@ -28,6 +29,11 @@ export interface GatewayConfig {
   metrics: boolean;
   /** Longest wait for the upstream's first byte (a non-streamed answer comes whole), ms. */
   upstreamTimeoutMs: number;
+  /** Origins browsers may call the gateway from (exact, or `*`); empty: no CORS. */
+  corsOrigins: string[];
+  /** Slow clients: the longest wait for a request's headers, and for the whole request, ms. */
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
 }
 
 export class ConfigError extends Error {
@@ -101,6 +107,21 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
       `DATABASE_URL must be sqlite:PATH or postgres://…, got "${databaseUrl.replace(/:[^:@/]*@/, ':***@')}"`,
     );
   }
+  const corsOrigins = parseCorsOrigins(env.CORS_ORIGINS ?? '');
+  if (!Array.isArray(corsOrigins)) {
+    throw new ConfigError(
+      'CORS_ORIGINS',
+      `CORS_ORIGINS must be exact origins like https://app.example.com (comma-separated) or *, got "${corsOrigins.invalid}"`,
+    );
+  }
+  const headersTimeoutMs = integer(env, 'HEADERS_TIMEOUT_MS', 15_000, 1000, 600_000);
+  const requestTimeoutMs = integer(env, 'REQUEST_TIMEOUT_MS', 60_000, 1000, 3_600_000);
+  if (requestTimeoutMs < headersTimeoutMs) {
+    throw new ConfigError(
+      'REQUEST_TIMEOUT_MS',
+      `REQUEST_TIMEOUT_MS must be at least HEADERS_TIMEOUT_MS (${headersTimeoutMs}), got "${requestTimeoutMs}"`,
+    );
+  }
   const metrics = env.METRICS ?? 'true';
   if (metrics !== 'true' && metrics !== 'false')
     throw new ConfigError('METRICS', `METRICS must be "true" or "false", got "${metrics}"`);
@@ -129,5 +150,8 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     maxBodyBytes: integer(env, 'MAX_BODY_BYTES', 1_048_576, 1, 1_073_741_824),
     metrics: metrics === 'true',
     upstreamTimeoutMs: integer(env, 'UPSTREAM_TIMEOUT_MS', 600_000, 1, 86_400_000),
+    corsOrigins,
+    headersTimeoutMs,
+    requestTimeoutMs,
   };
 }

@@ -1,5 +1,7 @@
 // The reference gateway, built without listening: rate limit → key check (token cache) → concurrency limiter →
 // the pooled client's passthrough. `main.ts` adds workers, signals and the listening socket.
+
+import { isUtf8 } from 'node:buffer';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
@@ -17,7 +19,8 @@ import {
   type TokenCache,
   type VllmClient,
 } from 'vllm-kit';
-import type { ApiKey } from './key-store.js';
+import type { Cors } from './cors.js';
+import { type ApiKey, isWellFormedKey } from './key-store.js';
 import type { GatewayMetrics } from './metrics.js';
 
 export interface GatewayDeps {
@@ -30,6 +33,8 @@ export interface GatewayDeps {
   /** Renders /metrics (aggregated over workers when clustered). */
   renderMetrics: (() => Promise<{ contentType: string; body: string }>) | undefined;
   maxBodyBytes: number;
+  /** Cross-origin access for browser front ends; undefined: no CORS headers (same-origin only). */
+  cors?: Cors | undefined;
 }
 
 interface Route {
@@ -38,6 +43,11 @@ interface Route {
   upstream: boolean;
   limited: boolean;
   auth: boolean;
+}
+
+/** The `Allow` header of a route: its method, HEAD beside GET, and OPTIONS. */
+function allowed(route: Route): string {
+  return route.method === 'GET' ? 'GET, HEAD, OPTIONS' : `${route.method}, OPTIONS`;
 }
 
 const ROUTES: Record<string, Route> = {
@@ -79,6 +89,9 @@ function send(
   res.end(text);
 }
 
+const invalidKey = () =>
+  new HttpError(401, 'Invalid or revoked API key', 'invalid_request_error', 'invalid_api_key');
+
 function sendError(res: ServerResponse, error: HttpError): void {
   send(
     res,
@@ -115,6 +128,19 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   });
 }
 
+/** Lets an upstream body go unread (undici errors a destroyed body: nobody is waiting for that error). */
+function discard(body: Readable): void {
+  body.on('error', () => {});
+  body.destroy();
+}
+
+/** The client went away before the response ended: nobody to answer, and not the upstream's fault. */
+class ClientClosedError extends Error {}
+
+/** Set on a response whose upstream failed after it began (a stream cut mid-way): logged and counted as 502. */
+const kUpstreamFailed = Symbol('upstreamFailed');
+type GatewayResponse = ServerResponse & { [kUpstreamFailed]?: string };
+
 /**
  * Pipes the upstream body into the response with backpressure; either side failing or closing early destroys the
  * other (an early client close rejects, so the caller knows). What stream.pipeline does, without the AbortController
@@ -134,7 +160,8 @@ function pipeBody(source: Readable, res: ServerResponse): Promise<void> {
       reject(error);
     };
     const onFinish = () => settle();
-    const onClose = () => settle(new Error('The client closed the connection before the response ended'));
+    const onClose = () =>
+      settle(new ClientClosedError('The client closed the connection before the response ended'));
     // Stays attached: a late error from a destroyed body must not go unhandled.
     source.on('error', (error) => settle(error));
     res.once('finish', onFinish);
@@ -144,6 +171,20 @@ function pipeBody(source: Readable, res: ServerResponse): Promise<void> {
 }
 
 const VALID_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+/** A path safe to repeat in an error message (anything else is not echoed). */
+const ECHOABLE_PATH = /^\/[A-Za-z0-9._~/-]{0,128}$/;
+
+/** The path of a request target: origin-form (`/p?q`) or absolute-form (`http://host/p?q`, RFC 9112 §3.2.2). */
+function pathOf(url: string): string {
+  let start = 0;
+  if (url.charCodeAt(0) !== 47 /* / */) {
+    const scheme = url.indexOf('://');
+    start = scheme === -1 ? url.length : url.indexOf('/', scheme + 3);
+    if (start === -1) return '/';
+  }
+  const query = url.indexOf('?', start);
+  return query === -1 ? url.slice(start) : url.slice(start, query);
+}
 
 export function createGateway(deps: GatewayDeps) {
   const { client, tokens, rateLimiter, limiter, logger, metrics } = deps;
@@ -159,9 +200,12 @@ export function createGateway(deps: GatewayDeps) {
         'missing_api_key',
       );
     }
+    const key = match[1]!;
+    // Garbage never costs a cache entry or a database lookup.
+    if (!isWellFormedKey(key)) throw invalidKey();
     let principal: ApiKey | null;
     try {
-      principal = await tokens.verify(match[1]!);
+      principal = await tokens.verify(key);
     } catch (error) {
       if (isTokenVerificationError(error)) {
         throw new HttpError(
@@ -176,8 +220,7 @@ export function createGateway(deps: GatewayDeps) {
       }
       throw error;
     }
-    if (principal === null)
-      throw new HttpError(401, 'Invalid or revoked API key', 'invalid_request_error', 'invalid_api_key');
+    if (principal === null) throw invalidKey();
     return principal;
   }
 
@@ -200,12 +243,19 @@ export function createGateway(deps: GatewayDeps) {
         );
       }
       body = await readBody(req, deps.maxBodyBytes);
-      try {
-        JSON.parse(body.toString('utf8'));
-      } catch {
+      // JSON is UTF-8 (RFC 8259 §8.1): invalid bytes would be decoded to U+FFFD and sent upstream as something else.
+      let valid = isUtf8(body);
+      if (valid) {
+        try {
+          JSON.parse(body.toString('utf8'));
+        } catch {
+          valid = false;
+        }
+      }
+      if (!valid) {
         throw new HttpError(
           400,
-          'The request body is not valid JSON',
+          'The request body is not valid JSON in UTF-8',
           'invalid_request_error',
           'invalid_json',
         );
@@ -219,6 +269,7 @@ export function createGateway(deps: GatewayDeps) {
     res.once('close', onClose);
     const started = performance.now();
     const work = async () => {
+      if (route.limited) metrics?.observeQueueWait((performance.now() - started) / 1000);
       const upstream = await client.request({
         method: route.method,
         path,
@@ -227,6 +278,11 @@ export function createGateway(deps: GatewayDeps) {
         signal: controller.signal,
         requestId,
       });
+      if (upstream.status === 401) {
+        // Client keys never reach the upstream: a 401 there means the gateway's own VLLM_API_KEY is wrong.
+        discard(upstream.body);
+        throw upstreamCredentialsRejected(requestId);
+      }
       const headers: Record<string, string> = { 'x-request-id': requestId };
       const contentType = upstream.headers['content-type'];
       if (typeof contentType === 'string') headers['content-type'] = contentType;
@@ -257,36 +313,54 @@ export function createGateway(deps: GatewayDeps) {
     }
   }
 
-  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  function upstreamCredentialsRejected(requestId: string): HttpError {
+    logger.error(
+      { requestId },
+      "the model server rejected the gateway's credentials (401): check VLLM_API_KEY against vLLM's --api-key",
+    );
+    metrics?.upstreamFailure('credentials');
+    return new HttpError(
+      502,
+      "The model server rejected the gateway's own credentials (VLLM_API_KEY); the gateway's operator must fix them",
+      'upstream_error',
+      'upstream_credentials_rejected',
+    );
+  }
+
+  async function handle(req: IncomingMessage, res: GatewayResponse): Promise<void> {
     const started = performance.now();
     const incomingId = req.headers['x-request-id'];
     const requestId =
       typeof incomingId === 'string' && VALID_REQUEST_ID.test(incomingId) ? incomingId : randomUUID();
     res.setHeader('x-request-id', requestId);
-    const url = req.url ?? '/';
-    const query = url.indexOf('?');
-    const path = query === -1 ? url : url.slice(0, query);
+    const path = pathOf(req.url ?? '/');
     const route = ROUTES[path];
     const routeLabel = route ? path : 'unknown';
     res.once('close', () => {
-      const status = res.headersSent ? res.statusCode : 499;
+      // A response cut by its upstream counts as the 502 it is, whatever status had already gone out.
+      const status = res[kUpstreamFailed] ? 502 : res.headersSent ? res.statusCode : 499;
       const ms = performance.now() - started;
       metrics?.observeRequest(routeLabel, status, ms / 1000);
       // One line per request; no per-request child logger (it would serialise its bindings every time).
       logger.info({ requestId, method: req.method, path, status, ms: Math.round(ms) }, 'request');
     });
     try {
-      if (route === undefined)
-        throw new HttpError(404, `Unknown route ${path}`, 'invalid_request_error', 'not_found');
-      if (req.method !== route.method) {
+      const cors = deps.cors;
+      if (cors !== undefined) cors.apply(req, res);
+      if (route === undefined) {
+        // Never repeat request-controlled text beyond a plain path (no markup, no absolute URI, bounded length).
+        const shown = ECHOABLE_PATH.test(path) ? ` ${path}` : '';
+        throw new HttpError(404, `Unknown route${shown}`, 'invalid_request_error', 'not_found');
+      }
+      const method = req.method === 'HEAD' && route.method === 'GET' ? 'GET' : req.method;
+      if (method === 'OPTIONS') return options(req, res, route);
+      if (method !== route.method) {
         throw new HttpError(
           405,
           `Use ${route.method} for ${path}`,
           'invalid_request_error',
           'method_not_allowed',
-          {
-            allow: route.method,
-          },
+          { allow: allowed(route) },
         );
       }
       if (path === '/health') return await health(res);
@@ -311,7 +385,25 @@ export function createGateway(deps: GatewayDeps) {
     }
   }
 
-  function respondToError(res: ServerResponse, error: unknown, requestId: string): void {
+  /** `OPTIONS`: a CORS preflight (answered by the CORS policy) or a plain question about the allowed methods. */
+  function options(req: IncomingMessage, res: ServerResponse, route: Route): void {
+    const allow = allowed(route);
+    if (req.headers['access-control-request-method'] !== undefined) {
+      if (deps.cors === undefined || !deps.cors.preflight(req, res, allow)) {
+        throw new HttpError(
+          403,
+          'Cross-origin requests from this origin are not allowed (CORS_ORIGINS)',
+          'invalid_request_error',
+          'cors_origin_not_allowed',
+        );
+      }
+      return;
+    }
+    res.writeHead(204, { allow });
+    res.end();
+  }
+
+  function respondToError(res: GatewayResponse, error: unknown, requestId: string): void {
     if (error instanceof HttpError) return sendError(res, error);
     if (isQueueFullError(error) || isQueueTimeoutError(error)) {
       const retryAfter = String((error as { retryAfterSec: number }).retryAfterSec);
@@ -328,14 +420,29 @@ export function createGateway(deps: GatewayDeps) {
         ),
       );
     }
-    if (isRequestAbortedError(error) || res.destroyed) return; // the client left: nobody to answer
+    if (error instanceof ClientClosedError || isRequestAbortedError(error)) return; // nobody to answer
+    if (res.headersSent) {
+      // The upstream failed after the response began (a stream cut mid-way): the cut is all the client can see.
+      const code = (error as { code?: string })?.code ?? 'unknown';
+      res[kUpstreamFailed] = code;
+      metrics?.upstreamFailure('mid_response');
+      logger.warn(
+        { requestId, err: { code, message: (error as Error)?.message } },
+        'upstream failed mid-response',
+      );
+      res.destroy();
+      return;
+    }
+    if (res.destroyed) return; // the client left while the request waited: nobody to answer
     if (isUpstreamTimeoutError(error)) {
+      metrics?.upstreamFailure('timeout');
       return sendError(
         res,
         new HttpError(504, 'The model server did not answer in time', 'upstream_timeout', error.code),
       );
     }
     if (isUpstreamConnectionError(error)) {
+      metrics?.upstreamFailure('unreachable');
       return sendError(
         res,
         new HttpError(502, 'The model server is unreachable', 'upstream_unreachable', error.code),
@@ -346,27 +453,43 @@ export function createGateway(deps: GatewayDeps) {
       { requestId, err: { message: (error as Error)?.message, code: (error as { code?: string })?.code } },
       'unexpected error',
     );
-    if (!res.headersSent) sendError(res, new HttpError(500, 'Internal error', 'internal_error'));
-    else res.destroy();
+    if (!res.destroyed) sendError(res, new HttpError(500, 'Internal error', 'internal_error'));
   }
 
-  /** 200 when at least one upstream answers its own /health (each probed once, 2 s at most), 503 otherwise. */
+  /**
+   * 200 when at least one upstream is usable: its own /health answers 2xx and it accepts the gateway's credentials
+   * (a GET /v1/models that is not 401); each replica asked once, 2 s at most. 503 otherwise.
+   */
   async function health(res: ServerResponse): Promise<void> {
-    const probe = (url: string) => client.health({ replica: url, timeoutMs: 2000 }).catch(() => false);
+    const probe = (replica: string) => client.health({ replica, timeoutMs: 2000 }).catch(() => false);
+    const credentials = async (replica: string): Promise<'ok' | 'rejected' | 'unknown'> => {
+      try {
+        const reply = await client.request({ method: 'GET', path: '/v1/models', replica, timeoutMs: 2000 });
+        discard(reply.body);
+        return reply.status === 401 ? 'rejected' : reply.status < 400 ? 'ok' : 'unknown';
+      } catch {
+        return 'unknown';
+      }
+    };
     const upstreams = await Promise.all(
       client.baseUrls.map(async (url) => {
         const pool = client.stats().upstreams.find((u) => u.url === url);
+        const [healthy, accepted] = await Promise.all([probe(url), credentials(url)]);
         return {
           url,
-          healthy: await probe(url),
+          healthy,
+          credentials: accepted,
           ejected: pool?.ejected ?? false,
           connected: pool?.connected ?? 0,
         };
       }),
     );
-    const healthy = upstreams.some((u) => u.healthy);
-    send(res, healthy ? 200 : 503, {
-      status: healthy ? 'ok' : 'degraded',
+    const usable = upstreams.some((u) => u.healthy && u.credentials !== 'rejected');
+    if (upstreams.some((u) => u.credentials === 'rejected')) {
+      logger.error("health: a model server rejects the gateway's credentials (VLLM_API_KEY)");
+    }
+    send(res, usable ? 200 : 503, {
+      status: usable ? 'ok' : 'degraded',
       upstreams,
       queue: { active: limiter.activeCount, pending: limiter.pendingCount },
     });
@@ -375,9 +498,25 @@ export function createGateway(deps: GatewayDeps) {
   async function renderMetrics(res: ServerResponse): Promise<void> {
     if (deps.renderMetrics === undefined)
       throw new HttpError(404, 'Metrics are off (METRICS=false)', 'invalid_request_error', 'not_found');
-    const { contentType, body } = await deps.renderMetrics();
-    res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) });
-    res.end(body);
+    let rendered: { contentType: string; body: string };
+    try {
+      rendered = await deps.renderMetrics();
+    } catch (error) {
+      // A worker died mid-scrape (or the primary is busy): say so, rather than answer an empty 200.
+      logger.warn({ err: { message: (error as Error).message } }, 'metrics unavailable');
+      throw new HttpError(
+        503,
+        'Metrics are unavailable right now (a worker is restarting); try again',
+        'service_unavailable',
+        'metrics_unavailable',
+        { 'retry-after': '1' },
+      );
+    }
+    res.writeHead(200, {
+      'content-type': rendered.contentType,
+      'content-length': Buffer.byteLength(rendered.body),
+    });
+    res.end(rendered.body);
   }
 
   return { handle };

@@ -40,6 +40,29 @@ const MIGRATIONS = [
    )`,
 ];
 
+/** A key name already in use (names are unique, revoked keys' included). */
+export class KeyNameTakenError extends Error {
+  constructor(readonly keyName: string) {
+    super(`a key named "${keyName}" already exists`);
+    this.name = 'KeyNameTakenError';
+  }
+}
+
+/** A unique-constraint violation on the name, from SQLite or PostgreSQL. */
+function isNameTaken(error: unknown): boolean {
+  const e = error as { code?: string; constraint?: string; message?: string };
+  if (e?.code === 'SQLITE_CONSTRAINT_UNIQUE') return /api_keys\.name/.test(e.message ?? '');
+  return e?.code === '23505' && (e.constraint ?? '').includes('name');
+}
+
+/** Every key the store makes: `vk-` and 32 random bytes in base64url. */
+const KEY_FORMAT = /^vk-[A-Za-z0-9_-]{43}$/;
+
+/** False for a string that cannot be one of our keys: refused without a lookup. */
+export function isWellFormedKey(key: string): boolean {
+  return KEY_FORMAT.test(key);
+}
+
 function newKey(): { key: string; id: string; prefix: string } {
   const key = `vk-${randomBytes(32).toString('base64url')}`;
   return { key, id: `key_${randomBytes(8).toString('hex')}`, prefix: key.slice(0, 10) };
@@ -84,13 +107,13 @@ async function sqlite(path: string): Promise<KeyStore> {
     async create(name) {
       const { key, id, prefix } = newKey();
       const createdAt = new Date().toISOString();
-      db.prepare('INSERT INTO api_keys (id, name, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)').run(
-        id,
-        name,
-        hashKey(key),
-        prefix,
-        createdAt,
-      );
+      try {
+        db.prepare(
+          'INSERT INTO api_keys (id, name, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)',
+        ).run(id, name, hashKey(key), prefix, createdAt);
+      } catch (error) {
+        throw isNameTaken(error) ? new KeyNameTakenError(name) : error;
+      }
       return { key, record: { id, name, prefix, createdAt, revokedAt: null } };
     },
     async list() {
@@ -141,10 +164,14 @@ async function postgres(connectionString: string): Promise<KeyStore> {
     async create(name) {
       const { key, id, prefix } = newKey();
       const createdAt = new Date().toISOString();
-      await pool.query(
-        'INSERT INTO api_keys (id, name, key_hash, prefix, created_at) VALUES ($1, $2, $3, $4, $5)',
-        [id, name, hashKey(key), prefix, createdAt],
-      );
+      try {
+        await pool.query(
+          'INSERT INTO api_keys (id, name, key_hash, prefix, created_at) VALUES ($1, $2, $3, $4, $5)',
+          [id, name, hashKey(key), prefix, createdAt],
+        );
+      } catch (error) {
+        throw isNameTaken(error) ? new KeyNameTakenError(name) : error;
+      }
       return { key, record: { id, name, prefix, createdAt, revokedAt: null } };
     },
     async list() {

@@ -105,16 +105,32 @@ async function primary(): Promise<void> {
         }
       }
       if (message?.type === 'vllm-kit:gateway:metrics-request') {
-        const body = await aggregator.clusterMetrics().catch(() => '');
-        worker.send({
-          type: 'vllm-kit:gateway:metrics',
-          id: message.id,
-          body,
-          contentType: aggregator.contentType,
-        });
+        const reply = (answer: { body: string } | { error: string }) => {
+          if (worker.isConnected())
+            worker.send({ type: 'vllm-kit:gateway:metrics', id: message.id, ...answer });
+        };
+        aggregate().then(
+          (body) => reply({ body }),
+          (error: Error) => reply({ error: error.message }),
+        );
       }
     });
   };
+  // Scrapes in flight share one aggregation. A worker that exits meanwhile can never answer it: fail it at once
+  // (prom-client would wait 5 s, then give up) so the scrape gets a 503 now and the next one finds the new worker.
+  let aggregation: Promise<string> | undefined;
+  let failAggregation: ((error: Error) => void) | undefined;
+  const aggregate = (): Promise<string> => {
+    aggregation ??= new Promise<string>((resolve, reject) => {
+      failAggregation = reject;
+      aggregator.clusterMetrics().then(resolve, reject);
+    }).finally(() => {
+      aggregation = undefined;
+      failAggregation = undefined;
+    });
+    return aggregation;
+  };
+  cluster.on('exit', () => failAggregation?.(new Error('a worker exited during the scrape')));
   for (let i = 0; i < config.workers; i++) fork();
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) return;

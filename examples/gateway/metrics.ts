@@ -11,7 +11,17 @@ export interface GatewayMetrics {
   /** Counts a finished request and observes its duration (label children cached: no label hashing per request). */
   observeRequest(route: string, status: number, seconds: number): void;
   observeTtft(route: string, seconds: number): void;
+  /** How long a request waited for a concurrency slot. */
+  observeQueueWait(seconds: number): void;
+  /** Counts an upstream failure by kind. */
+  upstreamFailure(kind: UpstreamFailureKind): void;
 }
+
+/**
+ * `unreachable` (502 before a response), `timeout` (504), `mid_response` (the upstream cut a response that had
+ * begun), `credentials` (the upstream refused the gateway's VLLM_API_KEY).
+ */
+export type UpstreamFailureKind = 'unreachable' | 'timeout' | 'mid_response' | 'credentials';
 
 /** `make(key)` once per key, then the cached value. */
 function cached<T>(make: (key: string) => T): (key: string) => T {
@@ -69,15 +79,19 @@ export function createMetrics(sources: {
       }
     },
   });
-  new client.Gauge({
+  // A counter (prom-client sums counters across workers): each scrape adds what the cache counted since the last one.
+  const seen = { hit: 0, miss: 0, negative_hit: 0 };
+  new client.Counter({
     name: 'gateway_token_cache_total',
-    help: 'Token-cache outcomes since start.',
+    help: 'Token-cache lookups by outcome.',
     labelNames: ['outcome'] as const,
     collect() {
       const stats = sources.tokens.stats();
-      this.set({ outcome: 'hit' }, stats.hits);
-      this.set({ outcome: 'miss' }, stats.misses);
-      this.set({ outcome: 'negative_hit' }, stats.negativeHits);
+      const now = { hit: stats.hits, miss: stats.misses, negative_hit: stats.negativeHits };
+      for (const outcome of ['hit', 'miss', 'negative_hit'] as const) {
+        this.inc({ outcome }, now[outcome] - seen[outcome]);
+        seen[outcome] = now[outcome];
+      }
     },
   });
   new client.Gauge({
@@ -87,14 +101,20 @@ export function createMetrics(sources: {
       this.set(sources.limiter.pendingCount);
     },
   });
-  new client.Gauge({
-    name: 'gateway_queue_wait_seconds_avg',
-    help: 'Average time requests waited for an upstream slot.',
-    collect() {
-      const stats = sources.limiter.stats();
-      this.set(stats.queueWaitCount === 0 ? 0 : stats.queueWaitTotalMs / stats.queueWaitCount / 1000);
-    },
+  // A histogram, not an average: averages cannot be summed across workers, and buckets show the tail.
+  const queueWait = new client.Histogram({
+    name: 'gateway_queue_wait_seconds',
+    help: 'Time requests waited for an upstream slot.',
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
   });
+  const upstreamFailures = new client.Counter({
+    name: 'gateway_upstream_failures_total',
+    help: 'Upstream failures by kind: unreachable, timeout, mid_response, credentials.',
+    labelNames: ['kind'] as const,
+  });
+  for (const kind of ['unreachable', 'timeout', 'mid_response', 'credentials'] as const) {
+    upstreamFailures.inc({ kind }, 0);
+  }
   // Routes and statuses are a small closed set (unknown paths are labelled "unknown"), so the caches stay small.
   const requestCounter = cached((route) => cached((status) => requests.labels(route, status)));
   const durationOf = cached((route) => duration.labels(route));
@@ -111,6 +131,12 @@ export function createMetrics(sources: {
     },
     observeTtft(route, seconds) {
       ttftOf(route).observe(seconds);
+    },
+    observeQueueWait(seconds) {
+      queueWait.observe(seconds);
+    },
+    upstreamFailure(kind) {
+      upstreamFailures.inc({ kind });
     },
   };
 }

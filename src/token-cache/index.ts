@@ -36,8 +36,13 @@ export interface TokenCacheOptions<P> {
   negativeTtlMs?: number;
   /** How often stale entries are purged, ms (one unref()ed interval). 0 = only lazily. @default 60000 (the seed's) */
   sweepIntervalMs?: number;
-  /** Most entries kept (least recently used go first). A bound is required. @default 10000 */
+  /** Most valid tokens kept (least recently used go first). A bound is required. @default 10000 */
   max?: number;
+  /**
+   * Most "invalid" answers kept, in a cache of their own: a flood of distinct bad tokens then never evicts valid
+   * ones, and repeats of a bad token stay off the database. @default 1000
+   */
+  negativeMax?: number;
   /** The credential's own expiry (epoch ms or a Date): an entry never outlives it. */
   expiresAt?: (principal: P) => number | Date | undefined;
   /**
@@ -63,8 +68,11 @@ export interface TokenCacheStats {
   /** Lookups started (single flight: one per token at a time). */
   lookups: number;
   lookupErrors: number;
+  /** Valid tokens cached. */
   size: number;
-  /** Entries pushed out by `max`. */
+  /** "Invalid" answers cached. */
+  negativeSize: number;
+  /** Valid entries pushed out by `max`. */
   evictions: number;
   sweeps: number;
   invalidations: number;
@@ -84,7 +92,7 @@ export interface TokenCache<P> {
 }
 
 interface Entry<P> {
-  principal: P | null;
+  principal: P;
   /** Served as fresh until then (epoch ms). */
   freshUntil: number;
 }
@@ -101,6 +109,7 @@ const KEYS = [
   'negativeTtlMs',
   'sweepIntervalMs',
   'max',
+  'negativeMax',
   'expiresAt',
   'staleIfErrorMs',
   'redis',
@@ -137,6 +146,8 @@ class Cache<P> implements TokenCache<P> {
   private readonly expiresAt: TokenCacheOptions<P>['expiresAt'];
   private readonly now: () => number;
   private readonly cache: LRUCache<string, Entry<P>>;
+  /** "Invalid" answers: token hash → fresh until (epoch ms). */
+  private readonly negative: LRUCache<string, number> | undefined;
   private readonly inflight = new Map<string, Lookup<P>>();
   private readonly closing = new AbortController();
   private readonly sweepTimer: NodeJS.Timeout | undefined;
@@ -185,6 +196,17 @@ class Cache<P> implements TokenCache<P> {
       max: 2_147_483_647,
     });
     const max = numberOption('max', options.max, 10_000, { min: 1, max: 100_000_000, integer: true });
+    if (options.negativeMax === Number.POSITIVE_INFINITY) {
+      throw new InvalidOptionError(
+        'negativeMax',
+        'Expected `negativeMax` to be a finite bound: an unbounded cache can exhaust memory',
+      );
+    }
+    const negativeMax = numberOption('negativeMax', options.negativeMax, 1000, {
+      min: 1,
+      max: 100_000_000,
+      integer: true,
+    });
     if (options.expiresAt !== undefined && typeof options.expiresAt !== 'function') {
       throw invalid('expiresAt', 'a function (principal) => epoch ms | Date | undefined', options.expiresAt);
     }
@@ -205,6 +227,15 @@ class Cache<P> implements TokenCache<P> {
         if (reason === 'evict') this.counts.evictions++;
       },
     });
+
+    if (this.negativeTtlMs > 0) {
+      this.negative = new LRUCache<string, number>({
+        max: negativeMax,
+        ttl: this.negativeTtlMs,
+        perf: { now: () => this.now() + 1 },
+        ttlResolution: 0,
+      });
+    }
 
     if (sweepIntervalMs > 0) {
       this.sweepTimer = setInterval(() => this.sweep(), sweepIntervalMs);
@@ -249,9 +280,15 @@ class Cache<P> implements TokenCache<P> {
     const entry = this.cache.get(key, { allowStale: true });
     const now = this.now();
     if (entry !== undefined && entry.freshUntil > now) {
-      if (entry.principal === null) this.counts.negativeHits++;
-      else this.counts.hits++;
+      this.counts.hits++;
       return entry.principal;
+    }
+    if (entry === undefined) {
+      const invalidUntil = this.negative?.get(key);
+      if (invalidUntil !== undefined && invalidUntil > now) {
+        this.counts.negativeHits++;
+        return null;
+      }
     }
     this.counts.misses++;
     let lookup = this.inflight.get(key);
@@ -308,15 +345,12 @@ class Cache<P> implements TokenCache<P> {
   private store(key: string, principal: P | null, revoked: boolean): P | null {
     const now = this.now();
     if (principal === null || principal === undefined) {
-      if (this.negativeTtlMs > 0 && !revoked) {
-        this.cache.set(
-          key,
-          { principal: null, freshUntil: now + this.negativeTtlMs },
-          { ttl: this.negativeTtlMs },
-        );
-      }
+      // No longer valid (revoked or expired in the store): its positive entry, kept for stale-if-error, goes too.
+      this.cache.delete(key);
+      if (!revoked) this.negative?.set(key, now + this.negativeTtlMs);
       return null;
     }
+    this.negative?.delete(key);
     let freshUntil = now + this.ttlMs;
     const expiry = this.expiresAt?.(principal);
     if (expiry !== undefined) {
@@ -348,6 +382,7 @@ class Cache<P> implements TokenCache<P> {
   private forget(key: string): void {
     this.counts.invalidations++;
     this.cache.delete(key);
+    this.negative?.delete(key);
     const lookup = this.inflight.get(key);
     if (lookup !== undefined) lookup.revoked = true;
   }
@@ -359,15 +394,22 @@ class Cache<P> implements TokenCache<P> {
 
   clear(): void {
     this.cache.clear();
+    this.negative?.clear();
   }
 
   private sweep(): void {
     this.cache.purgeStale();
+    this.negative?.purgeStale();
     this.counts.sweeps++;
   }
 
   stats(): TokenCacheStats {
-    return { ...this.counts, inFlight: this.inflight.size, size: this.cache.size };
+    return {
+      ...this.counts,
+      inFlight: this.inflight.size,
+      size: this.cache.size,
+      negativeSize: this.negative?.size ?? 0,
+    };
   }
 
   async close(): Promise<void> {
@@ -375,7 +417,7 @@ class Cache<P> implements TokenCache<P> {
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.closing.abort(new VllmKitError('The token cache was closed', 'ERR_VK_CLOSED'));
-    this.cache.clear();
+    this.clear();
     await this.subscriber?.quit().catch(() => undefined);
   }
 }

@@ -27,7 +27,14 @@ describe('loadConfig', () => {
       databaseUrl: 'sqlite:./data/keys.db',
       vllmBaseUrls: [],
       metrics: true,
+      corsOrigins: [],
+      headersTimeoutMs: 15_000,
+      requestTimeoutMs: 60_000,
     });
+    expect(loadConfig({ CORS_ORIGINS: 'https://a.example, http://localhost:5173' }).corsOrigins).toEqual([
+      'https://a.example',
+      'http://localhost:5173',
+    ]);
     expect(config.workers).toBeGreaterThanOrEqual(1);
     // Every request the limiter admits has an upstream connection of its own (vLLM serves one request per connection).
     expect(loadConfig({ LIMIT_CONCURRENCY: '1000' }).poolConnections).toBe(1000);
@@ -67,6 +74,21 @@ describe('loadConfig', () => {
       'RATE_LIMIT_POINTS must be an integer from 1 to 2000000, got "10000000"',
     ],
     [{ METRICS: 'yes' }, 'METRICS', 'METRICS must be "true" or "false", got "yes"'],
+    [
+      { CORS_ORIGINS: 'https://app.example.com/path' },
+      'CORS_ORIGINS',
+      'CORS_ORIGINS must be exact origins like https://app.example.com (comma-separated) or *, got "https://app.example.com/path"',
+    ],
+    [
+      { HEADERS_TIMEOUT_MS: '500' },
+      'HEADERS_TIMEOUT_MS',
+      'HEADERS_TIMEOUT_MS must be an integer from 1000 to 600000, got "500"',
+    ],
+    [
+      { HEADERS_TIMEOUT_MS: '20000', REQUEST_TIMEOUT_MS: '10000' },
+      'REQUEST_TIMEOUT_MS',
+      'REQUEST_TIMEOUT_MS must be at least HEADERS_TIMEOUT_MS (20000), got "10000"',
+    ],
   ])('refuses %j', (env, variable, message) => {
     let error: unknown;
     try {
@@ -113,6 +135,10 @@ describe('keys CLI', () => {
       expect(run('list').stdout).toContain('revoked');
       const again = run('revoke', 'alice');
       expect(again.status).toBe(1);
+      expect(again.stderr).toContain('No active key with id or name "alice"');
+      const duplicate = run('create', '--name', 'alice');
+      expect(duplicate.status).toBe(1);
+      expect(duplicate.stderr).toBe('keys: a key named "alice" already exists\n');
       expect(run('bogus').status).toBe(2);
     } finally {
       rmSync(dir, { recursive: true, force: true });

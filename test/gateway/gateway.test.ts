@@ -73,7 +73,7 @@ describe('gateway errors', () => {
       headers: { authorization: `Bearer ${key}` },
     });
     expect(wrongMethod.status).toBe(405);
-    expect(wrongMethod.headers.get('allow')).toBe('POST');
+    expect(wrongMethod.headers.get('allow')).toBe('POST, OPTIONS');
     expect(
       await errorOf(
         await post(url, '/v1/chat/completions', { key, body: JSON.stringify({ pad: 'x'.repeat(2000) }) }),

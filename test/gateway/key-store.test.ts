@@ -7,7 +7,7 @@ import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startWorker } from '../../examples/gateway/app.js';
 import { loadConfig } from '../../examples/gateway/config.js';
-import { hashKey, type KeyStore, openKeyStore } from '../../examples/gateway/key-store.js';
+import { hashKey, isWellFormedKey, type KeyStore, openKeyStore } from '../../examples/gateway/key-store.js';
 import { startVllmSimulator } from '../../src/testing/index.js';
 import { DATABASE_URL, REDIS_URL } from '../helpers/services.js';
 
@@ -23,7 +23,10 @@ async function exercise(store: KeyStore) {
   expect(record).toMatchObject({ name, revokedAt: null, prefix: key.slice(0, 10) });
   expect(await store.findActiveByHash(hashKey(key))).toMatchObject({ id: record.id, name });
   expect((await store.list()).some((k) => k.id === record.id)).toBe(true);
-  await expect(store.create(name)).rejects.toThrow();
+  // Both stores say the same thing for a taken name (not the database's own constraint message).
+  await expect(store.create(name)).rejects.toThrow(`a key named "${name}" already exists`);
+  expect(isWellFormedKey(key)).toBe(true);
+  expect(isWellFormedKey(`${key}x`)).toBe(false);
   const revoked = await store.revoke(name);
   expect(revoked).toMatchObject({ id: record.id, keyHash: hashKey(key) });
   expect(revoked?.revokedAt).toBeTypeOf('string');

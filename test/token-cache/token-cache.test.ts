@@ -69,6 +69,23 @@ describe('createTokenCache', () => {
     expect(never.lookup).toHaveBeenCalledTimes(2);
   });
 
+  it('keeps "invalid" answers apart: a flood of bad tokens neither evicts valid ones nor repeats lookups', async () => {
+    const { cache, lookup } = setup({ max: 10, negativeMax: 100 }, (token) =>
+      token.startsWith('good') ? { id: token } : null,
+    );
+    for (let i = 0; i < 5; i++) await cache.verify(`good-${i}`);
+    // 2,000 distinct wrong tokens: one lookup each, but the five valid tokens stay cached.
+    for (let i = 0; i < 2000; i++) await cache.verify(`bad-${i}`);
+    expect(lookup).toHaveBeenCalledTimes(2005);
+    for (let i = 0; i < 5; i++) expect(await cache.verify(`good-${i}`)).toEqual({ id: `good-${i}` });
+    expect(lookup).toHaveBeenCalledTimes(2005);
+    expect(cache.stats()).toMatchObject({ size: 5, negativeSize: 100, evictions: 0 });
+    // The most recent bad tokens are remembered: repeating them costs no lookup.
+    for (let i = 1900; i < 2000; i++) expect(await cache.verify(`bad-${i}`)).toBeNull();
+    expect(lookup).toHaveBeenCalledTimes(2005);
+    expect(cache.stats().negativeHits).toBe(100);
+  });
+
   it('never lets an entry outlive the credential’s own expiry', async () => {
     const clock0 = 1_000_000;
     const { cache, lookup, clock } = setup({ expiresAt: (p) => p.expires }, () => ({
@@ -266,6 +283,8 @@ describe('token cache options', () => {
     [{}, 'Expected `verify` to be a function'],
     [{ verify, max: Number.POSITIVE_INFINITY }, 'Expected `max` to be a finite bound'],
     [{ verify, max: 0 }, 'Expected `max` to be an integer >= 1'],
+    [{ verify, negativeMax: Number.POSITIVE_INFINITY }, 'Expected `negativeMax` to be a finite bound'],
+    [{ verify, negativeMax: 1.5 }, 'Expected `negativeMax` to be an integer >= 1'],
     [{ verify, ttlMs: 0 }, 'Expected `ttlMs` to be a number >= 1'],
     [{ verify, negativeTtlMs: -1 }, 'Expected `negativeTtlMs` to be a number >= 0'],
     [{ verify, sweepIntervalMs: 'often' }, 'got `"often"` (string)'],
