@@ -144,6 +144,17 @@ export function chat(
   });
 }
 
+/** The pids of a process's live children (a gateway primary's: its workers). */
+export function children(pid: number): number[] {
+  return execSync(`ps -o pid=,stat= --ppid ${pid} || true`)
+    .toString()
+    .trim()
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .filter(([child, stat]) => child && !stat?.startsWith('Z'))
+    .map(([child]) => Number(child));
+}
+
 /** Whether a pid is alive. */
 export function alive(pid: number): boolean {
   try {
