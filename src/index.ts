@@ -64,11 +64,14 @@ export {
   type VllmKitErrorCode,
   type VllmKitErrorOptions,
 } from './errors/index.js';
+// Shared by the client and the concurrency limiter.
+export type { AbortSignalLike } from './internal/abort.js';
 export {
   createIpRateLimiter,
   type FastifyReplyLike,
   type IpRateLimiter,
   type IpRateLimiterOptions,
+  type ProxyHeader,
   type RateLimitDecision,
   serveClusterRateLimits,
   type TrustProxy,

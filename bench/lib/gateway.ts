@@ -1,7 +1,8 @@
-// Starts the reference gateway exactly as `npm start` does (examples/gateway/main.ts under tsx, node:cluster workers),
-// with a fresh SQLite key store holding one key, and reads its workers' memory from /proc.
+// Starts the reference gateway exactly as `npm start` does (the bundled examples/gateway/dist/main.js, node:cluster
+// workers), with a fresh SQLite key store holding one key, request logs written to a file, and reads its workers'
+// memory from /proc.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -57,7 +58,7 @@ function rssBytes(pid: number): number {
 
 /**
  * `env` overrides the gateway's configuration (see examples/gateway/config.ts); production mode, request logs written
- * to /dev/null (they are still produced: logging is part of the cost), no Redis unless `env.REDIS_URL` is given.
+ * to a file (logging is part of the cost), no Redis unless `env.REDIS_URL` is given.
  */
 export async function startGateway(
   upstream: string,
@@ -69,8 +70,12 @@ export async function startGateway(
   const { key } = await store.create('bench');
   await store.close();
   const port = await freePort();
+  // What `npm start` runs: the bundle, built once per benchmark run.
+  execFileSync('npm', ['run', '-s', 'build:gateway'], { cwd: root, stdio: 'inherit' });
+  // One JSON line per request at info, to a file as in production (logging is part of the cost).
+  const logFd = openSync(join(dir, 'gateway.log'), 'a');
   const child: ChildProcess = ownChild(
-    spawn(process.execPath, ['--import', 'tsx', 'examples/gateway/main.ts'], {
+    spawn(process.execPath, ['examples/gateway/dist/main.js'], {
       cwd: root,
       env: {
         ...process.env,
@@ -83,9 +88,10 @@ export async function startGateway(
         SHUTDOWN_GRACE_MS: '2000',
         ...env,
       },
-      stdio: ['ignore', 'ignore', 'inherit'],
+      stdio: ['ignore', logFd, 'inherit'],
     }),
   );
+  closeSync(logFd);
   const url = `http://127.0.0.1:${port}`;
   await waitForOk(`${url}/health`, 30_000, () => child.exitCode !== null);
   const workers = () =>

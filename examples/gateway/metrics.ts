@@ -1,18 +1,19 @@
 // Prometheus metrics of one worker (prom-client); the primary aggregates them over workers for GET /metrics.
+// The per-request series (requests, durations, time to first byte, queue wait) are kept in lean series of our own and
+// rendered through prom-client's registry at scrape time: prom-client's own counters and histograms validate and hash
+// their labels on every observation, several µs per request at the gateway's rates.
 import client from 'prom-client';
 import type { ConcurrencyLimiter, TokenCache, VllmClient } from 'vllm-kit';
 
 export interface GatewayMetrics {
   registry: client.Registry;
-  requests: client.Counter<'route' | 'status'>;
-  duration: client.Histogram<'route'>;
-  ttft: client.Histogram<'route'>;
-  rateLimited: client.Counter;
-  /** Counts a finished request and observes its duration (label children cached: no label hashing per request). */
+  /** Counts a finished request and observes its duration. */
   observeRequest(route: string, status: number, seconds: number): void;
   observeTtft(route: string, seconds: number): void;
   /** How long a request waited for a concurrency slot. */
   observeQueueWait(seconds: number): void;
+  /** Counts a request refused with 429. */
+  rateLimited(): void;
   /** Counts an upstream failure by kind. */
   upstreamFailure(kind: UpstreamFailureKind): void;
 }
@@ -23,18 +24,90 @@ export interface GatewayMetrics {
  */
 export type UpstreamFailureKind = 'unreachable' | 'timeout' | 'mid_response' | 'credentials';
 
-/** `make(key)` once per key, then the cached value. */
-function cached<T>(make: (key: string) => T): (key: string) => T {
-  const cache = new Map<string, T>();
-  return (key) => {
-    let value = cache.get(key);
-    if (value === undefined) {
-      value = make(key);
-      cache.set(key, value);
-    }
-    return value;
-  };
+/** One sample as prom-client's registry renders and its cluster aggregation sums them. */
+interface Sample {
+  labels: Record<string, string | number>;
+  value: number;
+  metricName?: string;
 }
+
+/**
+ * A counter or histogram with its series kept by label values, observed in O(1) without label validation or
+ * hashing, and handed to prom-client's registry (which calls `get()`) as its own metrics are.
+ */
+class LeanMetric {
+  readonly aggregator = 'sum';
+  private readonly series = new Map<
+    string,
+    { labels: Record<string, string>; counts: number[]; sum: number }
+  >();
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly type: 'counter' | 'histogram',
+    private readonly buckets: readonly number[] = [],
+  ) {}
+
+  /** The series of one set of labels (`key` identifies it: callers cache the returned series). */
+  seriesFor(key: string, labels: Record<string, string>): { counts: number[]; sum: number } {
+    let series = this.series.get(key);
+    if (series === undefined) {
+      series = { labels, counts: new Array<number>(this.buckets.length + 1).fill(0), sum: 0 };
+      this.series.set(key, series);
+    }
+    return series;
+  }
+
+  get(): { name: string; help: string; type: string; aggregator: string; values: Sample[] } {
+    const values: Sample[] = [];
+    for (const { labels, counts, sum } of this.series.values()) {
+      if (this.type === 'counter') {
+        values.push({ labels, value: sum });
+        continue;
+      }
+      let cumulative = 0;
+      for (let i = 0; i < this.buckets.length; i++) {
+        cumulative += counts[i]!;
+        values.push({
+          labels: { ...labels, le: this.buckets[i]! },
+          value: cumulative,
+          metricName: `${this.name}_bucket`,
+        });
+      }
+      cumulative += counts[this.buckets.length]!;
+      values.push({
+        labels: { ...labels, le: '+Inf' },
+        value: cumulative,
+        metricName: `${this.name}_bucket`,
+      });
+      values.push({ labels, value: sum, metricName: `${this.name}_sum` });
+      values.push({ labels, value: cumulative, metricName: `${this.name}_count` });
+    }
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
+
+  /** Zeroes every series (callers keep their references to them). */
+  reset(): void {
+    for (const series of this.series.values()) {
+      series.counts.fill(0);
+      series.sum = 0;
+    }
+  }
+}
+
+/** Adds one observation to a histogram series. */
+function observe(buckets: readonly number[], series: { counts: number[]; sum: number }, value: number): void {
+  let i = 0;
+  while (i < buckets.length && value > buckets[i]!) i++;
+  series.counts[i]!++;
+  series.sum += value;
+}
+
+const DURATION_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+const TTFT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+const QUEUE_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+const UPSTREAM_FAILURE_KINDS = ['unreachable', 'timeout', 'mid_response', 'credentials'] as const;
 
 export function createMetrics(sources: {
   client: VllmClient;
@@ -44,27 +117,42 @@ export function createMetrics(sources: {
   // The global registry: prom-client's cluster aggregation reads it in every worker.
   const registry = client.register;
   registry.clear();
-  const requests = new client.Counter({
-    name: 'gateway_requests_total',
-    help: 'Requests by route and status.',
-    labelNames: ['route', 'status'] as const,
-  });
-  const duration = new client.Histogram({
-    name: 'gateway_request_duration_seconds',
-    help: 'Request latency, to the last byte.',
-    labelNames: ['route'] as const,
-    buckets: [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
-  });
-  const ttft = new client.Histogram({
-    name: 'gateway_time_to_first_byte_seconds',
-    help: 'Time to the first upstream body byte (the first token of a stream).',
-    labelNames: ['route'] as const,
-    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-  });
-  const rateLimited = new client.Counter({
-    name: 'gateway_rate_limited_total',
-    help: 'Requests refused with 429.',
-  });
+  const requests = new LeanMetric('gateway_requests_total', 'Requests by route and status.', 'counter');
+  const duration = new LeanMetric(
+    'gateway_request_duration_seconds',
+    'Request latency, to the last byte.',
+    'histogram',
+    DURATION_BUCKETS,
+  );
+  const ttft = new LeanMetric(
+    'gateway_time_to_first_byte_seconds',
+    'Time to the first upstream body byte (the first token of a stream).',
+    'histogram',
+    TTFT_BUCKETS,
+  );
+  // A histogram, not an average: averages cannot be summed across workers, and buckets show the tail.
+  const queueWait = new LeanMetric(
+    'gateway_queue_wait_seconds',
+    'Time requests waited for an upstream slot.',
+    'histogram',
+    QUEUE_BUCKETS,
+  );
+  const rateLimited = new LeanMetric('gateway_rate_limited_total', 'Requests refused with 429.', 'counter');
+  const upstreamFailures = new LeanMetric(
+    'gateway_upstream_failures_total',
+    'Upstream failures by kind: unreachable, timeout, mid_response, credentials.',
+    'counter',
+  );
+  for (const metric of [requests, duration, ttft, queueWait, rateLimited, upstreamFailures]) {
+    registry.registerMetric(metric as unknown as client.Metric);
+  }
+  // Present from the start (at 0), so dashboards and alerts see them before the first event.
+  const rateLimitedSeries = rateLimited.seriesFor('', {});
+  const failureSeries = new Map(
+    UPSTREAM_FAILURE_KINDS.map((kind) => [kind, upstreamFailures.seriesFor(kind, { kind })] as const),
+  );
+  const queueSeries = queueWait.seriesFor('', {});
+
   new client.Gauge({
     name: 'gateway_upstream_connections',
     help: 'Upstream pool connections by state.',
@@ -101,42 +189,52 @@ export function createMetrics(sources: {
       this.set(sources.limiter.pendingCount);
     },
   });
-  // A histogram, not an average: averages cannot be summed across workers, and buckets show the tail.
-  const queueWait = new client.Histogram({
-    name: 'gateway_queue_wait_seconds',
-    help: 'Time requests waited for an upstream slot.',
-    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-  });
-  const upstreamFailures = new client.Counter({
-    name: 'gateway_upstream_failures_total',
-    help: 'Upstream failures by kind: unreachable, timeout, mid_response, credentials.',
-    labelNames: ['kind'] as const,
-  });
-  for (const kind of ['unreachable', 'timeout', 'mid_response', 'credentials'] as const) {
-    upstreamFailures.inc({ kind }, 0);
-  }
-  // Routes and statuses are a small closed set (unknown paths are labelled "unknown"), so the caches stay small.
-  const requestCounter = cached((route) => cached((status) => requests.labels(route, status)));
-  const durationOf = cached((route) => duration.labels(route));
-  const ttftOf = cached((route) => ttft.labels(route));
+
+  // Routes and statuses are a small closed set (unknown paths are labelled "unknown"): series are looked up by
+  // route, then by status, in small maps.
+  const byRoute = new Map<
+    string,
+    {
+      duration: { counts: number[]; sum: number };
+      ttft: { counts: number[]; sum: number };
+      byStatus: Map<number, { sum: number }>;
+    }
+  >();
+  const routeSeries = (route: string) => {
+    let entry = byRoute.get(route);
+    if (entry === undefined) {
+      entry = {
+        duration: duration.seriesFor(route, { route }),
+        ttft: ttft.seriesFor(route, { route }),
+        byStatus: new Map(),
+      };
+      byRoute.set(route, entry);
+    }
+    return entry;
+  };
   return {
     registry,
-    requests,
-    duration,
-    ttft,
-    rateLimited,
     observeRequest(route, status, seconds) {
-      requestCounter(route)(String(status)).inc();
-      durationOf(route).observe(seconds);
+      const entry = routeSeries(route);
+      let counter = entry.byStatus.get(status);
+      if (counter === undefined) {
+        counter = requests.seriesFor(`${route} ${status}`, { route, status: String(status) });
+        entry.byStatus.set(status, counter);
+      }
+      counter.sum++;
+      observe(DURATION_BUCKETS, entry.duration, seconds);
     },
     observeTtft(route, seconds) {
-      ttftOf(route).observe(seconds);
+      observe(TTFT_BUCKETS, routeSeries(route).ttft, seconds);
     },
     observeQueueWait(seconds) {
-      queueWait.observe(seconds);
+      observe(QUEUE_BUCKETS, queueSeries, seconds);
+    },
+    rateLimited() {
+      rateLimitedSeries.sum++;
     },
     upstreamFailure(kind) {
-      upstreamFailures.inc({ kind });
+      failureSeries.get(kind)!.sum++;
     },
   };
 }

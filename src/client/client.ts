@@ -11,6 +11,7 @@ import {
   UpstreamTimeoutError,
   type VllmKitError,
 } from '../errors/index.js';
+import type { AbortSignalLike } from '../internal/abort.js';
 import { errorFromStatus, errorFromStreamEvent, errorFromTransport } from './map-error.js';
 import { type ResolvedClientOptions, resolveClientOptions, type VllmClientOptions } from './options.js';
 import { backoffDelay, isRetryableStatus, parseRetryAfter, RetryBudget } from './retry.js';
@@ -30,8 +31,8 @@ import type {
 
 /** Per-call options of every method. */
 export interface CallOptions {
-  /** Aborts the call (and the upstream request) at once. */
-  signal?: AbortSignal;
+  /** Aborts the call (and the upstream request) at once. An `AbortSignal`, or any {@link AbortSignalLike}. */
+  signal?: AbortSignalLike;
   /** Whole-call timeout in ms, retries included; overrides `totalTimeoutMs`. */
   timeoutMs?: number;
   /** Extra headers for this call. */
@@ -163,7 +164,7 @@ class CallSignal extends EventEmitter {
 
   constructor(
     private readonly requestId: string | undefined,
-    private readonly userSignal: AbortSignal | undefined,
+    private readonly userSignal: AbortSignalLike | undefined,
     private readonly totalMs: number,
   ) {
     super();
@@ -228,6 +229,7 @@ class Client implements VllmClient {
   private readonly plainHeaders: string[];
   private readonly jsonHeaders: string[];
   private readonly streamHeaders: string[];
+  private readonly mergedHeaders = new WeakMap<object, { base: string[]; merged: string[] }>();
   private readonly origin: string;
   private requests = 0;
   private retries = 0;
@@ -492,16 +494,31 @@ class Client implements VllmClient {
     });
   }
 
-  /** Headers as undici's flat array; the common cases are built once, per-call extras on top. */
+  /**
+   * Headers as undici's flat array. The common cases are built once; a per-call headers object is merged once per
+   * object (a caller that reuses one constant object, as a gateway does, pays for the merge once), and the request
+   * id goes on a copy.
+   */
   private buildHeaders(spec: SendSpec, options?: CallOptions): string[] {
     const base = spec.stream ? this.streamHeaders : spec.json ? this.jsonHeaders : this.plainHeaders;
-    if (options?.requestId === undefined && options?.headers === undefined) return base;
-    const merged: Record<string, string> = {};
-    for (let i = 0; i < base.length; i += 2) merged[base[i]!] = base[i + 1]!;
-    if (options.requestId !== undefined) merged['x-request-id'] = options.requestId;
-    if (options.headers)
-      for (const [name, value] of Object.entries(options.headers)) merged[name.toLowerCase()] = value;
-    return Object.entries(merged).flat();
+    const extra = options?.headers;
+    const requestId = options?.requestId;
+    if (requestId === undefined && extra === undefined) return base;
+    let merged = base;
+    if (extra !== undefined) {
+      const cached = this.mergedHeaders.get(extra);
+      if (cached !== undefined && cached.base === base) merged = cached.merged;
+      else {
+        merged = mergeHeaders(base, extra);
+        this.mergedHeaders.set(extra, { base, merged });
+      }
+    }
+    if (requestId === undefined) return merged;
+    const headers = merged.slice();
+    const at = headers.indexOf('x-request-id');
+    if (at !== -1 && at % 2 === 0) headers[at + 1] = requestId;
+    else headers.push('x-request-id', requestId);
+    return headers;
   }
 
   /** One call: attempts with retries, a total timeout, the caller's signal, and status errors mapped. */
@@ -614,6 +631,14 @@ class Client implements VllmClient {
     this.retries++;
     return true;
   }
+}
+
+/** `base` (undici's flat array) with `extra` on top, names lower-cased, later names replacing earlier ones. */
+function mergeHeaders(base: string[], extra: Record<string, string>): string[] {
+  const merged: Record<string, string> = {};
+  for (let i = 0; i < base.length; i += 2) merged[base[i]!] = base[i + 1]!;
+  for (const [name, value] of Object.entries(extra)) merged[name.toLowerCase()] = value;
+  return Object.entries(merged).flat();
 }
 
 /** The body as is unless it asks for a stream (a copy then says `stream: false`): no copy on the hot path. */

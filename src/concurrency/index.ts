@@ -3,6 +3,7 @@
 // hand-set number.
 import pLimit, { type LimitFunction } from 'p-limit';
 import { InvalidOptionError, isVllmKitError, RequestAbortedError, VllmKitError } from '../errors/index.js';
+import { type AbortSignalLike, toAbortSignal } from '../internal/abort.js';
 import { invalid, numberOption, objectOption, rejectUnknownKeys } from '../internal/validate.js';
 
 export interface AdaptiveOptions {
@@ -46,14 +47,15 @@ export interface ConcurrencyLimiterOptions {
 
 /** What `fn` receives. */
 export interface TaskContext {
-  /** Fires when the caller gives up (its own signal). */
-  signal: AbortSignal;
+  /** Fires when the caller gives up (its own signal; a task-local one, made on first use, when it gave none). */
+  readonly signal: AbortSignal;
   /** Call when the first byte (the first token) arrives: the adaptive limit then samples time to first token. */
   markFirstByte(): void;
 }
 
 export interface RunOptions {
-  signal?: AbortSignal;
+  /** Cancels the task while it waits (it then never runs) and reaches `fn` as `context.signal`. */
+  signal?: AbortSignalLike;
   /** Counts against `perKeyConcurrency`. */
   key?: string;
 }
@@ -113,7 +115,23 @@ export function isQueueTimeoutError(value: unknown): value is QueueTimeoutError 
   return isVllmKitError(value) && value.code === 'ERR_VK_QUEUE_TIMEOUT';
 }
 
-const NEVER = new AbortController().signal;
+/** What `fn` receives; its `signal` is made only if the task reads it. */
+class Context implements TaskContext {
+  private made: AbortSignal | undefined;
+  firstByteAt: number | undefined;
+  constructor(
+    private readonly source: AbortSignalLike | undefined,
+    private readonly now: () => number,
+  ) {}
+  get signal(): AbortSignal {
+    this.made ??= toAbortSignal(this.source);
+    return this.made;
+  }
+  // A property, not a method: tasks may destructure it (`async ({ markFirstByte }) => …`).
+  readonly markFirstByte = (): void => {
+    this.firstByteAt ??= this.now();
+  };
+}
 
 /** The p-th quantile (0–1) of the samples, by sorting a copy. */
 function percentileOf(samples: number[], p: number): number {
@@ -341,7 +359,7 @@ class Limiter implements ConcurrencyLimiter {
     });
   }
 
-  private enqueue(reject: (error: unknown) => void, signal: AbortSignal | undefined): Waiter {
+  private enqueue(reject: (error: unknown) => void, signal: AbortSignalLike | undefined): Waiter {
     this.waiting++;
     const waiter: Waiter = {
       cancelled: false,
@@ -393,7 +411,7 @@ class Limiter implements ConcurrencyLimiter {
 
   private async execute<T>(
     fn: (context: TaskContext) => Promise<T> | T,
-    signal: AbortSignal | undefined,
+    signal: AbortSignalLike | undefined,
     resolve: (value: T) => void,
     reject: (error: unknown) => void,
   ): Promise<void> {
@@ -402,23 +420,17 @@ class Limiter implements ConcurrencyLimiter {
     const started = this.now();
     // Only tasks that started at the minimum concurrency measure the no-load latency.
     const lowLoad = this.measuringMinRtt && this.running <= (this.adaptive?.min ?? 0);
-    let firstByteAt: number | undefined;
-    const context: TaskContext = {
-      signal: signal ?? NEVER,
-      markFirstByte: () => {
-        firstByteAt ??= this.now();
-      },
-    };
+    const context = new Context(signal, this.now);
     try {
       const value = await fn(context);
       this.running--;
       this.counts.completed++;
-      this.learn(started, firstByteAt, undefined, lowLoad);
+      this.learn(started, context.firstByteAt, undefined, lowLoad);
       resolve(value);
     } catch (error) {
       this.running--;
       this.counts.failed++;
-      this.learn(started, firstByteAt, error, lowLoad);
+      this.learn(started, context.firstByteAt, error, lowLoad);
       reject(error);
     }
   }
