@@ -63,6 +63,8 @@ function rssBytes(pid: number): number {
 export async function startGateway(
   upstream: string,
   env: Record<string, string> = {},
+  /** Node flags for the primary; the workers inherit them (node:cluster forks with the primary's execArgv). */
+  nodeArgs: string[] = [],
 ): Promise<RunningGateway> {
   const dir = mkdtempSync(join(tmpdir(), 'vllm-kit-bench-gw-'));
   const databaseUrl = `sqlite:${join(dir, 'keys.db')}`;
@@ -75,7 +77,7 @@ export async function startGateway(
   // One JSON line per request at info, to a file as in production (logging is part of the cost).
   const logFd = openSync(join(dir, 'gateway.log'), 'a');
   const child: ChildProcess = ownChild(
-    spawn(process.execPath, ['examples/gateway/dist/main.js'], {
+    spawn(process.execPath, [...nodeArgs, 'examples/gateway/dist/main.js'], {
       cwd: root,
       env: {
         ...process.env,

@@ -1,25 +1,33 @@
-// Scenario 1, overhead: the zero-latency simulator straight, behind a bare node:http + undici passthrough (the limit
-// of any Node gateway) and behind the full reference gateway (every piece on) with 1 and 2 workers. Closed loops at
-// several concurrencies, each caller on its own source address; targets rotated each round; medians reported.
-// Run: npm run build && npx tsx bench/scenarios/overhead.ts [--quick]
+// Scenario 1, overhead: the zero-latency simulator straight; behind a bare node:http + undici passthrough (the honest
+// limit of any Node gateway); behind the Fastify and Express stacks a team would assemble instead; and behind the
+// reference gateway (every piece on, request logs to a file) with 1 and 2 workers. Each round measures every target
+// with autocannon (32 connections) and with our own closed-loop generator (1 and 32 callers, each on its own source
+// address); targets are rotated each round, and ratios are computed per round, then their medians reported.
+// Run: npx tsx bench/scenarios/overhead.ts [--quick]
 import { resolve } from 'node:path';
+import { runAutocannon } from '../lib/autocannon.js';
 import { type ChildServer, processCpuMicros, startChild } from '../lib/child.js';
 import { startGateway } from '../lib/gateway.js';
 import { ClientPool, closedLoopRun, median, send, summarize } from '../lib/load.js';
 
 const quick = process.argv.includes('--quick');
-const rounds = quick ? 1 : 3;
+const rounds = quick ? 1 : 5;
+const autocannonSec = quick ? 1 : 5;
 const durationMs = quick ? 400 : 2500;
 const warmupMs = quick ? 150 : 500;
-const concurrencies = quick ? [1, 32] : [1, 8, 32, 128];
+const concurrencies = [1, 32];
+const loaded = 32;
 const body = JSON.stringify({
   messages: [{ role: 'user', content: 'Say something short.' }],
   max_tokens: 16,
 });
+const PEER_KEY = 'vk-bench-peer-key';
 
 const servers = resolve(import.meta.dirname, '../servers');
 const sim: ChildServer = await startChild(resolve(servers, 'simulator.ts'));
 const passthrough = await startChild(resolve(servers, 'passthrough.ts'), [sim.url]);
+const fastify = await startChild(resolve(servers, 'fastify-stack.ts'), [sim.url, PEER_KEY]);
+const express = await startChild(resolve(servers, 'express-stack.ts'), [sim.url, PEER_KEY]);
 // Every piece on: rate limit (checked on every request; its budget raised so that no request is refused, since this
 // measures cost, not policy), key check through the token cache, concurrency limiter, metrics, request logs.
 const gatewayEnv = { RATE_LIMIT_POINTS: '2000000' };
@@ -27,9 +35,12 @@ const gateway1 = await startGateway(sim.url, { ...gatewayEnv, WORKERS: '1' });
 const gateway2 = await startGateway(sim.url, { ...gatewayEnv, WORKERS: '2' });
 
 // `pids`: the processes whose CPU time is the target's own cost (the simulator's is the same for every target).
+const child = (c: ChildServer) => ({ url: c.url, key: PEER_KEY, pids: () => [c.pid] });
 const targets: Record<string, { url: string; key: string; pids: () => number[] }> = {
-  direct: { url: sim.url, key: 'unused', pids: () => [sim.pid] },
-  passthrough: { url: passthrough.url, key: 'unused', pids: () => [passthrough.pid] },
+  direct: { url: sim.url, key: PEER_KEY, pids: () => [sim.pid] },
+  passthrough: child(passthrough),
+  'fastify stack': child(fastify),
+  'express stack': child(express),
   'gateway, 1 worker': { url: gateway1.url, key: gateway1.key, pids: gateway1.pids },
   'gateway, 2 workers': { url: gateway2.url, key: gateway2.key, pids: gateway2.pids },
 };
@@ -43,8 +54,8 @@ interface Sample {
   p99: number;
   errors: number;
 }
-const samples = new Map<string, Sample[]>();
 
+/** Our generator: a closed loop of `concurrency` callers, each on its own source address. */
 async function measure(name: string, concurrency: number): Promise<Sample> {
   const { url, key, pids } = targets[name]!;
   const clients = new ClientPool(url);
@@ -75,25 +86,53 @@ async function measure(name: string, concurrency: number): Promise<Sample> {
   }
 }
 
+/** autocannon: 32 keep-alive connections from one address (rate limits see one client: their budget is raised). */
+async function measureAutocannon(name: string): Promise<Sample> {
+  const { url, key, pids } = targets[name]!;
+  const processes = pids();
+  const before = processCpuMicros(processes);
+  const run = await runAutocannon({
+    url,
+    path: '/v1/chat/completions',
+    body,
+    headers: { authorization: `Bearer ${key}` },
+    connections: loaded,
+    durationSec: autocannonSec,
+  });
+  const cpu = processCpuMicros(processes) - before;
+  return {
+    rps: run.rps,
+    cpuMicrosPerRequest: cpu / Math.max(1, run.requests),
+    p50: run.p50Ms,
+    p90: run.p50Ms,
+    p99: run.p99Ms,
+    errors: run.errors + run.non2xx,
+  };
+}
+
+// Warm every target up once (JIT, pools, caches) before anything counts.
+for (const name of names) await measure(name, 8);
+
+const ours = new Map<string, Sample[]>();
+const cannon = new Map<string, Sample[]>();
+const push = (map: Map<string, Sample[]>, key: string, sample: Sample) =>
+  map.set(key, [...(map.get(key) ?? []), sample]);
 for (let round = 0; round < rounds; round++) {
   const order = names.map((_, i) => names[(i + round) % names.length]!);
   for (const name of order) {
-    for (const concurrency of concurrencies) {
-      const key = `${name}@${concurrency}`;
-      const list = samples.get(key) ?? [];
-      list.push(await measure(name, concurrency));
-      samples.set(key, list);
-    }
+    push(cannon, name, await measureAutocannon(name));
+    for (const concurrency of concurrencies)
+      push(ours, `${name}@${concurrency}`, await measure(name, concurrency));
   }
 }
-await Promise.all([gateway1.stop(), gateway2.stop(), passthrough.stop()]);
+await Promise.all([gateway1.stop(), gateway2.stop(), passthrough.stop(), fastify.stop(), express.stop()]);
 await sim.stop();
 
 const r2 = (n: number) => Number(n.toFixed(2));
 const r3 = (n: number) => Number(n.toFixed(3));
 const points = names.flatMap((target) =>
   concurrencies.map((concurrency) => {
-    const list = samples.get(`${target}@${concurrency}`)!;
+    const list = ours.get(`${target}@${concurrency}`)!;
     return {
       target,
       concurrency,
@@ -106,30 +145,68 @@ const points = names.flatMap((target) =>
     };
   }),
 );
-const at = (target: string, concurrency: number) =>
-  points.find((p) => p.target === target && p.concurrency === concurrency)!;
-const loaded = 32;
+const autocannon = names.map((target) => {
+  const list = cannon.get(target)!;
+  return {
+    target,
+    rps: Math.round(median(list.map((s) => s.rps))),
+    cpuMicrosPerRequest: Math.round(median(list.map((s) => s.cpuMicrosPerRequest))),
+    p50Ms: median(list.map((s) => s.p50)),
+    p99Ms: median(list.map((s) => s.p99)),
+    errors: list.reduce((sum, s) => sum + s.errors, 0),
+  };
+});
+
+/** The median over rounds of a per-round ratio (both sides measured in the same round, minutes apart at most). */
+function ratio(map: Map<string, Sample[]>, a: string, b: string, pick: (s: Sample) => number = (s) => s.rps) {
+  const left = map.get(a)!;
+  const right = map.get(b)!;
+  return r2(median(left.map((s, i) => pick(s) / pick(right[i]!))));
+}
+const perRoundDifference = (a: string, b: string) => {
+  const left = ours.get(a)!;
+  const right = ours.get(b)!;
+  return r3(median(left.map((s, i) => s.p50 - right[i]!.p50)));
+};
+const byGenerator = (map: Map<string, Sample[]>, suffix: string) => ({
+  gateway1VsPassthrough: ratio(map, `gateway, 1 worker${suffix}`, `passthrough${suffix}`),
+  gateway2VsPassthrough: ratio(map, `gateway, 2 workers${suffix}`, `passthrough${suffix}`),
+  gateway1VsFastify: ratio(map, `gateway, 1 worker${suffix}`, `fastify stack${suffix}`),
+  fastifyVsPassthrough: ratio(map, `fastify stack${suffix}`, `passthrough${suffix}`),
+  expressVsPassthrough: ratio(map, `express stack${suffix}`, `passthrough${suffix}`),
+  passthroughVsDirect: ratio(map, `passthrough${suffix}`, `direct${suffix}`),
+  // Own CPU per request against the passthrough's (lower is better; 1.0 would be free).
+  gateway1CpuVsPassthrough: ratio(
+    map,
+    `gateway, 1 worker${suffix}`,
+    `passthrough${suffix}`,
+    (s) => s.cpuMicrosPerRequest,
+  ),
+});
 const ratios = {
   concurrency: loaded,
-  gateway1VsPassthrough: r2(at('gateway, 1 worker', loaded).rps / at('passthrough', loaded).rps),
-  gateway2VsPassthrough: r2(at('gateway, 2 workers', loaded).rps / at('passthrough', loaded).rps),
-  passthroughVsDirect: r2(at('passthrough', loaded).rps / at('direct', loaded).rps),
-  // CPU per request: the gateway's own processes against the passthrough's, at the same load.
-  gateway1CpuVsPassthrough: r2(
-    at('gateway, 1 worker', loaded).cpuMicrosPerRequest / at('passthrough', loaded).cpuMicrosPerRequest,
-  ),
-  // Added latency with one caller: what a request pays for the hop and every check, without queueing.
+  autocannon: byGenerator(cannon, ''),
+  ours: byGenerator(ours, `@${loaded}`),
+  // Added latency with one caller (our generator): what a request pays for the hop and every check, no queueing.
   addedP50MsOneCaller: {
-    passthrough: r3(at('passthrough', 1).p50Ms - at('direct', 1).p50Ms),
-    gateway1: r3(at('gateway, 1 worker', 1).p50Ms - at('direct', 1).p50Ms),
-    gateway1OverPassthrough: r3(at('gateway, 1 worker', 1).p50Ms - at('passthrough', 1).p50Ms),
-  },
-  addedP99MsOneCaller: {
-    passthrough: r3(at('passthrough', 1).p99Ms - at('direct', 1).p99Ms),
-    gateway1: r3(at('gateway, 1 worker', 1).p99Ms - at('direct', 1).p99Ms),
+    gateway1OverPassthrough: perRoundDifference('gateway, 1 worker@1', 'passthrough@1'),
+    passthroughOverDirect: perRoundDifference('passthrough@1', 'direct@1'),
+    gateway1OverDirect: perRoundDifference('gateway, 1 worker@1', 'direct@1'),
   },
 };
 console.table(points);
-console.table(ratios);
-console.log(JSON.stringify({ bench: 'overhead', rounds, durationMs, concurrencies, points, ratios }));
-if (points.some((p) => p.errors > 0)) process.exitCode = 1;
+console.table(autocannon);
+console.log(JSON.stringify(ratios, null, 2));
+console.log(
+  JSON.stringify({
+    bench: 'overhead',
+    rounds,
+    durationMs,
+    autocannonSec,
+    concurrencies,
+    points,
+    autocannon,
+    ratios,
+  }),
+);
+if (points.some((p) => p.errors > 0) || autocannon.some((p) => p.errors > 0)) process.exitCode = 1;

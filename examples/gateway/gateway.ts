@@ -326,7 +326,8 @@ export function createGateway(deps: GatewayDeps) {
       discard(upstream.body);
       throw upstreamCredentialsRejected(requestId);
     }
-    const headers: Record<string, string> = { 'x-request-id': requestId };
+    // (X-Request-Id and the rate-limit headers are already set on the response.)
+    const headers: Record<string, string> = {};
     const contentType = upstream.headers['content-type'];
     if (typeof contentType === 'string') headers['content-type'] = contentType;
     // An upstream 429/503 is answered at once (the client never sleeps on it holding our slot): pass its advice on.
