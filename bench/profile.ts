@@ -73,7 +73,7 @@ const PIECES: [string, (url: string, fn: string) => boolean][] = [
     (u, f) => /src\/token-cache\/|lru-cache|crypto\/hash/.test(u) || f === 'authenticate',
   ],
   ['concurrency limiter', (u) => /src\/concurrency\/|p-limit|yocto-queue/.test(u)],
-  ['body read, UTF-8 and JSON check', (u, f) => f === 'readBody' || f === 'parse' || f === 'isUtf8'],
+  ['body read, UTF-8 and JSON check', (_u, f) => f === 'readBody' || f === 'parse' || f === 'isUtf8'],
   ['pooled client (replay, routing)', (u) => /src\/client\//.test(u)],
   ['undici (HTTP/1.1 to the upstream)', (u) => /node_modules\/undici/.test(u)],
   ['gateway pipeline (routing, headers, errors)', (u) => /examples\/gateway\//.test(u)],

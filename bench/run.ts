@@ -13,6 +13,7 @@ const SCRIPTS = {
   seed: 'scenarios/seed.ts',
   streaming: 'scenarios/streaming.ts',
   saturation: 'scenarios/saturation.ts',
+  routing: 'scenarios/routing.ts',
   'token-cache': 'token-cache.ts',
   'rate-limit': 'rate-limit.ts',
   concurrency: 'concurrency.ts',

@@ -64,6 +64,45 @@ export function summarize(report: Report): { figure: string; value: string; targ
       o.addedP50MsOneCaller.gateway1OverPassthrough <= 0.3,
     );
   }
+  if (r.routing) {
+    const g = r.routing.ratios;
+    add(
+      'prefix routing TTFT p50 / least-outstanding',
+      fmt(g.ttftP50VsLeastOutstanding, 2),
+      '≤ 0.6',
+      g.ttftP50VsLeastOutstanding <= 0.6,
+    );
+    add(
+      'prefix routing TTFT p99 / least-outstanding',
+      fmt(g.ttftP99VsLeastOutstanding, 2),
+      '≤ 0.8',
+      g.ttftP99VsLeastOutstanding <= 0.8,
+    );
+    add(
+      'prefix hit rate, points below the ideal',
+      fmt(g.hitRatePointsBelowIdeal, 1),
+      '≤ 5',
+      g.hitRatePointsBelowIdeal <= 5,
+    );
+    add(
+      'requests per replica, max / mean',
+      fmt(g.maxOverMeanRequests, 2),
+      '≤ 1.3',
+      g.maxOverMeanRequests <= 1.3,
+    );
+    add(
+      'hit rate, 2 workers vs 1 (points)',
+      fmt(g.hitRatePointsTwoWorkersVsOne, 1),
+      'within ±5',
+      Math.abs(g.hitRatePointsTwoWorkersVsOne) <= 5,
+    );
+    add(
+      'sessions moved by removing 1 of 4 replicas',
+      fmt(g.sessionsMovedByRemoval * 100, 0) + '%',
+      '≤ 30%',
+      g.sessionsMovedByRemoval <= 0.3,
+    );
+  }
   if (r.seed) {
     add('seed "before" sustained (req/min)', fmt(r.seed.sustainedPerMin.before));
     add(
@@ -226,6 +265,44 @@ export function renderReport(
         ],
       }),
       'latency percentiles',
+    );
+  }
+
+  if (r.routing) {
+    const g = r.routing;
+    parts.push(
+      `## Prefix routing (4 replicas with prefix caching, ${g.sessions} sessions × ${g.turns} turns, gateway in front)`,
+    );
+    parts.push(
+      table(
+        [
+          'policy',
+          'workers',
+          'requests',
+          'errors',
+          'TTFT p50 ms',
+          'TTFT p99 ms',
+          'prefix hit rate',
+          'max/mean per replica',
+          'per replica',
+          'sessions moved',
+        ],
+        g.results.map((x: Figures) => [
+          x.policy,
+          x.workers,
+          x.requests,
+          x.errors,
+          fmt(x.ttftP50Ms, 1),
+          fmt(x.ttftP99Ms, 1),
+          fmt(x.hitRate, 3),
+          fmt(x.maxOverMeanRequests, 2),
+          x.requestsPerReplica.join(' / '),
+          x.sessionsMoved === undefined ? '' : `${fmt(x.sessionsMoved * 100, 0)}%`,
+        ]),
+      ),
+    );
+    parts.push(
+      `The workload's ideal hit rate (every request finds all its session's earlier prefix): ${fmt(g.ratios.idealHitRate, 3)}.`,
     );
   }
 

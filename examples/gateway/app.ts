@@ -72,6 +72,8 @@ export async function startWorker(
     connections: config.poolConnections,
     keepAliveTimeoutMs: config.keepAliveTimeoutMs,
     firstByteTimeoutMs: config.upstreamTimeoutMs,
+    routing: config.routing,
+    routingLoadFactor: config.routingLoadFactor,
     ...(config.vllmApiKey ? { apiKey: config.vllmApiKey } : {}),
   });
   const tokens = createTokenCache<ApiKey>({

@@ -31,6 +31,10 @@ export interface GatewayConfig {
   upstreamTimeoutMs: number;
   /** Origins browsers may call the gateway from (exact, or `*`); empty: no CORS. */
   corsOrigins: string[];
+  /** How requests are spread over several upstream replicas. */
+  routing: 'prefix' | 'least-outstanding' | 'round-robin';
+  /** Bounded loads for prefix routing: a replica takes keyed requests while under this × the mean load. */
+  routingLoadFactor: number;
   /** Slow clients: the longest wait for a request's headers, and for the whole request, ms. */
   headersTimeoutMs: number;
   requestTimeoutMs: number;
@@ -122,6 +126,21 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
       `REQUEST_TIMEOUT_MS must be at least HEADERS_TIMEOUT_MS (${headersTimeoutMs}), got "${requestTimeoutMs}"`,
     );
   }
+  const routing = env.ROUTING || 'prefix';
+  if (routing !== 'prefix' && routing !== 'least-outstanding' && routing !== 'round-robin') {
+    throw new ConfigError(
+      'ROUTING',
+      `ROUTING must be "prefix", "least-outstanding" or "round-robin", got "${routing}"`,
+    );
+  }
+  const rawFactor = env.ROUTING_LOAD_FACTOR;
+  const routingLoadFactor = rawFactor === undefined || rawFactor === '' ? 1.25 : Number(rawFactor);
+  if (!Number.isFinite(routingLoadFactor) || routingLoadFactor < 1 || routingLoadFactor > 100) {
+    throw new ConfigError(
+      'ROUTING_LOAD_FACTOR',
+      `ROUTING_LOAD_FACTOR must be a number from 1 to 100, got "${rawFactor}"`,
+    );
+  }
   const metrics = env.METRICS ?? 'true';
   if (metrics !== 'true' && metrics !== 'false')
     throw new ConfigError('METRICS', `METRICS must be "true" or "false", got "${metrics}"`);
@@ -151,6 +170,8 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     metrics: metrics === 'true',
     upstreamTimeoutMs: integer(env, 'UPSTREAM_TIMEOUT_MS', 600_000, 1, 86_400_000),
     corsOrigins,
+    routing,
+    routingLoadFactor,
     headersTimeoutMs,
     requestTimeoutMs,
   };

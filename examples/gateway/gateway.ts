@@ -150,6 +150,10 @@ class Exchange implements AbortSignalLike {
   reason: unknown = undefined;
   /** Set when the upstream cut a response that had begun: logged and counted as a 502. */
   upstreamFailure: string | undefined = undefined;
+  /** The request body, parsed to validate it (and to route it). */
+  parsedBody: unknown = undefined;
+  /** The client's X-Session-Id: an affinity key for routing. */
+  sessionId: string | undefined = undefined;
   private listeners: (() => void)[] | undefined = undefined;
   private settlePipe: ((error?: Error) => void) | undefined = undefined;
 
@@ -289,7 +293,8 @@ export function createGateway(deps: GatewayDeps) {
       let valid = isUtf8(body);
       if (valid) {
         try {
-          JSON.parse(body.toString('utf8'));
+          // Parsed once: the client routes by it (prompt prefix, `prompt_cache_key`, `user`) without parsing again.
+          exchange.parsedBody = JSON.parse(body.toString('utf8'));
         } catch {
           valid = false;
         }
@@ -320,6 +325,9 @@ export function createGateway(deps: GatewayDeps) {
       // Leaving aborts the upstream request at once (vLLM then frees the GPU slot).
       signal: exchange,
       requestId,
+      routingBody: exchange.parsedBody,
+      // X-Session-Id, when the client sends one, keeps a conversation on one replica whatever its prompt.
+      routingKey: exchange.sessionId,
     });
     if (upstream.status === 401) {
       // Client keys never reach the upstream: a 401 there means the gateway's own VLLM_API_KEY is wrong.
@@ -402,6 +410,8 @@ export function createGateway(deps: GatewayDeps) {
     const path = pathOf(req.url ?? '/');
     const route = ROUTES[path];
     const exchange = new Exchange(requestId, req.method, path, route ? path : 'unknown', started);
+    const sessionId = req.headers['x-session-id'];
+    if (typeof sessionId === 'string' && sessionId !== '' && sessionId.length <= 256) exchange.sessionId = sessionId;
     res[kExchange] = exchange;
     res.on('close', onResponseClose);
     try {

@@ -182,6 +182,25 @@ export function createMetrics(sources: {
       }
     },
   });
+  // Per replica: keyed requests sent to the replica their key maps to, and those it took over (load bound, ejection).
+  const routedSeen = new Map<string, number>();
+  new client.Counter({
+    name: 'gateway_upstream_routed_total',
+    help: 'Requests routed to each upstream by prefix routing: to their own replica (prefix) or another (fallback).',
+    labelNames: ['upstream', 'how'] as const,
+    collect() {
+      for (const u of sources.client.stats().upstreams) {
+        for (const [how, value] of [
+          ['prefix', u.prefixRouted],
+          ['fallback', u.fallbacks],
+        ] as const) {
+          const key = `${u.url} ${how}`;
+          this.inc({ upstream: u.url, how }, value - (routedSeen.get(key) ?? 0));
+          routedSeen.set(key, value);
+        }
+      }
+    },
+  });
   new client.Gauge({
     name: 'gateway_queue_depth',
     help: 'Requests waiting for an upstream slot.',

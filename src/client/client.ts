@@ -41,6 +41,11 @@ export interface CallOptions {
   requestId?: string;
   /** Send the call to this replica (one of `baseUrls`) instead of the one routing would pick. */
   replica?: string;
+  /**
+   * Affinity key for prefix routing (a session or conversation id): calls with the same key go to the same replica
+   * while it is up and under its load bound. Takes precedence over the body's `prompt_cache_key`, `user` and prompt.
+   */
+  routingKey?: string | undefined;
 }
 
 export interface RawRequest extends CallOptions {
@@ -49,6 +54,11 @@ export interface RawRequest extends CallOptions {
   path: string;
   /** A string or bytes can be retried; a stream is sent once. */
   body?: string | Uint8Array | Readable | null;
+  /**
+   * The request body as already parsed, for prefix routing (its prompt's leading characters, `prompt_cache_key` or
+   * `user` form the routing key), so that a gateway that parsed the body to validate it does not parse it twice.
+   */
+  routingBody?: unknown;
 }
 
 export interface RawResponse {
@@ -71,6 +81,13 @@ export interface UpstreamStats {
   outstanding: number;
   ejected: boolean;
   consecutiveFailures: number;
+  /** Keyed requests (prefix routing) sent to the replica their key maps to. */
+  prefixRouted: number;
+  /** Keyed requests sent here because their own replica was over its load bound or ejected. */
+  fallbacks: number;
+  /** The replica's own queue and KV-cache use (0–1) from its /metrics, when `loadSignalsIntervalMs` is on. */
+  waiting: number | undefined;
+  kvCacheUsage: number | undefined;
 }
 
 export interface VllmClientStats {
@@ -210,6 +227,8 @@ interface SendSpec {
   passErrors: boolean;
   /** Retry connection failures before the first byte (health checks answer at once instead). @default true */
   retry?: boolean;
+  /** The body as an object, for the routing key (the typed methods' own body; `request()`'s `routingBody`). */
+  routeBody?: unknown;
   /**
    * Retry 408/409/429/5xx. A passthrough answers them at once instead: its caller decides (and passes Retry-After on),
    * and sleeping here would hold the caller's concurrency slot. @default true
@@ -331,6 +350,7 @@ class Client implements VllmClient {
         stream: false,
         passErrors: true,
         retryStatuses: false,
+        routeBody: request.routingBody,
       },
       request,
     );
@@ -353,6 +373,10 @@ class Client implements VllmClient {
         outstanding: upstream.outstanding,
         ejected: upstream.ejected,
         consecutiveFailures: upstream.consecutiveFailures,
+        prefixRouted: upstream.prefixRouted,
+        fallbacks: upstream.fallbacks,
+        waiting: upstream.waiting,
+        kvCacheUsage: upstream.kvCacheUsage,
       };
     });
     return {
@@ -392,6 +416,7 @@ class Client implements VllmClient {
         json: body !== undefined,
         stream: false,
         passErrors: false,
+        routeBody: body,
       },
       options,
     );
@@ -406,13 +431,21 @@ class Client implements VllmClient {
 
   private events<T>(path: string, body: unknown, options?: CallOptions): AsyncIterable<T> {
     return {
-      [Symbol.asyncIterator]: () => this.readEvents<T>(path, JSON.stringify(body), options),
+      [Symbol.asyncIterator]: () => this.readEvents<T>(path, body, options),
     };
   }
 
-  private async *readEvents<T>(path: string, body: string, options?: CallOptions): AsyncGenerator<T> {
+  private async *readEvents<T>(path: string, body: unknown, options?: CallOptions): AsyncGenerator<T> {
     const sent = await this.send(
-      { method: 'POST', path, body, json: true, stream: true, passErrors: false },
+      {
+        method: 'POST',
+        path,
+        body: JSON.stringify(body),
+        json: true,
+        stream: true,
+        passErrors: false,
+        routeBody: body,
+      },
       options,
     );
     const { firstByteTimeoutMs, idleTimeoutMs } = this.options;
@@ -525,6 +558,14 @@ class Client implements VllmClient {
   private async send(spec: SendSpec, options?: CallOptions): Promise<Sent> {
     if (this.closed) throw new UpstreamConnectionError('The client is closed');
     const replica = options?.replica === undefined ? undefined : this.replicaOf(options.replica);
+    // Only a policy that uses it pays for the key (a short prefix of the prompt).
+    const router = this.router;
+    const routeKey =
+      router === undefined || !router.keyed || replica !== undefined
+        ? undefined
+        : options?.routingKey !== undefined
+          ? `a:${options.routingKey}`
+          : router.keyOf(spec.routeBody);
     this.requests++;
     this.budget.recordRequest();
     const requestId = options?.requestId;
@@ -545,6 +586,7 @@ class Client implements VllmClient {
           origin: replica ?? this.origin,
           // The router sends a request that names its replica there (an injected dispatcher goes by origin).
           replica,
+          routeKey,
           path: spec.path,
           method: spec.method,
           headers,

@@ -9,6 +9,7 @@ export {
   type VllmClientStats,
 } from './client.js';
 export type { VllmClientOptions } from './options.js';
+export type { RoutingCandidate, RoutingFunction, RoutingPolicy } from './routing.js';
 export type {
   ChatCompletion,
   ChatCompletionChunk,

@@ -9,12 +9,40 @@ import {
   optionalStringOption,
   rejectUnknownKeys,
 } from '../internal/validate.js';
+import type { RoutingPolicy } from './routing.js';
 
 export interface VllmClientOptions {
   /** Base URL of the server, without `/v1`, e.g. `http://127.0.0.1:8000`. Give this or `baseUrls`. */
   baseUrl?: string;
-  /** Several replicas of the same model; requests go to the one with the fewest outstanding requests. */
+  /** Several replicas of the same model; `routing` says which one each request goes to. */
   baseUrls?: string[];
+  /**
+   * How requests are spread over replicas. `'prefix'`: consistent hashing with bounded loads over the prompt's
+   * leading characters (or an affinity key: `routingKey`, `prompt_cache_key`, `user`), so a conversation stays on the
+   * replica whose prefix cache holds it, and every process agrees without sharing state; a replica over
+   * `routingLoadFactor` × the mean load, or ejected, passes its keys to the next one. `'least-outstanding'`: the
+   * replica with the fewest requests in flight. `'round-robin'`: each in turn (a baseline). A function: your own
+   * policy.
+   * @default 'prefix' with two or more replicas
+   */
+  routing?: RoutingPolicy;
+  /**
+   * Bounded loads: a replica takes a keyed request only while its load (requests in flight from this client, plus
+   * its own queue when load signals are on) stays within ⌈factor × mean⌉ + `routingLoadSlack`. ≥ 1. @default 1.25
+   */
+  routingLoadFactor?: number;
+  /**
+   * Requests a replica may carry beyond ⌈factor × mean⌉ before keys move off it: at low load the mean is tiny and
+   * leaving a warm cache to balance 2 requests against 1 costs more than it saves. `0` = the strict bound. @default 8
+   */
+  routingLoadSlack?: number;
+  /** How many leading characters of the prompt form its routing key. @default 256 */
+  routingPrefixChars?: number;
+  /**
+   * Scrape each replica's `/metrics` this often, ms, for `vllm:num_requests_waiting` and `vllm:kv_cache_usage_perc`
+   * (older: `vllm:gpu_cache_usage_perc`): a replica's queue then counts in its load. `0` = off. @default 0
+   */
+  loadSignalsIntervalMs?: number;
   /** Sent as `Authorization: Bearer <apiKey>` by the typed methods and `request()` (not added to `fetch`). */
   apiKey?: string;
   /** Extra headers on every request. */
@@ -87,6 +115,11 @@ export interface ResolvedClientOptions {
   ejectAfterFailures: number;
   probeIntervalMs: number;
   healthCheckIntervalMs: number;
+  routing: RoutingPolicy;
+  routingLoadFactor: number;
+  routingLoadSlack: number;
+  routingPrefixChars: number;
+  loadSignalsIntervalMs: number;
   now: () => number;
 }
 
@@ -112,6 +145,11 @@ const KEYS = [
   'ejectAfterFailures',
   'probeIntervalMs',
   'healthCheckIntervalMs',
+  'routing',
+  'routingLoadFactor',
+  'routingLoadSlack',
+  'routingPrefixChars',
+  'loadSignalsIntervalMs',
   'now',
 ] as const;
 
@@ -143,6 +181,19 @@ function baseUrlOption(option: string, value: unknown): string {
     );
   }
   return url.origin;
+}
+
+function routingOption(value: unknown, replicas: number): RoutingPolicy {
+  if (value === undefined) return replicas > 1 ? 'prefix' : 'least-outstanding';
+  if (
+    value === 'prefix' ||
+    value === 'least-outstanding' ||
+    value === 'round-robin' ||
+    typeof value === 'function'
+  ) {
+    return value as RoutingPolicy;
+  }
+  throw invalid('routing', '"prefix", "least-outstanding", "round-robin" or a function', value);
 }
 
 export function resolveClientOptions(input: VllmClientOptions): ResolvedClientOptions {
@@ -233,6 +284,22 @@ export function resolveClientOptions(input: VllmClientOptions): ResolvedClientOp
     }),
     probeIntervalMs: numberOption('probeIntervalMs', options.probeIntervalMs, 2000, { min: 1, max: MAX_MS }),
     healthCheckIntervalMs: numberOption('healthCheckIntervalMs', options.healthCheckIntervalMs, 0, ms(0)),
+    routing: routingOption(options.routing, origins.length),
+    routingLoadFactor: numberOption('routingLoadFactor', options.routingLoadFactor, 1.25, {
+      min: 1,
+      max: 100,
+    }),
+    routingLoadSlack: numberOption('routingLoadSlack', options.routingLoadSlack, 8, {
+      min: 0,
+      max: 1_000_000,
+      integer: true,
+    }),
+    routingPrefixChars: numberOption('routingPrefixChars', options.routingPrefixChars, 256, {
+      min: 1,
+      max: 1_000_000,
+      integer: true,
+    }),
+    loadSignalsIntervalMs: numberOption('loadSignalsIntervalMs', options.loadSignalsIntervalMs, 0, ms(0)),
     now: (options.now as (() => number) | undefined) ?? Date.now,
   };
 }

@@ -4,6 +4,7 @@ import { channel } from 'node:diagnostics_channel';
 import type { Socket } from 'node:net';
 import { Dispatcher, Pool } from 'undici';
 import type { ResolvedClientOptions } from './options.js';
+import { HashRing, hash32, loadBound, type RoutingCandidate, routingKeyOf } from './routing.js';
 
 type Handler = Dispatcher.DispatchHandler;
 
@@ -54,6 +55,17 @@ export class SocketTracker {
   close(): void {
     sendHeaders.unsubscribe(this.onSendHeaders);
   }
+}
+
+/** The sum of a Prometheus metric's samples (all label sets) in a text exposition; undefined when absent. */
+function sampleSum(text: string, name: string): number | undefined {
+  let sum: number | undefined;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name) || (line[name.length] !== '{' && line[name.length] !== ' ')) continue;
+    const value = Number(line.slice(line.lastIndexOf(' ') + 1));
+    if (Number.isFinite(value)) sum = (sum ?? 0) + value;
+  }
+  return sum;
 }
 
 const STALE_SOCKET_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'ECONNABORTED']);
@@ -241,6 +253,13 @@ export class Upstream {
   consecutiveFailures = 0;
   ejected = false;
   connectionsCreated = 0;
+  /** Keyed requests that went to the replica their key maps to. */
+  prefixRouted = 0;
+  /** Keyed requests that came here because their own replica was over its bound or ejected. */
+  fallbacks = 0;
+  /** From the replica's /metrics, when load signals are scraped. */
+  waiting: number | undefined;
+  kvCacheUsage: number | undefined;
   private probeTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -288,6 +307,33 @@ export class Upstream {
     this.probeTimer = undefined;
   }
 
+  /** What bounded loads count: requests in flight from here, plus the replica's own queue when scraped. */
+  load(): number {
+    return this.outstanding + (this.waiting ?? 0);
+  }
+
+  /** Reads the replica's load signals from its Prometheus /metrics (vLLM's names); keeps the last on failure. */
+  async scrapeLoad(): Promise<void> {
+    try {
+      const response = await this.pool.request({
+        path: '/metrics',
+        method: 'GET',
+        headersTimeout: this.options.connectTimeoutMs,
+        bodyTimeout: this.options.connectTimeoutMs,
+      });
+      if (response.statusCode !== 200) {
+        await response.body.dump();
+        return;
+      }
+      const text = await response.body.text();
+      this.waiting = sampleSum(text, 'vllm:num_requests_waiting');
+      this.kvCacheUsage =
+        sampleSum(text, 'vllm:kv_cache_usage_perc') ?? sampleSum(text, 'vllm:gpu_cache_usage_perc');
+    } catch {
+      // A replica that cannot be scraped keeps its last figures; failures eject it through requests and probes.
+    }
+  }
+
   /** GET /health: true on a 2xx. */
   async probe(): Promise<boolean> {
     try {
@@ -324,21 +370,44 @@ export class Upstream {
 export interface RoutedOptions {
   /** Send to this replica (its origin) instead of choosing one. */
   replica?: string | undefined;
+  /** The call's routing key (affinity key or prompt prefix), when it has one and the policy uses it. */
+  routeKey?: string | undefined;
 }
 
-/** Sends each request to the replica with the fewest outstanding requests (round-robin among ties). */
+/**
+ * Chooses a replica for each request: by prefix (consistent hashing with bounded loads), least-outstanding
+ * (round-robin among ties), or the user's function; ejected replicas are skipped.
+ */
 export class Router extends Dispatcher {
   readonly upstreams: Upstream[];
+  /** Whether requests need a routing key (computing one is skipped otherwise). */
+  readonly keyed: boolean;
+  private readonly ring: HashRing | undefined;
   private next = 0;
   private healthTimer: NodeJS.Timeout | undefined;
+  private loadTimer: NodeJS.Timeout | undefined;
 
-  constructor(options: ResolvedClientOptions) {
+  constructor(private readonly options: ResolvedClientOptions) {
     super();
     this.upstreams = options.origins.map((origin) => new Upstream(origin, options));
+    this.keyed =
+      this.upstreams.length > 1 && (options.routing === 'prefix' || typeof options.routing === 'function');
+    if (options.routing === 'prefix' && this.upstreams.length > 1) this.ring = new HashRing(options.origins);
     if (options.healthCheckIntervalMs > 0) {
       this.healthTimer = setInterval(() => void this.checkAll(), options.healthCheckIntervalMs);
       this.healthTimer.unref();
     }
+    if (options.loadSignalsIntervalMs > 0 && this.upstreams.length > 1) {
+      const scrape = () => void Promise.all(this.upstreams.map((u) => u.scrapeLoad()));
+      scrape();
+      this.loadTimer = setInterval(scrape, options.loadSignalsIntervalMs);
+      this.loadTimer.unref();
+    }
+  }
+
+  /** The routing key of a request body (for `request()` callers that parsed it, and the typed methods). */
+  keyOf(body: unknown): string | undefined {
+    return routingKeyOf(body, this.options.routingPrefixChars);
   }
 
   pick(): Upstream {
@@ -351,16 +420,73 @@ export class Router extends Dispatcher {
     for (let i = 0; i < count; i++) {
       const candidate = upstreams[(start + i) % count]!;
       if (candidate.ejected) continue;
-      if (best === undefined || candidate.outstanding < best.outstanding) best = candidate;
+      if (best === undefined || candidate.load() < best.load()) best = candidate;
     }
     // Every replica ejected: try them in turn rather than fail without trying.
     return best ?? upstreams[start]!;
   }
 
+  /** The next replica that is not ejected, in turn. */
+  private nextInTurn(): Upstream {
+    const upstreams = this.upstreams;
+    for (let i = 0; i < upstreams.length; i++) {
+      const candidate = upstreams[this.next]!;
+      this.next = (this.next + 1) % upstreams.length;
+      if (!candidate.ejected) return candidate;
+    }
+    return upstreams[this.next]!;
+  }
+
+  /** Bounded loads on the ring: the first replica clockwise from the key that is up and under the bound. */
+  private pickByKey(key: string): Upstream {
+    const upstreams = this.upstreams;
+    let total = 0;
+    let active = 0;
+    for (const upstream of upstreams) {
+      if (upstream.ejected) continue;
+      total += upstream.load();
+      active++;
+    }
+    const bound = loadBound(this.options.routingLoadFactor, this.options.routingLoadSlack, total, active);
+    const hash = hash32(key);
+    const ring = this.ring!;
+    const index = ring.find(hash, (i) => !upstreams[i]!.ejected && upstreams[i]!.load() + 1 <= bound);
+    if (index === undefined) {
+      const fallback = this.pick();
+      fallback.fallbacks++;
+      return fallback;
+    }
+    const chosen = upstreams[index]!;
+    if (index === ring.home(hash)) chosen.prefixRouted++;
+    else chosen.fallbacks++;
+    return chosen;
+  }
+
+  private choose(opts: RoutedOptions): Upstream {
+    const { replica, routeKey } = opts;
+    if (replica !== undefined) return this.upstreams.find((u) => u.origin === replica) ?? this.pick();
+    const routing = this.options.routing;
+    if (typeof routing === 'function' && this.upstreams.length > 1) {
+      const url = routing({ key: routeKey, replicas: this.candidates() });
+      return (url === undefined ? undefined : this.upstreams.find((u) => u.origin === url)) ?? this.pick();
+    }
+    if (routeKey !== undefined && this.ring !== undefined) return this.pickByKey(routeKey);
+    if (routing === 'round-robin') return this.nextInTurn();
+    return this.pick();
+  }
+
+  private candidates(): RoutingCandidate[] {
+    return this.upstreams.map((u) => ({
+      url: u.origin,
+      outstanding: u.outstanding,
+      ejected: u.ejected,
+      waiting: u.waiting,
+      kvCacheUsage: u.kvCacheUsage,
+    }));
+  }
+
   override dispatch(opts: Dispatcher.DispatchOptions, handler: Handler): boolean {
-    const replica = (opts as RoutedOptions).replica;
-    const upstream =
-      replica === undefined ? this.pick() : (this.upstreams.find((u) => u.origin === replica) ?? this.pick());
+    const upstream = this.choose(opts as RoutedOptions);
     // The replay handler (every request of the client goes through one) does the replica's accounting itself.
     if (handler instanceof ReplayHandler) {
       upstream.outstanding++;
@@ -382,6 +508,8 @@ export class Router extends Dispatcher {
   private stop(): void {
     if (this.healthTimer) clearInterval(this.healthTimer);
     this.healthTimer = undefined;
+    if (this.loadTimer) clearInterval(this.loadTimer);
+    this.loadTimer = undefined;
     for (const upstream of this.upstreams) upstream.stopProbing();
   }
 

@@ -61,7 +61,13 @@ export class SimulatorMetrics {
   readonly e2e = new Histogram(REQUEST_BUCKETS);
   readonly queueTime = new Histogram(REQUEST_BUCKETS);
 
-  render(model: string, running: number, waiting: number, maxNumSeqs: number): string {
+  render(
+    model: string,
+    running: number,
+    waiting: number,
+    maxNumSeqs: number,
+    prefixCache?: { queries: number; hits: number },
+  ): string {
     const labels = `engine="0",model_name=${JSON.stringify(model)}`;
     const lines: string[] = [];
     const metric = (name: string, type: string, help: string, values: string[]) => {
@@ -75,6 +81,15 @@ export class SimulatorMetrics {
     ]);
     metric('vllm:kv_cache_usage_perc', 'gauge', 'KV-cache usage. 1 means 100 percent usage.', [
       `vllm:kv_cache_usage_perc{${labels}} ${running / maxNumSeqs}`,
+    ]);
+    metric(
+      'vllm:prefix_cache_queries',
+      'counter',
+      'Prefix cache queries, in terms of number of queried tokens.',
+      [`vllm:prefix_cache_queries_total{${labels}} ${prefixCache?.queries ?? 0}`],
+    );
+    metric('vllm:prefix_cache_hits', 'counter', 'Prefix cache hits, in terms of number of cached tokens.', [
+      `vllm:prefix_cache_hits_total{${labels}} ${prefixCache?.hits ?? 0}`,
     ]);
     metric('vllm:prompt_tokens_total', 'counter', 'Number of prefill tokens processed.', [
       `vllm:prompt_tokens_total{${labels}} ${this.promptTokens}`,

@@ -69,6 +69,18 @@ export interface VllmSimulatorOptions {
   ttftMs?: number;
   /** Inter-token latency in ms. @default 0 */
   itlMs?: number;
+  /**
+   * Automatic prefix caching: the KV cache's capacity for cached prompt blocks, in tokens (an LRU of 16-token blocks;
+   * only a shared leading run of blocks hits, as in vLLM). `0` turns caching off. @default 1000000
+   */
+  prefixCacheTokens?: number;
+  /** Prefill time per prompt token not found in the prefix cache, ms, added to `ttftMs`. @default 0 */
+  prefillMsPerToken?: number;
+  /**
+   * Report `usage.prompt_tokens_details.cached_tokens`, as vLLM does when started with
+   * `--enable-prompt-tokens-details` (otherwise `prompt_tokens_details` is null). @default false
+   */
+  promptTokensDetails?: boolean;
   /** Random spread of every delay, as a fraction: 0.2 draws each from ±20%. From 0 to 1. @default 0 */
   jitter?: number;
   /** How much slower tokens get as the batch fills: ITL × (1 + batchSlowdown × running / maxNumSeqs). @default 0 */
@@ -100,6 +112,9 @@ export interface ResolvedOptions {
   maxQueue: number;
   ttftMs: number;
   itlMs: number;
+  prefixCacheTokens: number;
+  prefillMsPerToken: number;
+  promptTokensDetails: boolean;
   jitter: number;
   batchSlowdown: number;
   outputTokens: { mean: number; max: number; fixed: boolean };
@@ -121,6 +136,9 @@ const OPTION_KEYS = [
   'maxQueue',
   'ttftMs',
   'itlMs',
+  'prefixCacheTokens',
+  'prefillMsPerToken',
+  'promptTokensDetails',
   'jitter',
   'batchSlowdown',
   'outputTokens',
@@ -152,6 +170,13 @@ export function resolveOptions(input: VllmSimulatorOptions = {}): ResolvedOption
     }),
     ttftMs: numberOption('ttftMs', options.ttftMs, 0, ms),
     itlMs: numberOption('itlMs', options.itlMs, 0, ms),
+    prefixCacheTokens: numberOption('prefixCacheTokens', options.prefixCacheTokens, 1_000_000, {
+      min: 0,
+      max: 1_000_000_000,
+      integer: true,
+    }),
+    prefillMsPerToken: numberOption('prefillMsPerToken', options.prefillMsPerToken, 0, { min: 0, max: 1000 }),
+    promptTokensDetails: booleanOption('promptTokensDetails', options.promptTokensDetails, false),
     jitter: numberOption('jitter', options.jitter, 0, { min: 0, max: 1 }),
     batchSlowdown: numberOption('batchSlowdown', options.batchSlowdown, 0, { min: 0, max: 1000 }),
     outputTokens: resolveOutputTokens(options.outputTokens, maxModelLen),

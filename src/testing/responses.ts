@@ -3,6 +3,8 @@
 export interface Usage {
   prompt: number;
   completion: number;
+  /** Prompt tokens served from the prefix cache; reported only when set (`promptTokensDetails`). */
+  cached?: number;
 }
 
 const ERROR_TYPES: Record<number, string> = {
@@ -38,7 +40,8 @@ export function errorBody(
 }
 
 function usageJson(usage: Usage): string {
-  return `{"prompt_tokens":${usage.prompt},"total_tokens":${usage.prompt + usage.completion},"completion_tokens":${usage.completion},"prompt_tokens_details":null}`;
+  const details = usage.cached === undefined ? 'null' : `{"cached_tokens":${usage.cached}}`;
+  return `{"prompt_tokens":${usage.prompt},"total_tokens":${usage.prompt + usage.completion},"completion_tokens":${usage.completion},"prompt_tokens_details":${details}}`;
 }
 
 export interface Choice {

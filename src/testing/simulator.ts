@@ -20,6 +20,7 @@ import {
   type SimulatorFaults,
   type VllmSimulatorOptions,
 } from './options.js';
+import { PrefixCache } from './prefix-cache.js';
 import {
   type GenerationRequest,
   isProblem,
@@ -52,6 +53,9 @@ export interface SimulatorStats {
   running: number;
   /** Generation requests in the waiting queue now. */
   waiting: number;
+  /** Prompt tokens looked up in the prefix cache, and of them found there (vLLM's prefix_cache_queries/_hits). */
+  prefixCacheQueries: number;
+  prefixCacheHits: number;
   /** Generation requests that finished normally (`stop` or `length`). */
   completed: number;
   /** Generation requests whose client went away before the end (their slot was freed at once). */
@@ -131,6 +135,8 @@ class Simulator implements VllmSimulator {
   private faulty = false;
   readonly engine: Engine;
   readonly metrics = new SimulatorMetrics();
+  /** Automatic prefix caching (undefined when `prefixCacheTokens` is 0). */
+  readonly prefixCache: PrefixCache | undefined;
   private readonly http: Server;
   private readonly listener: NetServer;
   private readonly sockets = new Set<Socket>();
@@ -153,6 +159,7 @@ class Simulator implements VllmSimulator {
     this.activeFaults = options.faults;
     this.faulty = Object.keys(options.faults).length > 0;
     this.engine = new Engine(options.maxNumSeqs, options.maxQueue);
+    this.prefixCache = options.prefixCacheTokens > 0 ? new PrefixCache(options.prefixCacheTokens) : undefined;
     // keepAliveTimeout 0: Node then neither closes idle sockets nor sends a `Keep-Alive: timeout=` hint. uvicorn sends
     // no hint either, and its idle timeout is reproduced per socket below.
     this.http = createServer({ keepAliveTimeout: 0 }, (req, res) => this.handle(req, res));
@@ -205,6 +212,8 @@ class Simulator implements VllmSimulator {
       rejected: this.rejected,
       promptTokens: this.metrics.promptTokens,
       generationTokens: this.metrics.generationTokens,
+      prefixCacheQueries: this.prefixCache?.queries ?? 0,
+      prefixCacheHits: this.prefixCache?.hits ?? 0,
     };
   }
 
@@ -354,6 +363,7 @@ class Simulator implements VllmSimulator {
           this.engine.running,
           this.engine.waiting,
           this.options.maxNumSeqs,
+          this.prefixCache,
         );
         res.writeHead(200, {
           'content-type': 'text/plain; version=0.0.4; charset=utf-8',
@@ -571,6 +581,8 @@ class Generation implements Job {
   private readonly resetAfter: number | undefined;
   private readonly errorAfter: { afterTokens?: number; message?: string; status?: number } | undefined;
   private readonly extraFirstTokenMs: number;
+  /** Prompt tokens found in the prefix cache when the request started running. */
+  private cachedTokens = 0;
 
   constructor(
     simulator: Simulator,
@@ -607,7 +619,11 @@ class Generation implements Job {
     this.sim.metrics.queueTime.observe((now - this.enqueuedAt) / 1000);
     this.sim.metrics.promptTokens += this.request.promptTokens;
     const options = this.sim.options;
-    const ttft = applyJitter(options.ttftMs, options.jitter, this.random) + this.extraFirstTokenMs;
+    // Prefill only what the prefix cache does not hold.
+    this.cachedTokens = this.sim.prefixCache?.admit(this.request.promptText, this.request.promptTokens) ?? 0;
+    const prefillMs = (this.request.promptTokens - this.cachedTokens) * options.prefillMsPerToken;
+    const ttft =
+      applyJitter(options.ttftMs + prefillMs, options.jitter, this.random) + this.extraFirstTokenMs;
     this.schedule(ttft);
   }
 
@@ -673,7 +689,11 @@ class Generation implements Job {
     this.sim.engine.finish(this);
     this.sim.finishWith(this.finishReason);
     this.sim.metrics.e2e.observe((performance.now() - this.startedAt) / 1000);
-    const usage = { prompt: this.request.promptTokens, completion: this.length * this.request.choices };
+    const usage = {
+      prompt: this.request.promptTokens,
+      completion: this.length * this.request.choices,
+      ...(this.sim.options.promptTokensDetails ? { cached: this.cachedTokens } : {}),
+    };
     if (this.request.stream) {
       if (this.request.includeUsage) out += usageChunk(this.ctx, this.request.chat, usage);
       this.res.end(out + DONE_EVENT);

@@ -9,7 +9,7 @@ describe('replicas', () => {
   it('spreads concurrent requests evenly (round-robin among ties)', async () => {
     const a = await use.simulator({ ttftMs: 30 });
     const b = await use.simulator({ ttftMs: 30 });
-    const client = use.client({ baseUrls: [a.url, b.url] });
+    const client = use.client({ baseUrls: [a.url, b.url], routing: 'least-outstanding' });
     await Promise.all(Array.from({ length: 10 }, () => client.chatCompletion({ messages, max_tokens: 1 })));
     expect(a.stats().completed).toBe(5);
     expect(b.stats().completed).toBe(5);
@@ -18,7 +18,7 @@ describe('replicas', () => {
   it('sends new requests to the replica with the fewest outstanding', async () => {
     const slow = await use.simulator({ ttftMs: 60_000 });
     const fast = await use.simulator();
-    const client = use.client({ baseUrls: [slow.url, fast.url] });
+    const client = use.client({ baseUrls: [slow.url, fast.url], routing: 'least-outstanding' });
     const controller = new AbortController();
     // The first request goes to the first replica and stays outstanding there.
     const pending = client.chatCompletion({ messages }, { signal: controller.signal }).catch(() => undefined);
@@ -36,6 +36,7 @@ describe('replicas', () => {
     const bad = await use.simulator({ faults: { refuseConnections: true } });
     const client = use.client({
       baseUrls: [bad.url, good.url],
+      routing: 'least-outstanding',
       ejectAfterFailures: 2,
       probeIntervalMs: 20,
       retryBaseDelayMs: 1,
@@ -61,6 +62,7 @@ describe('replicas', () => {
     const bad = await use.simulator({ faults: { refuseConnections: true } });
     const client = use.client({
       baseUrls: [bad.url, good.url],
+      routing: 'least-outstanding',
       ejectAfterFailures: 1,
       probeIntervalMs: 20,
       retryBaseDelayMs: 1,
