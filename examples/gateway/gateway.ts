@@ -411,7 +411,8 @@ export function createGateway(deps: GatewayDeps) {
     const route = ROUTES[path];
     const exchange = new Exchange(requestId, req.method, path, route ? path : 'unknown', started);
     const sessionId = req.headers['x-session-id'];
-    if (typeof sessionId === 'string' && sessionId !== '' && sessionId.length <= 256) exchange.sessionId = sessionId;
+    if (typeof sessionId === 'string' && sessionId !== '' && sessionId.length <= 256)
+      exchange.sessionId = sessionId;
     res[kExchange] = exchange;
     res.on('close', onResponseClose);
     try {
