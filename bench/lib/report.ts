@@ -31,77 +31,41 @@ export function summarize(report: Report): { figure: string; value: string; targ
   const rows: { figure: string; value: string; target: string; met: string }[] = [];
   const add = (figure: string, value: string, target = '', met?: boolean) =>
     rows.push({ figure, value, target, met: met === undefined ? '' : met ? 'yes' : 'NO' });
+  const atLeast = (figure: string, value: number, limit: number, digits: number) =>
+    add(figure, fmt(value, digits), `≥ ${limit}`, value >= limit);
+  const atMost = (figure: string, value: number, limit: number, digits: number) =>
+    add(figure, fmt(value, digits), `≤ ${limit}`, value <= limit);
   if (r.overhead) {
     const o = r.overhead.ratios;
-    add(
-      'gateway (1 worker) / bare passthrough, req/s (autocannon, 32 conns)',
-      fmt(o.autocannon.gateway1VsPassthrough, 2),
-      '≥ 0.80',
-      o.autocannon.gateway1VsPassthrough >= 0.8,
+    atLeast(
+      'gateway (1 worker) / bare passthrough, req/s (autocannon)',
+      o.autocannon.gateway1VsPassthrough,
+      0.8,
+      2,
     );
-    add(
-      'gateway (1 worker) / bare passthrough, req/s (our generator, 32 callers)',
-      fmt(o.ours.gateway1VsPassthrough, 2),
-      '≥ 0.80',
-      o.ours.gateway1VsPassthrough >= 0.8,
+    atLeast(
+      'gateway (1 worker) / bare passthrough, req/s (our generator)',
+      o.ours.gateway1VsPassthrough,
+      0.8,
+      2,
     );
-    add(
-      'gateway (1 worker) / Fastify stack, req/s (autocannon)',
-      fmt(o.autocannon.gateway1VsFastify, 2),
-      '≥ 1.2',
-      o.autocannon.gateway1VsFastify >= 1.2,
-    );
-    add(
-      'gateway (1 worker) / Fastify stack, req/s (our generator)',
-      fmt(o.ours.gateway1VsFastify, 2),
-      '≥ 1.2',
-      o.ours.gateway1VsFastify >= 1.2,
-    );
-    add(
+    atLeast('gateway (1 worker) / Fastify stack, req/s (autocannon)', o.autocannon.gateway1VsFastify, 1.2, 2);
+    atLeast('gateway (1 worker) / Fastify stack, req/s (our generator)', o.ours.gateway1VsFastify, 1.2, 2);
+    atMost(
       'gateway added p50 over the bare passthrough, one caller (ms)',
-      fmt(o.addedP50MsOneCaller.gateway1OverPassthrough, 3),
-      '≤ 0.3',
-      o.addedP50MsOneCaller.gateway1OverPassthrough <= 0.3,
+      o.addedP50MsOneCaller.gateway1OverPassthrough,
+      0.3,
+      3,
     );
   }
   if (r.routing) {
     const g = r.routing.ratios;
-    add(
-      'prefix routing TTFT p50 / least-outstanding',
-      fmt(g.ttftP50VsLeastOutstanding, 2),
-      '≤ 0.6',
-      g.ttftP50VsLeastOutstanding <= 0.6,
-    );
-    add(
-      'prefix routing TTFT p99 / least-outstanding',
-      fmt(g.ttftP99VsLeastOutstanding, 2),
-      '≤ 0.8',
-      g.ttftP99VsLeastOutstanding <= 0.8,
-    );
-    add(
-      'prefix hit rate, points below the ideal',
-      fmt(g.hitRatePointsBelowIdeal, 1),
-      '≤ 5',
-      g.hitRatePointsBelowIdeal <= 5,
-    );
-    add(
-      'requests per replica, max / mean',
-      fmt(g.maxOverMeanRequests, 2),
-      '≤ 1.3',
-      g.maxOverMeanRequests <= 1.3,
-    );
-    add(
-      'hit rate, 2 workers vs 1 (points)',
-      fmt(g.hitRatePointsTwoWorkersVsOne, 1),
-      'within ±5',
-      Math.abs(g.hitRatePointsTwoWorkersVsOne) <= 5,
-    );
-    add(
-      'sessions moved by removing 1 of 4 replicas',
-      fmt(g.sessionsMovedByRemoval * 100, 0) + '%',
-      '≤ 30%',
-      g.sessionsMovedByRemoval <= 0.3,
-    );
+    atMost('prefix routing TTFT p50 / least-outstanding', g.ttftP50VsLeastOutstanding, 0.6, 2);
+    atMost('prefix routing TTFT p99 / least-outstanding', g.ttftP99VsLeastOutstanding, 0.8, 2);
+    atMost('prefix hit rate, points below the ideal', g.hitRatePointsBelowIdeal, 5, 1);
+    atMost('requests per replica, max / mean', g.maxOverMeanRequests, 1.3, 2);
+    atMost('hit rate, 2 workers vs 1, points apart', Math.abs(g.hitRatePointsTwoWorkersVsOne), 5, 1);
+    atMost('share of sessions moved by removing 1 of 4 replicas', g.sessionsMovedByRemoval, 0.3, 2);
   }
   if (r.seed) {
     add('seed "before" sustained (req/min)', fmt(r.seed.sustainedPerMin.before));

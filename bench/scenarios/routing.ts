@@ -2,8 +2,9 @@
 // working set but each alone about a quarter of it. A multi-turn chat workload — many sessions, each with its own long
 // system prompt, history growing turn by turn, sessions arriving over time — through the gateway (2 workers) with
 // ROUTING=prefix, least-outstanding and round-robin; prefix routing again with 1 worker (do workers agree?), and with
-// one replica removed half-way (how many sessions move?). Outputs are 8 tokens at 0 ms a token, so a request's latency
-// is its time to first token: the replica's prefill of what its cache does not hold.
+// one replica removed half-way through every session (how many sessions move?). Replies are 160 tokens generated at
+// 0 ms a token, so a request's latency is its time to first token — the replica's prefill of what its cache does not
+// hold — while each turn still grows the history as a chat does.
 // Run: npx tsx bench/scenarios/routing.ts [--quick]
 import { resolve } from 'node:path';
 import { Pool } from 'undici';
@@ -13,10 +14,12 @@ import { startGateway } from '../lib/gateway.js';
 import { summarize } from '../lib/load.js';
 
 const quick = process.argv.includes('--quick');
-const SESSIONS = quick ? 16 : 80;
-const TURNS = quick ? 3 : 6;
-const ARRIVAL_GAP_MS = quick ? 40 : 120;
-const THINK_MS = quick ? 20 : 150;
+const SESSIONS = quick ? 24 : 200;
+const TURNS = quick ? 4 : 6;
+const ARRIVAL_GAP_MS = quick ? 20 : 40;
+const THINK_MS = quick ? 50 : 300;
+const REPLY_TOKENS = 160;
+const USER_TOKENS = 15; // "Turn N of session M: what should we do about item N?"
 const SYSTEM_CHARS = 4800; // ~1,200 tokens, unique per session
 const REPLICAS = 4;
 const PREFILL_MS_PER_TOKEN = 0.1; // ~10k prompt tokens/s, an 8B model on one GPU
@@ -35,6 +38,8 @@ function systemPrompt(session: number): string {
 interface Turn {
   session: number;
   turn: number;
+  /** The prompt as the simulator sees it (`role\ncontent\n` per message), for the ideal hit rate. */
+  promptText: string;
   startedAt: number;
   ms: number;
   promptTokens: number;
@@ -43,23 +48,36 @@ interface Turn {
   status: number;
 }
 
-/** Runs every session through `url`; `midway` is called once half the sessions have started. */
+/**
+ * Runs every session through `url`. With `midway`, every session pauses after half its turns until all have, then
+ * `midway` runs (a replica is removed), then they go on: every session spans the change.
+ */
 async function runWorkload(url: string, key: string, midway?: () => Promise<void>): Promise<Turn[]> {
   const pool = new Pool(url, { connections: SESSIONS, pipelining: 1 });
   const turns: Turn[] = [];
+  let atBarrier = 0;
+  let release: () => void = () => {};
+  const barrier = new Promise<void>((done) => {
+    release = done;
+  });
   const session = async (id: number) => {
     const messages: { role: string; content: string }[] = [{ role: 'system', content: systemPrompt(id) }];
     for (let turn = 0; turn < TURNS; turn++) {
+      if (midway && turn === TURNS / 2) {
+        if (++atBarrier === SESSIONS) await midway().then(release);
+        await barrier;
+      }
       messages.push({
         role: 'user',
         content: `Turn ${turn} of session ${id}: what should we do about item ${turn}?`,
       });
       const started = performance.now();
+      const promptText = messages.map((m) => `${m.role}\n${m.content}\n`).join('');
       const response = await pool.request({
         path: '/v1/chat/completions',
         method: 'POST',
         headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ messages, max_tokens: 8 }),
+        body: JSON.stringify({ messages, max_tokens: REPLY_TOKENS }),
       });
       const text = await response.body.text();
       const ms = performance.now() - started;
@@ -67,6 +85,7 @@ async function runWorkload(url: string, key: string, midway?: () => Promise<void
         turns.push({
           session: id,
           turn,
+          promptText,
           startedAt: started,
           ms,
           promptTokens: 0,
@@ -84,6 +103,7 @@ async function runWorkload(url: string, key: string, midway?: () => Promise<void
       turns.push({
         session: id,
         turn,
+        promptText,
         startedAt: started,
         ms,
         promptTokens: reply.usage.prompt_tokens,
@@ -99,7 +119,6 @@ async function runWorkload(url: string, key: string, midway?: () => Promise<void
   const running: Promise<void>[] = [];
   for (let id = 0; id < SESSIONS; id++) {
     running.push(session(id));
-    if (id === Math.floor(SESSIONS / 2) && midway) await midway();
     await new Promise((done) => setTimeout(done, ARRIVAL_GAP_MS));
   }
   await Promise.all(running);
@@ -107,26 +126,21 @@ async function runWorkload(url: string, key: string, midway?: () => Promise<void
   return turns;
 }
 
-/** The workload's ideal hit rate: every request finds the longest prefix any earlier request of its session left. */
-function idealHitRate(): number {
+/** The workload's ideal hit rate: its prompts, in the order sent, through one cache that never evicts. */
+function idealHitRate(turns: Turn[]): number {
   const cache = new PrefixCache(Number.MAX_SAFE_INTEGER);
   let queries = 0;
   let hits = 0;
-  for (let id = 0; id < SESSIONS; id++) {
-    let text = `system\n${systemPrompt(id)}\n`;
-    for (let turn = 0; turn < TURNS; turn++) {
-      text += `user\nTurn ${turn} of session ${id}: what should we do about item ${turn}?\n`;
-      const tokens = Math.ceil(text.length / 4) + 4 * (2 * turn + 2) + 1;
-      queries += tokens;
-      hits += cache.admit(text, tokens);
-      text += `assistant\n${'x'.repeat(40)}\n`; // the reply's length, not its words: only the leading blocks matter
-    }
+  for (const t of [...turns].sort((a, b) => a.startedAt - b.startedAt)) {
+    if (t.status !== 200) continue;
+    queries += t.promptTokens;
+    hits += cache.admit(t.promptText, t.promptTokens);
   }
   return hits / queries;
 }
 
 // Caches: a quarter of the working set each (+10%), so only affinity keeps a session's prefix warm.
-const workingSetTokens = SESSIONS * (SYSTEM_CHARS / 4 + TURNS * 40);
+const workingSetTokens = SESSIONS * (SYSTEM_CHARS / 4 + TURNS * (USER_TOKENS + REPLY_TOKENS + 8));
 const upstreamOptions = {
   ttftMs: 5,
   itlMs: 0,
@@ -139,6 +153,7 @@ const upstreamOptions = {
 
 interface Result {
   policy: string;
+  idealHitRate: number;
   workers: number;
   requests: number;
   errors: number;
@@ -189,6 +204,7 @@ async function measure(policy: string, workers: number, removeOne = false): Prom
   const mean = counts.reduce((a, b) => a + b, 0) / counts.length;
   const result: Result = {
     policy,
+    idealHitRate: Number(idealHitRate(turns).toFixed(3)),
     workers,
     requests: turns.length,
     errors: turns.length - ok.length,
@@ -219,7 +235,6 @@ async function measure(policy: string, workers: number, removeOne = false): Prom
   return result;
 }
 
-const ideal = Number(idealHitRate().toFixed(3));
 const results: Result[] = [];
 for (const policy of ['prefix', 'least-outstanding', 'round-robin']) results.push(await measure(policy, 2));
 results.push(await measure('prefix', 1));
@@ -230,6 +245,7 @@ const at = (policy: string, workers = 2) =>
   results.find((r) => r.policy === policy && r.workers === workers)!;
 const prefix = at('prefix');
 const leastOutstanding = at('least-outstanding');
+const ideal = prefix.idealHitRate;
 const ratios = {
   idealHitRate: ideal,
   ttftP50VsLeastOutstanding: Number((prefix.ttftP50Ms / leastOutstanding.ttftP50Ms).toFixed(2)),

@@ -240,6 +240,7 @@ function pathOf(url: string): string {
 
 export function createGateway(deps: GatewayDeps) {
   const { client, tokens, rateLimiter, limiter, logger, metrics } = deps;
+  const routesByBody = client.baseUrls.length > 1;
 
   async function authenticate(req: IncomingMessage): Promise<ApiKey> {
     const header = req.headers.authorization;
@@ -293,8 +294,10 @@ export function createGateway(deps: GatewayDeps) {
       let valid = isUtf8(body);
       if (valid) {
         try {
-          // Parsed once: the client routes by it (prompt prefix, `prompt_cache_key`, `user`) without parsing again.
-          exchange.parsedBody = JSON.parse(body.toString('utf8'));
+          const parsed = JSON.parse(body.toString('utf8'));
+          // Parsed once: with several replicas the client routes by it (prompt prefix, `prompt_cache_key`, `user`)
+          // without parsing again. Kept only then: a parsed body held for the whole request costs GC time.
+          if (routesByBody) exchange.parsedBody = parsed;
         } catch {
           valid = false;
         }

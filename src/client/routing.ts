@@ -46,7 +46,7 @@ export function hash32(text: string): number {
 }
 
 /** Points per replica on the ring: enough that each replica's share of keys is within a few percent of 1/n. */
-const VIRTUAL_NODES = 200;
+const VIRTUAL_NODES = 400;
 
 /** The hash ring over replica URLs (its order does not matter: every process builds the same ring). */
 export class HashRing {

@@ -6,6 +6,17 @@ import { messages, trackResources } from '../helpers/fixtures.js';
 import { sseData } from '../helpers/http.js';
 
 const use = trackResources();
+/** A small chat completion through request(), its body read to the end. */
+async function chatThrough(client: ReturnType<typeof use.client>) {
+  const response = await client.request({
+    method: 'POST',
+    path: '/v1/chat/completions',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ messages, max_tokens: 1 }),
+  });
+  await response.body.toArray();
+  return response;
+}
 
 describe('request()', () => {
   it('returns status, headers and the raw body stream, with X-Request-Id sent', async () => {
@@ -45,13 +56,7 @@ describe('request()', () => {
     const sim = await use.simulator({ faults: { status: { status: 429, retryAfterSec: 7, times: 5 } } });
     const client = use.client({ baseUrl: sim.url });
     const started = performance.now();
-    const response = await client.request({
-      method: 'POST',
-      path: '/v1/chat/completions',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ messages, max_tokens: 1 }),
-    });
-    await response.body.toArray();
+    const response = await chatThrough(client);
     expect(response.status).toBe(429);
     expect(response.headers['retry-after']).toBe('7');
     expect(sim.stats().requestsReceived).toBe(1);
@@ -59,28 +64,14 @@ describe('request()', () => {
     // Far below the 7 s the old retry slept (a bound, not a timing assertion: it cannot flake on a slow machine).
     expect(performance.now() - started).toBeLessThan(7000);
     await sim.setFaults({ status: { status: 503, times: 5 } });
-    const overloaded = await client.request({
-      method: 'POST',
-      path: '/v1/chat/completions',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ messages, max_tokens: 1 }),
-    });
-    await overloaded.body.toArray();
-    expect(overloaded.status).toBe(503);
+    expect((await chatThrough(client)).status).toBe(503);
     expect(sim.stats().requestsReceived).toBe(2);
   });
 
   it('still retries a connection failure before the first byte', async () => {
     const sim = await use.simulator({ faults: { resetBeforeResponse: { times: 1 } } });
     const client = use.client({ baseUrl: sim.url, retryBaseDelayMs: 1 });
-    const response = await client.request({
-      method: 'POST',
-      path: '/v1/chat/completions',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ messages, max_tokens: 1 }),
-    });
-    await response.body.toArray();
-    expect(response.status).toBe(200);
+    expect((await chatThrough(client)).status).toBe(200);
     expect(sim.stats().requestsReceived).toBe(2);
   });
 

@@ -101,15 +101,20 @@ export function trackGatewayProcesses() {
   return { start, onCleanup: (close: () => Promise<unknown>) => void cleanups.push(close) };
 }
 
-/** The pids of a process group's live members (zombies, dead but not yet reaped, are not counted). */
-export function groupMembers(pgid: number): number[] {
-  return execSync(`ps -o pid=,stat= -g ${pgid} || true`)
+/** The live processes `ps` selects (`-g PGID`, `--ppid PID`); zombies, dead but not yet reaped, are not counted. */
+function livePids(selector: string): number[] {
+  return execSync(`ps -o pid=,stat= ${selector} || true`)
     .toString()
     .trim()
     .split('\n')
     .map((line) => line.trim().split(/\s+/))
     .filter(([pid, stat]) => pid && !stat?.startsWith('Z'))
     .map(([pid]) => Number(pid));
+}
+
+/** The pids of a process group's live members. */
+export function groupMembers(pgid: number): number[] {
+  return livePids(`-g ${pgid}`);
 }
 
 /** One chat request on its own connection (so the cluster spreads requests over the workers). */
@@ -146,13 +151,7 @@ export function chat(
 
 /** The pids of a process's live children (a gateway primary's: its workers). */
 export function children(pid: number): number[] {
-  return execSync(`ps -o pid=,stat= --ppid ${pid} || true`)
-    .toString()
-    .trim()
-    .split('\n')
-    .map((line) => line.trim().split(/\s+/))
-    .filter(([child, stat]) => child && !stat?.startsWith('Z'))
-    .map(([child]) => Number(child));
+  return livePids(`--ppid ${pid}`);
 }
 
 /** Whether a pid is alive. */
