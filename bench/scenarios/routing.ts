@@ -80,39 +80,31 @@ async function runWorkload(url: string, key: string, midway?: () => Promise<void
         body: JSON.stringify({ messages, max_tokens: REPLY_TOKENS }),
       });
       const text = await response.body.text();
-      const ms = performance.now() - started;
-      if (response.statusCode !== 200) {
-        turns.push({
-          session: id,
-          turn,
-          promptText,
-          startedAt: started,
-          ms,
-          promptTokens: 0,
-          cachedTokens: 0,
-          replica: '',
-          status: response.statusCode,
-        });
-        return;
-      }
-      const reply = JSON.parse(text) as {
-        id: string;
-        choices: { message: { content: string } }[];
-        usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } | null };
-      };
-      turns.push({
+      const turnRecord: Turn = {
         session: id,
         turn,
         promptText,
         startedAt: started,
-        ms,
-        promptTokens: reply.usage.prompt_tokens,
-        cachedTokens: reply.usage.prompt_tokens_details?.cached_tokens ?? 0,
+        ms: performance.now() - started,
+        promptTokens: 0,
+        cachedTokens: 0,
+        replica: '',
+        status: response.statusCode,
+      };
+      turns.push(turnRecord);
+      // A failed turn is counted and the session goes on (it must still reach the barrier of the removal run).
+      if (response.statusCode === 200) {
+        const reply = JSON.parse(text) as {
+          id: string;
+          choices: { message: { content: string } }[];
+          usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } | null };
+        };
+        turnRecord.promptTokens = reply.usage.prompt_tokens;
+        turnRecord.cachedTokens = reply.usage.prompt_tokens_details?.cached_tokens ?? 0;
         // Each simulator instance puts its own random prefix in the ids it makes.
-        replica: reply.id.slice('chatcmpl-'.length, 'chatcmpl-'.length + 12),
-        status: 200,
-      });
-      messages.push({ role: 'assistant', content: reply.choices[0]!.message.content });
+        turnRecord.replica = reply.id.slice('chatcmpl-'.length, 'chatcmpl-'.length + 12);
+        messages.push({ role: 'assistant', content: reply.choices[0]!.message.content });
+      }
       await new Promise((done) => setTimeout(done, THINK_MS));
     }
   };
