@@ -155,13 +155,16 @@ export async function startWorker(
   };
 }
 
-/** Scrapes waiting for the primary's answer, by request id (one IPC listener for all of them). */
+/** Scrapes waiting for the primary's answer, by request id; one IPC listener serves them all. */
 const scrapes = new Map<
   number,
-  { resolve: (answer: { contentType: string; body: string }) => void; reject: (error: Error) => void }
+  {
+    resolve: (answer: { contentType: string; body: string }) => void;
+    reject: (error: Error) => void;
+    timer: NodeJS.Timeout;
+  }
 >();
 let lastScrape = 0;
-let listening = false;
 /** Longer than prom-client's own 5 s aggregation timeout, so the primary's answer (or error) arrives first. */
 const SCRAPE_TIMEOUT_MS = 6000;
 
@@ -170,39 +173,22 @@ function onPrimaryMessage(message: { type?: string; id?: number; body?: string; 
   const scrape = scrapes.get(message.id);
   if (scrape === undefined) return;
   scrapes.delete(message.id);
+  clearTimeout(scrape.timer);
   if (message.error !== undefined) scrape.reject(new Error(`metrics: ${message.error}`));
   else scrape.resolve({ contentType: client.register.contentType, body: message.body ?? '' });
 }
 
 /** Asks the primary for metrics aggregated over every worker. */
 function askPrimaryForMetrics(): Promise<{ contentType: string; body: string }> {
-  if (!listening) {
-    listening = true;
-    process.on('message', onPrimaryMessage);
-  }
+  if (lastScrape === 0) process.on('message', onPrimaryMessage);
   const id = ++lastScrape;
-  return new Promise<{ contentType: string; body: string }>((resolve, reject) => {
+  return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       scrapes.delete(id);
       reject(new Error('metrics: the primary did not answer'));
     }, SCRAPE_TIMEOUT_MS);
     timer.unref();
-    scrapes.set(id, {
-      resolve: (answer) => {
-        clearTimeout(timer);
-        resolve(answer);
-      },
-      reject: (error) => {
-        clearTimeout(timer);
-        reject(error);
-      },
-    });
+    scrapes.set(id, { resolve, reject, timer });
     process.send?.({ type: 'vllm-kit:gateway:metrics-request', id });
-  }).finally(() => {
-    // No scrape waiting: no listener left behind.
-    if (scrapes.size === 0 && listening) {
-      listening = false;
-      process.off('message', onPrimaryMessage);
-    }
   });
 }

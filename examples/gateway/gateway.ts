@@ -150,7 +150,7 @@ class Exchange implements AbortSignalLike {
   reason: unknown = undefined;
   /** Set when the upstream cut a response that had begun: logged and counted as a 502. */
   upstreamFailure: string | undefined = undefined;
-  /** The request body, parsed to validate it (and to route it). */
+  /** The request body as parsed to validate it, kept only when the client routes by it (several upstreams). */
   parsedBody: unknown = undefined;
   /** The client's X-Session-Id: an affinity key for routing. */
   sessionId: string | undefined = undefined;
@@ -529,7 +529,7 @@ export function createGateway(deps: GatewayDeps) {
       { requestId, err: { message: (error as Error)?.message, code: (error as { code?: string })?.code } },
       'unexpected error',
     );
-    if (!res.destroyed) sendError(res, new HttpError(500, 'Internal error', 'internal_error'));
+    sendError(res, new HttpError(500, 'Internal error', 'internal_error'));
   }
 
   /**

@@ -148,35 +148,30 @@ async function primary(): Promise<void> {
     );
     fork();
   });
+  /** Sends `signal` to every worker and calls `then` once all have exited (at once when there are none). */
+  const signalWorkers = (signal: NodeJS.Signals, then: () => void) => {
+    const workers = Object.values(cluster.workers ?? {});
+    let left = workers.length;
+    if (left === 0) then();
+    for (const worker of workers) {
+      worker?.once('exit', () => --left === 0 && then());
+      worker?.process.kill(signal);
+    }
+  };
   const stop = (exitCode = 0) => {
     if (stopping) return;
     stopping = true;
-    const workers = Object.values(cluster.workers ?? {});
-    let left = workers.length;
-    const done = async () => {
+    signalWorkers('SIGTERM', async () => {
       await sim?.close();
       process.exit(exitCode);
-    };
-    if (left === 0) void done();
-    for (const worker of workers) {
-      worker?.once('exit', () => {
-        if (--left === 0) void done();
-      });
-      worker?.process.kill('SIGTERM');
-    }
+    });
   };
   const force = () => {
     process.stderr.write('gateway: second SIGINT; exiting without draining\n');
-    const workers = Object.values(cluster.workers ?? {});
-    let left = workers.length;
     const exit = () => process.exit(FORCED_EXIT_CODE);
-    if (left === 0) exit();
     // Reap them before exiting (no zombies left to an init that may not reap), but never wait long.
     setTimeout(exit, 1000).unref();
-    for (const worker of workers) {
-      worker?.once('exit', () => --left === 0 && exit());
-      worker?.process.kill('SIGKILL');
-    }
+    signalWorkers('SIGKILL', exit);
   };
   onStopSignals(() => stop(), force);
   drainWhenOrphaned(() => stop());

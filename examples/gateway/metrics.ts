@@ -96,6 +96,27 @@ class LeanMetric {
   }
 }
 
+/** A counter whose values are totals a piece keeps itself (its `stats()`), read when the registry is scraped. */
+class TotalsCounter {
+  readonly type = 'counter';
+  readonly aggregator = 'sum';
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly read: () => Sample[],
+  ) {}
+  get() {
+    return {
+      name: this.name,
+      help: this.help,
+      type: this.type,
+      aggregator: this.aggregator,
+      values: this.read(),
+    };
+  }
+  reset(): void {}
+}
+
 /** Adds one observation to a histogram series. */
 function observe(buckets: readonly number[], series: { counts: number[]; sum: number }, value: number): void {
   let i = 0;
@@ -167,40 +188,29 @@ export function createMetrics(sources: {
       }
     },
   });
-  // A counter (prom-client sums counters across workers): each scrape adds what the cache counted since the last one.
-  const seen = { hit: 0, miss: 0, negative_hit: 0 };
-  new client.Counter({
-    name: 'gateway_token_cache_total',
-    help: 'Token-cache lookups by outcome.',
-    labelNames: ['outcome'] as const,
-    collect() {
+  // Totals the pieces keep themselves, read at scrape time (counters: the primary sums them across workers).
+  registry.registerMetric(
+    new TotalsCounter('gateway_token_cache_total', 'Token-cache lookups by outcome.', () => {
       const stats = sources.tokens.stats();
-      const now = { hit: stats.hits, miss: stats.misses, negative_hit: stats.negativeHits };
-      for (const outcome of ['hit', 'miss', 'negative_hit'] as const) {
-        this.inc({ outcome }, now[outcome] - seen[outcome]);
-        seen[outcome] = now[outcome];
-      }
-    },
-  });
+      return [
+        { labels: { outcome: 'hit' }, value: stats.hits },
+        { labels: { outcome: 'miss' }, value: stats.misses },
+        { labels: { outcome: 'negative_hit' }, value: stats.negativeHits },
+      ];
+    }) as unknown as client.Metric,
+  );
   // Per replica: keyed requests sent to the replica their key maps to, and those it took over (load bound, ejection).
-  const routedSeen = new Map<string, number>();
-  new client.Counter({
-    name: 'gateway_upstream_routed_total',
-    help: 'Requests routed to each upstream by prefix routing: to their own replica (prefix) or another (fallback).',
-    labelNames: ['upstream', 'how'] as const,
-    collect() {
-      for (const u of sources.client.stats().upstreams) {
-        for (const [how, value] of [
-          ['prefix', u.prefixRouted],
-          ['fallback', u.fallbacks],
-        ] as const) {
-          const key = `${u.url} ${how}`;
-          this.inc({ upstream: u.url, how }, value - (routedSeen.get(key) ?? 0));
-          routedSeen.set(key, value);
-        }
-      }
-    },
-  });
+  registry.registerMetric(
+    new TotalsCounter(
+      'gateway_upstream_routed_total',
+      'Requests routed to each upstream by prefix routing: to their own replica (prefix) or another (fallback).',
+      () =>
+        sources.client.stats().upstreams.flatMap((u) => [
+          { labels: { upstream: u.url, how: 'prefix' }, value: u.prefixRouted },
+          { labels: { upstream: u.url, how: 'fallback' }, value: u.fallbacks },
+        ]),
+    ) as unknown as client.Metric,
+  );
   new client.Gauge({
     name: 'gateway_queue_depth',
     help: 'Requests waiting for an upstream slot.',

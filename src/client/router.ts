@@ -57,15 +57,15 @@ export class SocketTracker {
   }
 }
 
-/** The sum of a Prometheus metric's samples (all label sets) in a text exposition; undefined when absent. */
-function sampleSum(text: string, name: string): number | undefined {
-  let sum: number | undefined;
-  for (const line of text.split('\n')) {
+/** A Prometheus metric's sample values (one per label set, e.g. per engine) in a text exposition. */
+function sampleValues(lines: string[], name: string): number[] {
+  const values: number[] = [];
+  for (const line of lines) {
     if (!line.startsWith(name) || (line[name.length] !== '{' && line[name.length] !== ' ')) continue;
     const value = Number(line.slice(line.lastIndexOf(' ') + 1));
-    if (Number.isFinite(value)) sum = (sum ?? 0) + value;
+    if (Number.isFinite(value)) values.push(value);
   }
-  return sum;
+  return values;
 }
 
 const STALE_SOCKET_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'ECONNABORTED']);
@@ -325,10 +325,13 @@ export class Upstream {
         await response.body.dump();
         return;
       }
-      const text = await response.body.text();
-      this.waiting = sampleSum(text, 'vllm:num_requests_waiting');
-      this.kvCacheUsage =
-        sampleSum(text, 'vllm:kv_cache_usage_perc') ?? sampleSum(text, 'vllm:gpu_cache_usage_perc');
+      const lines = (await response.body.text()).split('\n');
+      // Queues add up over a replica's engines; its KV use is its fullest engine's.
+      const waiting = sampleValues(lines, 'vllm:num_requests_waiting');
+      const kv = sampleValues(lines, 'vllm:kv_cache_usage_perc');
+      const kvUse = kv.length > 0 ? kv : sampleValues(lines, 'vllm:gpu_cache_usage_perc');
+      this.waiting = waiting.length > 0 ? waiting.reduce((a, b) => a + b, 0) : undefined;
+      this.kvCacheUsage = kvUse.length > 0 ? Math.max(...kvUse) : undefined;
     } catch {
       // A replica that cannot be scraped keeps its last figures; failures eject it through requests and probes.
     }
@@ -448,16 +451,14 @@ export class Router extends Dispatcher {
       active++;
     }
     const bound = loadBound(this.options.routingLoadFactor, this.options.routingLoadSlack, total, active);
-    const hash = hash32(key);
-    const ring = this.ring!;
-    const index = ring.find(hash, (i) => !upstreams[i]!.ejected && upstreams[i]!.load() + 1 <= bound);
-    if (index === undefined) {
-      const fallback = this.pick();
-      fallback.fallbacks++;
-      return fallback;
-    }
-    const chosen = upstreams[index]!;
-    if (index === ring.home(hash)) chosen.prefixRouted++;
+    // The first replica the walk visits is the key's own: accepting any later one is a fallback.
+    let home = -1;
+    const index = this.ring!.find(hash32(key), (i) => {
+      if (home === -1) home = i;
+      return !upstreams[i]!.ejected && upstreams[i]!.load() + 1 <= bound;
+    });
+    const chosen = index === undefined ? this.pick() : upstreams[index]!;
+    if (index === home) chosen.prefixRouted++;
     else chosen.fallbacks++;
     return chosen;
   }
