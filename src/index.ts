@@ -70,6 +70,23 @@ export {
 // Shared by the client and the concurrency limiter.
 export type { AbortSignalLike } from './internal/abort.js';
 export {
+  type BudgetDecision,
+  type BudgetLimits,
+  type BudgetTarget,
+  createKeyBudgets,
+  estimatePromptTokens,
+  formatResetDuration,
+  type KeyBudgets,
+  type KeyBudgetsOptions,
+  requestUsage,
+  serveClusterBudgets,
+  type TokenUsage,
+  UsageMeter,
+  type UsageMeterOptions,
+  type UsageRequest,
+  type UsageStrip,
+} from './key-budgets/index.js';
+export {
   createIpRateLimiter,
   type FastifyReplyLike,
   type IpRateLimiter,

@@ -12,6 +12,8 @@ export interface GenerationRequest {
   model: string | undefined;
   stream: boolean;
   includeUsage: boolean;
+  /** `stream_options.continuous_usage_stats` (with `include_usage`, as vLLM requires): usage on every chunk. */
+  continuousUsage: boolean;
   /** `max_tokens` / `max_completion_tokens`, when given. */
   maxTokens: number | undefined;
   /** Number of choices to generate (prompts × `n`). */
@@ -149,6 +151,11 @@ export function parseGenerationRequest(body: unknown, chat: boolean): Generation
     model,
     stream: stream === true,
     includeUsage: stream === true && isRecord(streamOptions) && streamOptions.include_usage === true,
+    continuousUsage:
+      stream === true &&
+      isRecord(streamOptions) &&
+      streamOptions.include_usage === true &&
+      streamOptions.continuous_usage_stats === true,
     maxTokens: maxCompletionTokens ?? maxTokens ?? (chat ? undefined : 16),
     choices: prompts * (n ?? 1),
     promptText,

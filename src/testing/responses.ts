@@ -99,16 +99,22 @@ export function streamChunk(
   content: string,
   finishReason: 'stop' | 'length' | null,
   role = false,
+  usage?: Usage,
 ): string {
   const finish = finishReason === null ? 'null' : `"${finishReason}"`;
   const tail = finishReason === null ? '' : ',"stop_reason":null';
+  // vLLM's continuous usage: the three figures set on the chunk, in UsageInfo's field order.
+  const usageTail =
+    usage === undefined
+      ? ''
+      : `,"usage":{"prompt_tokens":${usage.prompt},"total_tokens":${usage.prompt + usage.completion},"completion_tokens":${usage.completion}}`;
   if (chat) {
     const delta = role
       ? `{"role":"assistant","content":${JSON.stringify(content)}}`
       : `{"content":${JSON.stringify(content)}}`;
-    return `data: {"id":"${ctx.id}","object":"chat.completion.chunk","created":${ctx.created},"model":${ctx.modelJson},"choices":[{"index":${index},"delta":${delta},"logprobs":null,"finish_reason":${finish}${tail}}]}\n\n`;
+    return `data: {"id":"${ctx.id}","object":"chat.completion.chunk","created":${ctx.created},"model":${ctx.modelJson},"choices":[{"index":${index},"delta":${delta},"logprobs":null,"finish_reason":${finish}${tail}}]${usageTail}}\n\n`;
   }
-  return `data: {"id":"${ctx.id}","object":"text_completion","created":${ctx.created},"model":${ctx.modelJson},"choices":[{"index":${index},"text":${JSON.stringify(content)},"logprobs":null,"finish_reason":${finish}${tail}}]}\n\n`;
+  return `data: {"id":"${ctx.id}","object":"text_completion","created":${ctx.created},"model":${ctx.modelJson},"choices":[{"index":${index},"text":${JSON.stringify(content)},"logprobs":null,"finish_reason":${finish}${tail}}]${usageTail}}\n\n`;
 }
 
 export function usageChunk(ctx: ResponseContext, chat: boolean, usage: Usage): string {

@@ -678,9 +678,15 @@ class Generation implements Job {
     const { chat, choices } = this.request;
     const last = this.step === this.length - 1;
     let out = '';
+    const prompt = this.request.continuousUsage ? this.request.promptTokens : undefined;
     for (let c = 0; c < choices; c++) {
-      if (chat && this.step === 0) out += streamChunk(this.ctx, true, c, '', null, true);
-      out += streamChunk(this.ctx, chat, c, this.tokens[c]![this.step]!, last ? this.finishReason : null);
+      if (chat && this.step === 0) {
+        const usage = prompt === undefined ? undefined : { prompt, completion: 0 };
+        out += streamChunk(this.ctx, true, c, '', null, true, usage);
+      }
+      const usage = prompt === undefined ? undefined : { prompt, completion: this.step + 1 };
+      const finish = last ? this.finishReason : null;
+      out += streamChunk(this.ctx, chat, c, this.tokens[c]![this.step]!, finish, false, usage);
     }
     return out;
   }

@@ -1,0 +1,424 @@
+// createKeyBudgets: per-key limits on requests and tokens per minute, shared by every worker (cluster primary) and
+// every host (Redis), with OpenAI's x-ratelimit-* headers and adapters for node:http, Express and Fastify. Tokens are
+// charged from the response's own usage, before its last byte goes out.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import {
+  invalid,
+  numberOption,
+  objectOption,
+  oneOfOption,
+  rejectUnknownKeys,
+  stringOption,
+} from '../internal/validate.js';
+import type { FastifyReplyLike } from '../rate-limit/index.js';
+import {
+  type BudgetState,
+  type BudgetStore,
+  ClusterBudgetStore,
+  MemoryBudgetStore,
+  NO_LIMIT,
+  Op,
+  RedisBudgetStore,
+  type RedisScriptClient,
+} from './stores.js';
+import { estimatePromptTokens, type TokenUsage, UsageMeter } from './usage.js';
+
+export { serveClusterBudgets } from './stores.js';
+export {
+  estimatePromptTokens,
+  requestUsage,
+  type TokenUsage,
+  UsageMeter,
+  type UsageMeterOptions,
+  type UsageRequest,
+  type UsageStrip,
+} from './usage.js';
+
+export interface KeyBudgetsOptions {
+  /**
+   * Where windows live: `'memory'` (this process), `'cluster'` (one budget per key for all workers, held by the
+   * primary, which must call `serveClusterBudgets()`), or an ioredis client (one budget per key for all hosts).
+   * @default 'memory'
+   */
+  store?: 'memory' | 'cluster' | object;
+  /** Names these budgets in Redis and the primary (two instances with one name share their windows). @default 'default' */
+  name?: string;
+  /** Window length, seconds: limits are per window. @default 60 (per minute, as OpenAI's RPM and TPM) */
+  windowSec?: number;
+  /**
+   * When the cluster primary or Redis fails: `'insurance'` counts in this process meanwhile, `'open'` admits,
+   * `'closed'` refuses. Never a 500. @default 'insurance'
+   */
+  onStoreError?: 'insurance' | 'open' | 'closed';
+  /** Longest wait for the cluster primary, ms, before `onStoreError` applies. @default 500 */
+  storeTimeoutMs?: number;
+  /** Clock, epoch ms. @default Date.now */
+  now?: () => number;
+}
+
+/** One key's limits, per window; a limit left out (or `null`) is no limit. */
+export interface BudgetLimits {
+  /** Requests admitted per window. */
+  requests?: number | null | undefined;
+  /** Tokens (prompt + completion) per window: a key is admitted while its window's tokens are under it. */
+  tokens?: number | null | undefined;
+}
+
+export interface BudgetDecision {
+  allowed: boolean;
+  /** Which limit refused the request; undefined when allowed. */
+  refusedBy: 'requests' | 'tokens' | undefined;
+  /** The key's limits (undefined: none). */
+  limitRequests: number | undefined;
+  limitTokens: number | undefined;
+  /** Requests left in the window after this one. */
+  remainingRequests: number;
+  /** Tokens left in the window (0 once it is spent). */
+  remainingTokens: number;
+  /** Until the window ends, ms. */
+  resetMs: number;
+  /** Whole seconds to wait before retrying (for `Retry-After`); 0 when allowed. */
+  retryAfterSec: number;
+  /** True when the store failed and the decision came from `onStoreError`. */
+  degraded: boolean;
+}
+
+/** What the adapters need for one request: whose budget, and its limits. Return undefined to let it through. */
+export type BudgetTarget = { key: string; limits: BudgetLimits } | undefined;
+
+export interface KeyBudgets {
+  /** Admits one request for `key` when both its limits allow it (a refused request is not counted). */
+  admit(key: string, limits: BudgetLimits): Promise<BudgetDecision>;
+  /** Adds tokens to the key's window; resolves once the store has them (the key's next request sees them). */
+  charge(key: string, tokens: number): Promise<void>;
+  /** Takes back an admitted request that never reached the upstream (shed by a full queue, say). */
+  refund(key: string): Promise<void>;
+  reset(key: string): Promise<void>;
+  /** OpenAI's `x-ratelimit-*` headers for a decision (`retry-after` too when refused). */
+  headers(decision: BudgetDecision): Record<string, string>;
+  /** OpenAI's 429 body for a refused decision. */
+  errorBody(decision: BudgetDecision): string;
+  /**
+   * node:http: admits (answering 429 itself and resolving false when refused), sets the headers, then watches
+   * what is written to `res` and charges the usage it carries before the response's last byte — or, when the client
+   * leaves first, what had been delivered.
+   */
+  handle(req: IncomingMessage, res: ServerResponse, target: BudgetTarget): Promise<boolean>;
+  /** Express middleware: `app.use(budgets.express((req) => ({ key: req.user.id, limits })))`. */
+  express(
+    targetOf: (req: IncomingMessage) => BudgetTarget,
+  ): (req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => void;
+  /** Fastify `onRequest` hook: `app.addHook('onRequest', budgets.fastify((req) => …))`. */
+  fastify(
+    targetOf: (req: IncomingMessage) => BudgetTarget,
+  ): (
+    request: { raw: IncomingMessage },
+    reply: FastifyReplyLike & { raw: ServerResponse },
+  ) => Promise<unknown>;
+  close(): Promise<void>;
+}
+
+const KEYS = ['store', 'name', 'windowSec', 'onStoreError', 'storeTimeoutMs', 'now'] as const;
+
+/** Formats a duration as OpenAI's rate-limit headers do (Go's `time.Duration`): `500ms`, `1.5s`, `6m0s`, `1h2m3s`. */
+export function formatResetDuration(ms: number): string {
+  const total = Math.max(0, Math.round(ms));
+  if (total < 1000) return `${total}ms`;
+  const hours = Math.floor(total / 3_600_000);
+  const minutes = Math.floor((total % 3_600_000) / 60_000);
+  const seconds = `${(total % 60_000) / 1000}s`;
+  if (hours > 0) return `${hours}h${minutes}m${seconds}`;
+  if (minutes > 0) return `${minutes}m${seconds}`;
+  return seconds;
+}
+
+/** A limit as the stores take it: a non-negative integer, or NO_LIMIT. */
+function limitOf(name: string, value: number | null | undefined): number {
+  if (value === undefined || value === null) return NO_LIMIT;
+  if (!Number.isSafeInteger(value) || value < 0)
+    throw invalid(`limits.${name}`, 'an integer >= 0 or null', value);
+  return value;
+}
+
+/**
+ * Creates per-key request and token budgets.
+ *
+ * Admission follows Envoy AI Gateway's and LiteLLM's semantics: a request is admitted while the key's window has
+ * requests left and its charged tokens are under the token limit; its actual tokens are charged when its usage is
+ * known. A key can therefore overshoot its token limit by what the requests it had in flight at once use: at most
+ * (its concurrent requests) × (their `max_tokens` + prompt tokens). Its next request is refused until the window ends.
+ *
+ * @example
+ * const budgets = createKeyBudgets({ store: redis });
+ * const decision = await budgets.admit(apiKey.id, { requests: 60, tokens: 100_000 });
+ */
+export function createKeyBudgets(options: KeyBudgetsOptions = {}): KeyBudgets {
+  return new Budgets(options);
+}
+
+class Budgets implements KeyBudgets {
+  private readonly store: BudgetStore;
+  private readonly insurance: MemoryBudgetStore | undefined;
+  private readonly onStoreError: 'insurance' | 'open' | 'closed';
+  private readonly windowMs: number;
+  private readonly now: () => number;
+
+  constructor(input: KeyBudgetsOptions) {
+    const options = objectOption('options', input) ?? {};
+    rejectUnknownKeys('', options, KEYS);
+    const name = stringOption('name', options.name, 'default');
+    if (!/^[A-Za-z0-9_.-]+$/.test(name))
+      throw invalid('name', 'letters, digits, "_", "." or "-"', options.name);
+    const windowSec = numberOption('windowSec', options.windowSec, 60, {
+      min: 1,
+      max: 86_400,
+      integer: true,
+    });
+    this.windowMs = windowSec * 1000;
+    this.onStoreError = oneOfOption(
+      'onStoreError',
+      options.onStoreError,
+      ['insurance', 'open', 'closed'],
+      'insurance',
+    );
+    const storeTimeoutMs = numberOption('storeTimeoutMs', options.storeTimeoutMs, 500, {
+      min: 1,
+      max: 60_000,
+    });
+    if (options.now !== undefined && typeof options.now !== 'function')
+      throw invalid('now', 'a function', options.now);
+    this.now = (options.now as (() => number) | undefined) ?? Date.now;
+    const store = options.store ?? 'memory';
+    if (store === 'memory') this.store = new MemoryBudgetStore(this.windowMs, this.now);
+    else if (store === 'cluster') this.store = new ClusterBudgetStore(name, this.windowMs, storeTimeoutMs);
+    else if (
+      typeof store === 'object' &&
+      store !== null &&
+      typeof (store as { evalsha?: unknown }).evalsha === 'function'
+    ) {
+      this.store = new RedisBudgetStore(store as RedisScriptClient, name, this.windowMs, this.now);
+    } else {
+      throw invalid('store', '"memory", "cluster" or an ioredis client', store);
+    }
+    if (store !== 'memory' && this.onStoreError === 'insurance')
+      this.insurance = new MemoryBudgetStore(this.windowMs, this.now);
+  }
+
+  /** Runs an operation on the store; when it fails, on the insurance store (undefined without one). */
+  private async apply(
+    op: Op,
+    key: string,
+    a: number,
+    b: number,
+  ): Promise<{ state: BudgetState | undefined; degraded: boolean }> {
+    try {
+      const pending = this.store.apply(op, key, a, b);
+      return { state: pending instanceof Promise ? await pending : pending, degraded: false };
+    } catch {
+      return { state: this.insurance?.apply(op, key, a, b), degraded: true };
+    }
+  }
+
+  async admit(key: string, limits: BudgetLimits): Promise<BudgetDecision> {
+    const requests = limitOf('requests', limits.requests);
+    const tokens = limitOf('tokens', limits.tokens);
+    const { state, degraded } = await this.apply(Op.Admit, key, requests, tokens);
+    const limitRequests = requests === NO_LIMIT ? undefined : requests;
+    const limitTokens = tokens === NO_LIMIT ? undefined : tokens;
+    if (state === undefined) {
+      // The store failed and no insurance: the fail-open/closed policy answers.
+      const allowed = this.onStoreError === 'open';
+      return {
+        allowed,
+        refusedBy: allowed ? undefined : limitRequests !== undefined ? 'requests' : 'tokens',
+        limitRequests,
+        limitTokens,
+        remainingRequests: limitRequests ?? 0,
+        remainingTokens: limitTokens ?? 0,
+        resetMs: this.windowMs,
+        retryAfterSec: allowed ? 0 : Math.ceil(this.windowMs / 1000),
+        degraded: true,
+      };
+    }
+    const resetMs = Math.max(0, state.resetAt - this.now());
+    const refusedBy = state.admitted
+      ? undefined
+      : limitRequests !== undefined && state.requests >= limitRequests
+        ? 'requests'
+        : 'tokens';
+    return {
+      allowed: state.admitted,
+      refusedBy,
+      limitRequests,
+      limitTokens,
+      remainingRequests: limitRequests === undefined ? 0 : Math.max(0, limitRequests - state.requests),
+      remainingTokens: limitTokens === undefined ? 0 : Math.max(0, limitTokens - state.tokens),
+      resetMs,
+      retryAfterSec: state.admitted ? 0 : Math.max(1, Math.ceil(resetMs / 1000)),
+      degraded,
+    };
+  }
+
+  async charge(key: string, tokens: number): Promise<void> {
+    // Usage comes from upstream bytes: never let a bad figure reach the store (or throw at the caller).
+    if (!Number.isSafeInteger(tokens) || tokens <= 0) return;
+    await this.apply(Op.Charge, key, tokens, 0);
+  }
+
+  async refund(key: string): Promise<void> {
+    await this.apply(Op.Refund, key, 0, 0);
+  }
+
+  async reset(key: string): Promise<void> {
+    this.insurance?.apply(Op.Reset, key, 0, 0);
+    await this.store.apply(Op.Reset, key, 0, 0);
+  }
+
+  headers(decision: BudgetDecision): Record<string, string> {
+    const headers: Record<string, string> = {};
+    const reset = formatResetDuration(decision.resetMs);
+    if (decision.limitRequests !== undefined) {
+      headers['x-ratelimit-limit-requests'] = String(decision.limitRequests);
+      headers['x-ratelimit-remaining-requests'] = String(decision.remainingRequests);
+      headers['x-ratelimit-reset-requests'] = reset;
+    }
+    if (decision.limitTokens !== undefined) {
+      headers['x-ratelimit-limit-tokens'] = String(decision.limitTokens);
+      headers['x-ratelimit-remaining-tokens'] = String(decision.remainingTokens);
+      headers['x-ratelimit-reset-tokens'] = reset;
+    }
+    if (!decision.allowed) headers['retry-after'] = String(decision.retryAfterSec);
+    return headers;
+  }
+
+  errorBody(decision: BudgetDecision): string {
+    const type = decision.refusedBy ?? 'requests';
+    const limit = type === 'tokens' ? decision.limitTokens : decision.limitRequests;
+    const per = this.windowMs === 60_000 ? 'minute' : `${this.windowMs / 1000} seconds`;
+    const message =
+      limit === undefined
+        ? `Rate limit reached (the budget store is unavailable). Try again in ${decision.retryAfterSec}s.`
+        : `Rate limit reached for ${type} per ${per}: limit ${limit}. Try again in ${formatResetDuration(decision.resetMs)}.`;
+    return JSON.stringify({ error: { message, type, param: null, code: 'rate_limit_exceeded' } });
+  }
+
+  async handle(req: IncomingMessage, res: ServerResponse, target: BudgetTarget): Promise<boolean> {
+    if (target === undefined) return true;
+    const decision = await this.admit(target.key, target.limits);
+    const headers = this.headers(decision);
+    for (const name in headers) res.setHeader(name, headers[name]!);
+    if (!decision.allowed) {
+      const body = this.errorBody(decision);
+      res.writeHead(429, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+      return false;
+    }
+    this.watch(req, res, target.key);
+    return true;
+  }
+
+  /**
+   * Meters what the application writes to `res`: the usage is charged before the last byte (`end` waits for the
+   * store), or on close when the client left first. Only 2xx JSON and SSE answers carry usage.
+   */
+  private watch(req: IncomingMessage, res: ServerResponse, key: string): void {
+    let meter: UsageMeter | undefined;
+    let charged = false;
+    const meterFor = (): UsageMeter | undefined => {
+      if (meter !== undefined || res.statusCode >= 300) return meter;
+      const type = String(res.getHeader('content-type') ?? '');
+      const stream = type.startsWith('text/event-stream');
+      if (!stream && !type.startsWith('application/json')) return undefined;
+      meter = new UsageMeter({
+        stream,
+        // Express and Fastify body parsers leave the parsed request here by the time the response ends.
+        promptTokensEstimate: () => estimatePromptTokens((req as { body?: unknown }).body),
+      });
+      return meter;
+    };
+    const charge = (): Promise<void> => {
+      if (charged || meter === undefined) return Promise.resolve();
+      charged = true;
+      const usage: TokenUsage = meter.usage();
+      return this.charge(key, usage.promptTokens + usage.completionTokens);
+    };
+    const write = res.write;
+    const end = res.end;
+    const toBuffer = (chunk: unknown, encoding: unknown): Buffer =>
+      Buffer.isBuffer(chunk)
+        ? chunk
+        : typeof chunk === 'string'
+          ? Buffer.from(chunk, (typeof encoding === 'string' ? encoding : 'utf8') as BufferEncoding)
+          : Buffer.from(chunk as Uint8Array);
+    res.write = function (this: ServerResponse, chunk: unknown, ...rest: unknown[]) {
+      const watched = meterFor();
+      if (watched !== undefined && chunk !== undefined && chunk !== null)
+        watched.write(toBuffer(chunk, rest[0]));
+      return (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest);
+    } as typeof res.write;
+    res.end = function (this: ServerResponse, ...args: unknown[]) {
+      const watched = meterFor();
+      const [chunk] = args;
+      if (watched !== undefined && chunk !== undefined && chunk !== null && typeof chunk !== 'function') {
+        watched.write(toBuffer(chunk, args[1]));
+      }
+      watched?.end();
+      // The last byte waits for the charge: the client's next request already sees these tokens.
+      charge().then(
+        () => (end as (...a: unknown[]) => void).apply(this, args),
+        () => (end as (...a: unknown[]) => void).apply(this, args),
+      );
+      return this;
+    } as typeof res.end;
+    // The client left mid-response: charge what was delivered.
+    res.on('close', () => {
+      if (!res.writableFinished) void charge().catch(() => undefined);
+    });
+  }
+
+  express(
+    targetOf: (req: IncomingMessage) => BudgetTarget,
+  ): (req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => void {
+    return (req, res, next) => {
+      let target: BudgetTarget;
+      try {
+        target = targetOf(req);
+      } catch (error) {
+        next(error);
+        return;
+      }
+      this.handle(req, res, target).then(
+        (allowed) => {
+          if (allowed) next();
+        },
+        (error) => next(error),
+      );
+    };
+  }
+
+  fastify(
+    targetOf: (req: IncomingMessage) => BudgetTarget,
+  ): (
+    request: { raw: IncomingMessage },
+    reply: FastifyReplyLike & { raw: ServerResponse },
+  ) => Promise<unknown> {
+    return async (request, reply) => {
+      const target = targetOf(request.raw);
+      if (target === undefined) return;
+      const decision = await this.admit(target.key, target.limits);
+      const headers = this.headers(decision);
+      for (const name in headers) reply.header(name, headers[name]!);
+      if (!decision.allowed) {
+        reply.code(429);
+        reply.type('application/json');
+        return reply.send(this.errorBody(decision));
+      }
+      this.watch(request.raw, reply.raw, target.key);
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.store.close();
+    await this.insurance?.close();
+  }
+}

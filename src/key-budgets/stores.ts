@@ -1,0 +1,258 @@
+// Where key budgets live: this process (memory), the cluster primary (one budget for all workers), or Redis (one
+// budget for all hosts, one Lua script per decision). Every store decides admission and records a charge atomically,
+// so N processes admit exactly what one would.
+import cluster from 'node:cluster';
+import { createHash } from 'node:crypto';
+import { InvalidOptionError } from '../errors/index.js';
+import { ClusterCaller, serveClusterChannel } from '../internal/cluster-rpc.js';
+
+/** A key's window after an operation. */
+export interface BudgetState {
+  /** False when an admission was refused (nothing was counted then). */
+  admitted: boolean;
+  /** Requests admitted in the window, this one included. */
+  requests: number;
+  /** Tokens charged in the window. */
+  tokens: number;
+  /** When the window ends, epoch ms. */
+  resetAt: number;
+}
+
+/** Operations: admit (count a request if both limits allow it), charge tokens, refund a request, reset. */
+export const Op = { Admit: 0, Charge: 1, Refund: 2, Reset: 3 } as const;
+export type Op = (typeof Op)[keyof typeof Op];
+
+/** `requests`/`tokens` limits travel as numbers; -1 means "no limit" (JSON and Lua have no Infinity). */
+export const NO_LIMIT = -1;
+
+export interface BudgetStore {
+  /** `a`/`b`: the request and token limits (Admit) or the tokens to add (Charge). */
+  apply(op: Op, key: string, a: number, b: number): Promise<BudgetState> | BudgetState;
+  close(): Promise<void>;
+}
+
+interface Window {
+  requests: number;
+  tokens: number;
+  resetAt: number;
+}
+
+/**
+ * Fixed windows per key, starting at a key's first request. Expired keys are dropped a generation at a time (two
+ * Maps), as the IP limiter's memory store does: no timer per key, no sweep.
+ */
+export class MemoryBudgetStore implements BudgetStore {
+  private current = new Map<string, Window>();
+  private previous = new Map<string, Window>();
+  private generationEndsAt: number;
+
+  constructor(
+    private readonly windowMs: number,
+    private readonly now: () => number,
+  ) {
+    this.generationEndsAt = now() + windowMs;
+  }
+
+  apply(op: Op, key: string, a: number, b: number): BudgetState {
+    const now = this.now();
+    if (now >= this.generationEndsAt) {
+      const generations = Math.floor((now - this.generationEndsAt) / this.windowMs) + 1;
+      this.previous = generations === 1 ? this.current : new Map();
+      this.current = new Map();
+      this.generationEndsAt += generations * this.windowMs;
+    }
+    let window = this.current.get(key) ?? this.previous.get(key);
+    if (window === undefined || window.resetAt <= now) {
+      this.previous.delete(key);
+      if (op === Op.Reset) {
+        this.current.delete(key);
+        return { admitted: true, requests: 0, tokens: 0, resetAt: now + this.windowMs };
+      }
+      window = { requests: 0, tokens: 0, resetAt: now + this.windowMs };
+      // Kept in the current generation: it ends before the next-but-one generation begins.
+      this.current.set(key, window);
+    }
+    let admitted = true;
+    switch (op) {
+      case Op.Admit:
+        admitted = (a === NO_LIMIT || window.requests < a) && (b === NO_LIMIT || window.tokens < b);
+        if (admitted) window.requests++;
+        break;
+      case Op.Charge:
+        window.tokens += a;
+        break;
+      case Op.Refund:
+        if (window.requests > 0) window.requests--;
+        break;
+      case Op.Reset:
+        this.current.delete(key);
+        this.previous.delete(key);
+        return { admitted: true, requests: 0, tokens: 0, resetAt: now + this.windowMs };
+    }
+    return { admitted, requests: window.requests, tokens: window.tokens, resetAt: window.resetAt };
+  }
+
+  get size(): number {
+    return this.current.size + this.previous.size;
+  }
+
+  async close(): Promise<void> {
+    this.current.clear();
+    this.previous.clear();
+  }
+}
+
+// ── cluster ─────────────────────────────────────────────────────────────────────────────────────────────────────
+
+const CHANNEL = 'vllm-kit:key-budgets';
+
+type ClusterCall = [name: string, windowMs: number, op: Op, key: string, a: number, b: number];
+type ClusterResult = [admitted: 0 | 1, requests: number, tokens: number, resetAt: number];
+
+/** A worker's store: asks the primary, which holds the only windows (`serveClusterBudgets()`). */
+export class ClusterBudgetStore implements BudgetStore {
+  private readonly caller: ClusterCaller<ClusterCall, ClusterResult>;
+
+  constructor(
+    private readonly name: string,
+    private readonly windowMs: number,
+    timeoutMs: number,
+  ) {
+    if (!cluster.isWorker) {
+      throw new InvalidOptionError(
+        'store',
+        'Expected `store: "cluster"` in a node:cluster worker (the primary runs serveClusterBudgets())',
+      );
+    }
+    this.caller = new ClusterCaller(CHANNEL, timeoutMs);
+  }
+
+  async apply(op: Op, key: string, a: number, b: number): Promise<BudgetState> {
+    const [admitted, requests, tokens, resetAt] = await this.caller.call([
+      this.name,
+      this.windowMs,
+      op,
+      key,
+      a,
+      b,
+    ]);
+    return { admitted: admitted === 1, requests, tokens, resetAt };
+  }
+
+  async close(): Promise<void> {
+    this.caller.close('the key budgets were closed');
+  }
+}
+
+/**
+ * Runs in the cluster primary: holds the windows of every `store: 'cluster'` key-budget instance of every worker, so
+ * all workers share one budget per key. Call it once in the primary, before or after forking.
+ */
+export function serveClusterBudgets(options: { now?: () => number } = {}): { close(): void } {
+  if (!cluster.isPrimary) throw new Error('serveClusterBudgets() runs in the cluster primary');
+  const now = options.now ?? Date.now;
+  const stores = new Map<string, MemoryBudgetStore>();
+  const channel = serveClusterChannel<ClusterCall, ClusterResult>(
+    CHANNEL,
+    ([name, windowMs, op, key, a, b]) => {
+      const storeKey = `${name}\u0000${windowMs}`;
+      let store = stores.get(storeKey);
+      if (store === undefined) {
+        store = new MemoryBudgetStore(windowMs, now);
+        stores.set(storeKey, store);
+      }
+      const state = store.apply(op, key, a, b);
+      return [state.admitted ? 1 : 0, state.requests, state.tokens, state.resetAt];
+    },
+  );
+  return {
+    close() {
+      channel.close();
+      stores.clear();
+    },
+  };
+}
+
+// ── Redis ───────────────────────────────────────────────────────────────────────────────────────────────────────
+
+/**
+ * One hash per key (`r` requests, `t` tokens) that expires with its window: the window's clock is Redis's own (PTTL),
+ * so hosts with skewed clocks still share one window. Returns `{admitted, requests, tokens, msLeft}`.
+ */
+const SCRIPT = `
+local k = KEYS[1]
+local op = tonumber(ARGV[1])
+local a = tonumber(ARGV[2])
+local b = tonumber(ARGV[3])
+local windowMs = tonumber(ARGV[4])
+if op == 3 then
+  redis.call('DEL', k)
+  return {1, 0, 0, windowMs}
+end
+local ttl = redis.call('PTTL', k)
+local r, t = 0, 0
+local fresh = ttl <= 0
+if fresh then
+  redis.call('DEL', k)
+  ttl = windowMs
+else
+  local v = redis.call('HMGET', k, 'r', 't')
+  r = tonumber(v[1]) or 0
+  t = tonumber(v[2]) or 0
+end
+local admitted = 1
+if op == 0 then
+  if (a >= 0 and r >= a) or (b >= 0 and t >= b) then
+    admitted = 0
+  else
+    r = r + 1
+    redis.call('HSET', k, 'r', r)
+  end
+elseif op == 1 then
+  t = t + a
+  redis.call('HSET', k, 't', t)
+elseif op == 2 then
+  if r > 0 then
+    r = r - 1
+    redis.call('HSET', k, 'r', r)
+  end
+end
+if fresh and redis.call('EXISTS', k) == 1 then redis.call('PEXPIRE', k, windowMs) end
+return {admitted, r, t, ttl}
+`;
+const SCRIPT_SHA = createHash('sha1').update(SCRIPT).digest('hex');
+
+/** The part of an ioredis client the store uses. */
+export interface RedisScriptClient {
+  evalsha(sha: string, numKeys: number, ...args: (string | number)[]): Promise<unknown>;
+  eval(script: string, numKeys: number, ...args: (string | number)[]): Promise<unknown>;
+}
+
+export class RedisBudgetStore implements BudgetStore {
+  private readonly prefix: string;
+
+  constructor(
+    private readonly client: RedisScriptClient,
+    name: string,
+    private readonly windowMs: number,
+    private readonly now: () => number,
+  ) {
+    this.prefix = `vllm-kit:kb:${name}:`;
+  }
+
+  async apply(op: Op, key: string, a: number, b: number): Promise<BudgetState> {
+    const args = [this.prefix + key, op, a, b, this.windowMs];
+    let reply: unknown;
+    try {
+      reply = await this.client.evalsha(SCRIPT_SHA, 1, ...args);
+    } catch (error) {
+      // The first call on a Redis that has not seen the script (or was restarted) loads it.
+      if (!/NOSCRIPT/.test((error as Error)?.message ?? '')) throw error;
+      reply = await this.client.eval(SCRIPT, 1, ...args);
+    }
+    const [admitted, requests, tokens, msLeft] = reply as number[];
+    return { admitted: admitted === 1, requests: requests!, tokens: tokens!, resetAt: this.now() + msLeft! };
+  }
+
+  async close(): Promise<void> {}
+}

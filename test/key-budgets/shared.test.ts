@@ -1,0 +1,186 @@
+// One budget per key across four node:cluster workers (through the primary) and across processes on Redis: exact
+// admission at the boundary, refused requests never counted, and a Redis outage answered by the insurance store.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { request } from 'node:http';
+import { type AddressInfo, createServer } from 'node:net';
+import { resolve } from 'node:path';
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type BudgetDecision, createKeyBudgets } from '../../src/index.js';
+import { forkTs } from '../helpers/child.js';
+import { REDIS_URL, uniqueName } from '../helpers/services.js';
+
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+describe('store: "cluster" (four workers)', () => {
+  let app: ChildProcess;
+  let port: number;
+  beforeAll(async () => {
+    app = spawn(process.execPath, ['--import', 'tsx', resolve(import.meta.dirname, 'cluster-app.ts')], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    port = await new Promise<number>((resolvePort, reject) => {
+      let out = '';
+      app.stdout!.on('data', (chunk) => {
+        out += chunk;
+        const line = out.split('\n').find((l) => l.startsWith('{'));
+        if (line) resolvePort(JSON.parse(line).port);
+      });
+      app.once('exit', (code) => reject(new Error(`cluster app exited with ${code}`)));
+    });
+  }, 30_000);
+  afterAll(async () => {
+    if (app.exitCode !== null) return;
+    const exited = new Promise((done) => app.once('exit', done));
+    app.kill('SIGTERM');
+    await exited;
+  });
+
+  /** One request on a new connection, so the primary spreads them over the workers. */
+  const get = (path: string) =>
+    new Promise<{ worker: string; body: unknown }>((done, fail) => {
+      const req = request({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+        let body = '';
+        res.on('data', (chunk) => (body += chunk));
+        res.on('end', () => done({ worker: String(res.headers['x-worker']), body: JSON.parse(body) }));
+      });
+      req.on('error', fail);
+      req.end();
+    });
+
+  it('admits exactly the request limit, whichever worker asks, and never counts a refusal', async () => {
+    const replies = [];
+    for (let i = 0; i < 25; i++) replies.push(await get('/admit?key=rpm&requests=20'));
+    const decisions = replies.map((r) => r.body as BudgetDecision);
+    expect(decisions.filter((d) => d.allowed)).toHaveLength(20);
+    expect(decisions.slice(20).every((d) => !d.allowed && d.refusedBy === 'requests')).toBe(true);
+    expect(decisions.slice(0, 20).map((d) => d.remainingRequests)).toEqual(
+      Array.from({ length: 20 }, (_, i) => 19 - i),
+    );
+    // Refusals were not counted: remaining stays 0, never negative or beyond the limit.
+    expect(decisions.slice(20).every((d) => d.remainingRequests === 0)).toBe(true);
+    expect(new Set(replies.map((r) => r.worker)).size).toBeGreaterThanOrEqual(2);
+  }, 30_000);
+
+  it('admits exactly 20 of a 50-request burst sent in one batch', async () => {
+    const decisions = (await get('/burst?key=burst&requests=20')).body as BudgetDecision[];
+    expect(decisions.filter((d) => d.allowed)).toHaveLength(20);
+    expect(decisions.every((d) => !d.degraded)).toBe(true);
+  }, 30_000);
+
+  it('admits while the window has tokens left, charged from any worker, and refuses at the boundary', async () => {
+    const admit = async () => (await get('/admit?key=tpm&tokens=100')).body as BudgetDecision;
+    expect((await admit()).allowed).toBe(true);
+    await get('/charge?key=tpm&tokens=99');
+    const under = await admit();
+    expect(under).toMatchObject({ allowed: true, remainingTokens: 1 });
+    await get('/charge?key=tpm&tokens=1');
+    // 100 of 100 used: the next is refused by tokens, with the time to wait.
+    const refused = await admit();
+    expect(refused).toMatchObject({ allowed: false, refusedBy: 'tokens', remainingTokens: 0 });
+    expect(refused.retryAfterSec).toBeGreaterThanOrEqual(1);
+    expect(refused.retryAfterSec).toBeLessThanOrEqual(60);
+  }, 30_000);
+});
+
+describe('store: Redis', () => {
+  async function connected(url = REDIS_URL): Promise<Redis> {
+    const client = new Redis(url, { maxRetriesPerRequest: 1 });
+    client.on('error', () => {});
+    cleanups.push(async () => client.disconnect());
+    await new Promise((ready) => client.once('ready', ready));
+    return client;
+  }
+
+  it('gives a key one budget across two processes: exact at the request and token boundaries', async () => {
+    const name = uniqueName('vk-kb').replaceAll(':', '-');
+    const here = createKeyBudgets({ store: await connected(), name });
+    cleanups.push(() => here.close());
+    const child = forkTs<BudgetDecision & { ready?: boolean; charged?: boolean }>(
+      resolve(import.meta.dirname, 'child-budgets.ts'),
+      [REDIS_URL, name],
+    );
+    cleanups.push(() => child.stop());
+    expect((await child.ask()).ready).toBe(true);
+    const limits = { requests: 20, tokens: 1000 };
+    const decisions: BudgetDecision[] = [];
+    for (let i = 0; i < 25; i++) {
+      decisions.push(
+        i % 2 === 0 ? await here.admit('rpm', limits) : await child.ask({ admit: 'rpm', limits }),
+      );
+    }
+    expect(decisions.filter((d) => d.allowed)).toHaveLength(20);
+    expect(decisions.slice(20).every((d) => !d.allowed && d.refusedBy === 'requests')).toBe(true);
+    expect(decisions.every((d) => !d.degraded)).toBe(true);
+
+    // Tokens: 999 charged by the other process leaves one; one more, and the key is refused here.
+    const tokenLimits = { tokens: 1000 };
+    expect((await here.admit('tpm', tokenLimits)).allowed).toBe(true);
+    await child.ask({ charge: 'tpm', tokens: 999 });
+    expect(await here.admit('tpm', tokenLimits)).toMatchObject({ allowed: true, remainingTokens: 1 });
+    await here.charge('tpm', 1);
+    expect(await child.ask({ admit: 'tpm', limits: tokenLimits })).toMatchObject({
+      allowed: false,
+      refusedBy: 'tokens',
+    });
+  }, 30_000);
+
+  it('answers from the insurance store when Redis dies mid-run, never a throw', async () => {
+    const server = createServer();
+    await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+    const port = (server.address() as AddressInfo).port;
+    await new Promise((done) => server.close(done));
+    const redisServer = spawn('redis-server', [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+    ]);
+    cleanups.push(async () => redisServer.kill('SIGKILL'));
+    const url = `redis://127.0.0.1:${port}`;
+    let client: Redis | undefined;
+    for (let i = 0; i < 50 && client === undefined; i++) {
+      client = await connected(url).catch(() => undefined);
+      if (client === undefined) await new Promise((r) => setTimeout(r, 100));
+    }
+    const budgets = createKeyBudgets({ store: client!, name: 'outage' });
+    cleanups.push(() => budgets.close());
+    expect(await budgets.admit('k', { requests: 3 })).toMatchObject({ allowed: true, degraded: false });
+    const stopped = new Promise((done) => redisServer.once('exit', done));
+    redisServer.kill('SIGKILL');
+    await stopped;
+    // Down: the insurance store counts in this process (3 per window still holds), no throw.
+    const during = [];
+    for (let i = 0; i < 4; i++) during.push(await budgets.admit('k', { requests: 3 }));
+    expect(during.every((d) => d.degraded)).toBe(true);
+    expect(during.filter((d) => d.allowed)).toHaveLength(3);
+    await expect(budgets.charge('k', 10)).resolves.toBeUndefined();
+  }, 30_000);
+
+  it('fails closed or open when told to, with no insurance', async () => {
+    const down = new Redis('redis://127.0.0.1:1', { lazyConnect: true, enableOfflineQueue: false });
+    down.on('error', () => {});
+    cleanups.push(async () => down.disconnect());
+    const closed = createKeyBudgets({ store: down, onStoreError: 'closed' });
+    const open = createKeyBudgets({ store: down, onStoreError: 'open' });
+    cleanups.push(
+      () => closed.close(),
+      () => open.close(),
+    );
+    const refused = await closed.admit('k', { tokens: 10 });
+    expect(refused).toMatchObject({ allowed: false, refusedBy: 'tokens', degraded: true, retryAfterSec: 60 });
+    expect(JSON.parse(closed.errorBody(refused)).error).toMatchObject({
+      type: 'tokens',
+      code: 'rate_limit_exceeded',
+      param: null,
+    });
+    expect(await open.admit('k', { tokens: 10 })).toMatchObject({ allowed: true, degraded: true });
+  });
+});
