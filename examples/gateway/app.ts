@@ -7,12 +7,19 @@ import { Redis } from 'ioredis';
 import pino, { type Logger } from 'pino';
 import pretty from 'pino-pretty';
 import client from 'prom-client';
-import { createConcurrencyLimiter, createIpRateLimiter, createTokenCache, createVllmClient } from 'vllm-kit';
+import {
+  createConcurrencyLimiter,
+  createIpRateLimiter,
+  createKeyBudgets,
+  createTokenCache,
+  createVllmClient,
+} from 'vllm-kit';
 import type { GatewayConfig } from './config.js';
 import { createCors } from './cors.js';
 import { createGateway } from './gateway.js';
 import { type ApiKey, hashKey, type KeyStore, openKeyStore, REVOCATION_CHANNEL } from './key-store.js';
 import { createMetrics } from './metrics.js';
+import { UsageRecorder } from './usage-recorder.js';
 
 export interface GatewayWorker {
   server: Server;
@@ -86,14 +93,19 @@ export async function startWorker(
   // Serve only once revocations can reach us (a message published before the subscription is lost), but never
   // wait more than 2 s for a Redis that is down: the cache TTL still bounds a revoked key's life then.
   await Promise.race([tokens.ready(), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);
+  // Several workers share one budget through the primary, several hosts through Redis; a single worker keeps its own
+  // (no IPC per request).
+  const sharedStore = redis ?? (cluster.isWorker && config.workers > 1 ? 'cluster' : 'memory');
   const rateLimiter = createIpRateLimiter({
     points: config.rateLimitPoints,
     windowSec: config.rateLimitWindowSec,
     trustProxy: config.trustProxy,
     proxyHeader: config.trustProxyHeader,
-    // Several workers share one budget through the primary; a single worker keeps its own (no IPC per request).
-    store: redis ?? (cluster.isWorker && config.workers > 1 ? 'cluster' : 'memory'),
+    store: sharedStore,
   });
+  // Keys with rpm/tpm: one budget per key across every worker and host.
+  const budgets = createKeyBudgets({ store: sharedStore, name: 'gateway' });
+  const usage = new UsageRecorder(keyStore, config.usageFlushMs, logger);
   const limiter = createConcurrencyLimiter({
     concurrency: config.limitConcurrency,
     maxQueue: config.maxQueue,
@@ -118,6 +130,9 @@ export async function startWorker(
     metrics,
     renderMetrics,
     maxBodyBytes: config.maxBodyBytes,
+    budgets,
+    usage,
+    continuousUsage: config.streamUsage === 'continuous',
     cors: config.corsOrigins.length > 0 ? createCors(config.corsOrigins) : undefined,
   });
   const server = createServer(
@@ -146,8 +161,10 @@ export async function startWorker(
       timer.unref();
       await closed;
       clearTimeout(timer);
-      await Promise.all([limiter.close(), rateLimiter.close(), tokens.close()]);
+      await Promise.all([limiter.close(), rateLimiter.close(), tokens.close(), budgets.close()]);
       await vllm.close();
+      // Every response has ended: the last usage batch goes to the store before it closes.
+      await usage.close();
       await keyStore.close();
       await redis?.quit().catch(() => undefined);
       logging.close();

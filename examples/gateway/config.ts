@@ -38,6 +38,10 @@ export interface GatewayConfig {
   /** Slow clients: the longest wait for a request's headers, and for the whole request, ms. */
   headersTimeoutMs: number;
   requestTimeoutMs: number;
+  /** Ask the upstream for usage on every stream chunk (vLLM's continuous_usage_stats) or only at the end. */
+  streamUsage: 'continuous' | 'final';
+  /** Per-key usage is written to the key store at most this long after a response, ms. */
+  usageFlushMs: number;
 }
 
 export class ConfigError extends Error {
@@ -141,6 +145,13 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
       `ROUTING_LOAD_FACTOR must be a number from 1 to 100, got "${rawFactor}"`,
     );
   }
+  const streamUsage = env.STREAM_USAGE || 'continuous';
+  if (streamUsage !== 'continuous' && streamUsage !== 'final') {
+    throw new ConfigError(
+      'STREAM_USAGE',
+      `STREAM_USAGE must be "continuous" or "final", got "${streamUsage}"`,
+    );
+  }
   const metrics = env.METRICS ?? 'true';
   if (metrics !== 'true' && metrics !== 'false')
     throw new ConfigError('METRICS', `METRICS must be "true" or "false", got "${metrics}"`);
@@ -174,5 +185,7 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     routingLoadFactor,
     headersTimeoutMs,
     requestTimeoutMs,
+    streamUsage,
+    usageFlushMs: integer(env, 'USAGE_FLUSH_MS', 1000, 10, 5000),
   };
 }

@@ -10,6 +10,7 @@ import type { Registry } from 'prom-client';
 import {
   type AbortSignalLike,
   type ConcurrencyLimiter,
+  estimatePromptTokens,
   type IpRateLimiter,
   isQueueFullError,
   isQueueTimeoutError,
@@ -17,12 +18,17 @@ import {
   isTokenVerificationError,
   isUpstreamConnectionError,
   isUpstreamTimeoutError,
+  type KeyBudgets,
+  requestUsage,
   type TokenCache,
+  UsageMeter,
+  type UsageStrip,
   type VllmClient,
 } from 'vllm-kit';
 import type { Cors } from './cors.js';
 import { type ApiKey, isWellFormedKey } from './key-store.js';
 import type { GatewayMetrics } from './metrics.js';
+import type { UsageRecorder } from './usage-recorder.js';
 
 export interface GatewayDeps {
   client: VllmClient;
@@ -36,6 +42,12 @@ export interface GatewayDeps {
   maxBodyBytes: number;
   /** Cross-origin access for browser front ends; undefined: no CORS headers (same-origin only). */
   cors?: Cors | undefined;
+  /** Per-key request and token limits (keys with `rpm`/`tpm`). */
+  budgets: KeyBudgets;
+  /** Lifetime usage per key, written to the key store in batches; undefined: not recorded. */
+  usage?: UsageRecorder | undefined;
+  /** Ask vLLM for usage on every stream chunk (`continuous_usage_stats`), so a cut stream is charged exactly. */
+  continuousUsage: boolean;
 }
 
 interface Route {
@@ -154,6 +166,20 @@ class Exchange implements AbortSignalLike {
   parsedBody: unknown = undefined;
   /** The client's X-Session-Id: an affinity key for routing. */
   sessionId: string | undefined = undefined;
+  /** The key a generation request is accounted to (set once it is authenticated and admitted). */
+  principal: ApiKey | undefined = undefined;
+  /** The key has limits: its budget was charged a request, and is charged the tokens. */
+  budgeted = false;
+  /** The request was sent upstream (a request that never was is refunded, not recorded). */
+  sentUpstream = false;
+  /** What to strip from the stream (the usage the gateway asked for and the client did not). */
+  strip: UsageStrip = 'none';
+  /** Choices per request (`n`), for continuous usage. */
+  choices = 1;
+  /** Reads the usage of a 2xx answer as it passes. */
+  meter: UsageMeter | undefined = undefined;
+  /** Usage recorded and charged (once, whichever way the response ends). */
+  settled = false;
   private listeners: (() => void)[] | undefined = undefined;
   private settlePipe: ((error?: Error) => void) | undefined = undefined;
 
@@ -189,9 +215,10 @@ class Exchange implements AbortSignalLike {
   /**
    * Pipes the upstream body into the response with backpressure; resolves when the response finishes, rejects when
    * the upstream fails or the client leaves (either side failing destroys the other). What stream.pipeline does,
-   * without the AbortController and DOMException it allocates per call.
+   * without the AbortController and DOMException it allocates per call. With a meter, the bytes pass through it, and
+   * the last ones wait for `beforeEnd` (the usage charged), so the client's next request already sees the charge.
    */
-  pipe(source: Readable, res: ServerResponse): Promise<void> {
+  pipe(source: Readable, res: ServerResponse, beforeEnd?: () => Promise<void> | undefined): Promise<void> {
     return new Promise((resolve, reject) => {
       let done = false;
       const settle = (error?: Error) => {
@@ -210,10 +237,33 @@ class Exchange implements AbortSignalLike {
       // Stays attached: a late error from a destroyed body must not go unhandled.
       source.on('error', settle);
       res.on('finish', settle);
-      source.pipe(res);
+      const meter = this.meter;
+      if (meter === undefined) {
+        source.pipe(res);
+        return;
+      }
+      const resume = () => source.resume();
+      source.on('data', (chunk: Buffer) => {
+        const out = meter.write(chunk);
+        if (out.length > 0 && !res.write(out)) {
+          source.pause();
+          res.once('drain', resume);
+        }
+      });
+      source.on('end', () => {
+        const rest = meter.end();
+        const finish = () => {
+          if (!done && !res.destroyed) res.end(rest);
+        };
+        const charging = beforeEnd?.();
+        if (charging === undefined) finish();
+        else charging.then(finish, finish);
+      });
     });
   }
 }
+
+const noop = () => {};
 
 const kExchange = Symbol('exchange');
 type GatewayResponse = ServerResponse & { [kExchange]?: Exchange };
@@ -239,7 +289,7 @@ function pathOf(url: string): string {
 }
 
 export function createGateway(deps: GatewayDeps) {
-  const { client, tokens, rateLimiter, limiter, logger, metrics } = deps;
+  const { client, tokens, rateLimiter, limiter, logger, metrics, budgets } = deps;
   const routesByBody = client.baseUrls.length > 1;
 
   async function authenticate(req: IncomingMessage): Promise<ApiKey> {
@@ -298,6 +348,7 @@ export function createGateway(deps: GatewayDeps) {
           // Parsed once: with several replicas the client routes by it (prompt prefix, `prompt_cache_key`, `user`)
           // without parsing again. Kept only then: a parsed body held for the whole request costs GC time.
           if (routesByBody) exchange.parsedBody = parsed;
+          if (exchange.principal !== undefined) body = askForUsage(exchange, body, parsed);
         } catch {
           valid = false;
         }
@@ -316,10 +367,48 @@ export function createGateway(deps: GatewayDeps) {
     return limiter.run(() => proxy(res, exchange, route, body), { signal: exchange });
   }
 
+  /**
+   * A streamed request asks the upstream for usage (and, from vLLM, usage on every chunk, so a stream cut short is
+   * still charged exactly); the meter later removes what the client did not ask for.
+   */
+  function askForUsage(exchange: Exchange, body: Buffer, parsed: unknown): Buffer {
+    if (typeof parsed !== 'object' || parsed === null) return body;
+    const n = (parsed as { n?: unknown }).n;
+    if (typeof n === 'number' && Number.isSafeInteger(n) && n > 1) exchange.choices = n;
+    const asked = requestUsage(body, parsed, { continuous: deps.continuousUsage });
+    exchange.strip = asked.strip;
+    return asked.body;
+  }
+
+  /**
+   * Records a metered request's usage and charges its key's budget, once, however the response ended: before its
+   * last byte, when the client left, or when the upstream failed. A request that never went upstream is refunded.
+   */
+  function settleUsage(exchange: Exchange): Promise<void> | undefined {
+    const principal = exchange.principal;
+    if (exchange.settled || principal === undefined) return undefined;
+    exchange.settled = true;
+    if (!exchange.sentUpstream)
+      return exchange.budgeted ? budgets.refund(principal.id).catch(noop) : undefined;
+    let prompt = 0;
+    let completion = 0;
+    const meter = exchange.meter;
+    if (meter !== undefined) {
+      const usage = meter.usage();
+      prompt = usage.promptTokens;
+      completion = usage.completionTokens;
+      if (usage.source === 'counted') metrics?.usageMissing(meter.sawMalformedUsage ? 'malformed' : 'absent');
+    }
+    deps.usage?.record(principal.id, prompt, completion);
+    metrics?.tokens(principal.name, prompt, completion);
+    return exchange.budgeted ? budgets.charge(principal.id, prompt + completion).catch(noop) : undefined;
+  }
+
   /** Sends the request upstream and pipes the answer back (under the concurrency limit when the route is). */
   async function proxy(res: ServerResponse, exchange: Exchange, route: Route, body: Buffer | null) {
     if (route.limited) metrics?.observeQueueWait((performance.now() - exchange.started) / 1000);
     const requestId = exchange.requestId;
+    exchange.sentUpstream = true;
     const upstream = await client.request({
       method: route.method,
       path: exchange.path,
@@ -366,7 +455,16 @@ export function createGateway(deps: GatewayDeps) {
       // A whole answer's body follows its headers at once: no per-request listener to time it.
       metrics?.observeTtft(exchange.routeLabel, (performance.now() - exchange.started) / 1000);
     }
-    await exchange.pipe(upstream.body, res);
+    if (exchange.principal === undefined || upstream.status >= 300) return exchange.pipe(upstream.body, res);
+    exchange.meter = new UsageMeter({
+      stream: streaming,
+      strip: streaming ? exchange.strip : 'none',
+      choices: exchange.choices,
+      // Only when the upstream reports no usage (rare): the prompt's tokens estimated from the request.
+      promptTokensEstimate: () =>
+        body === null ? 0 : estimatePromptTokens(JSON.parse(body.toString('utf8'))),
+    });
+    await exchange.pipe(upstream.body, res, () => settleUsage(exchange));
   }
 
   function upstreamCredentialsRejected(requestId: string): HttpError {
@@ -391,6 +489,8 @@ export function createGateway(deps: GatewayDeps) {
     const status = exchange.upstreamFailure !== undefined ? 502 : this.headersSent ? this.statusCode : 499;
     const ms = performance.now() - exchange.started;
     metrics?.observeRequest(exchange.routeLabel, status, ms / 1000);
+    // Not settled yet: the client left, the upstream failed, or the request never went upstream.
+    if (exchange.principal !== undefined) void settleUsage(exchange);
     // One line per request; no per-request child logger (it would serialise its bindings every time).
     logger.info(
       {
@@ -454,10 +554,29 @@ export function createGateway(deps: GatewayDeps) {
       }
       const principal = await authenticate(req);
       if (path === '/auth/verify') return send(res, 200, { id: principal.id, name: principal.name });
+      if (route.limited) await admit(res, exchange, principal);
       await forward(req, res, exchange, route);
     } catch (error) {
       respondToError(res, exchange, error);
     }
+  }
+
+  /** A generation request is accounted to its key; a key with limits must have budget left (429 otherwise). */
+  async function admit(res: ServerResponse, exchange: Exchange, principal: ApiKey): Promise<void> {
+    if (principal.rpm !== null || principal.tpm !== null) {
+      const decision = await budgets.admit(principal.id, { requests: principal.rpm, tokens: principal.tpm });
+      const headers = budgets.headers(decision);
+      for (const name in headers) res.setHeader(name, headers[name]!);
+      if (!decision.allowed) {
+        metrics?.budgetRefused(decision.refusedBy ?? 'requests');
+        const { error } = JSON.parse(budgets.errorBody(decision)) as {
+          error: { message: string; type: string };
+        };
+        throw new HttpError(429, error.message, error.type, 'rate_limit_exceeded');
+      }
+      exchange.budgeted = true;
+    }
+    exchange.principal = principal;
   }
 
   /** `OPTIONS`: a CORS preflight (answered by the CORS policy) or a plain question about the allowed methods. */

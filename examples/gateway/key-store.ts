@@ -1,10 +1,18 @@
-// API keys in SQLite (better-sqlite3) or PostgreSQL (pg): one schema, migrations applied at start, keys stored as
-// SHA-256 hashes. A key is shown once, when it is created.
+// API keys in SQLite (better-sqlite3) or PostgreSQL (pg): one schema, one set of queries, migrations applied at
+// start, keys stored as SHA-256 hashes (a key is shown once, when it is created). Each key carries optional limits
+// (requests and tokens per minute) and its lifetime usage.
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
-export interface ApiKey {
+export interface KeyLimits {
+  /** Requests per minute; null: unlimited. */
+  rpm: number | null;
+  /** Tokens (prompt + completion) per minute; null: unlimited. */
+  tpm: number | null;
+}
+
+export interface ApiKey extends KeyLimits {
   id: string;
   name: string;
   /** The first characters of the key, to recognise it in lists. */
@@ -13,22 +21,44 @@ export interface ApiKey {
   revokedAt: string | null;
 }
 
+/** One key's lifetime usage, as `keys usage` prints it. */
+export interface KeyUsage {
+  name: string;
+  requests: number;
+  promptTokens: number;
+  completionTokens: number;
+}
+
+/** Usage to add to one key (a batch holds each key once). */
+export interface UsageDelta {
+  keyId: string;
+  requests: number;
+  promptTokens: number;
+  completionTokens: number;
+}
+
 export interface KeyStore {
-  create(name: string): Promise<{ key: string; record: ApiKey }>;
+  create(name: string, limits?: Partial<KeyLimits>): Promise<{ key: string; record: ApiKey }>;
   list(): Promise<ApiKey[]>;
   /** Revokes by id or name; resolves with the revoked key (and its hash, to announce), or undefined. */
   revoke(idOrName: string): Promise<(ApiKey & { keyHash: string }) | undefined>;
+  /** Changes an active key's limits (those given); resolves with the key and its hash, or undefined. */
+  update(idOrName: string, limits: Partial<KeyLimits>): Promise<(ApiKey & { keyHash: string }) | undefined>;
   /** The active key with this SHA-256 hash, if any. */
   findActiveByHash(hash: string): Promise<ApiKey | undefined>;
+  /** Adds a batch of usage in one transaction. */
+  addUsage(batch: UsageDelta[]): Promise<void>;
+  /** Lifetime usage of every key (or of the one with this id or name), oldest key first. */
+  usage(idOrName?: string): Promise<KeyUsage[]>;
   close(): Promise<void>;
 }
 
 export const hashKey = (key: string): string => createHash('sha256').update(key).digest('hex');
 
-/** The Redis channel on which revocations reach every running gateway's token cache. */
+/** The Redis channel on which revocations (and limit changes) reach every running gateway's token cache. */
 export const REVOCATION_CHANNEL = 'vllm-kit:gateway:revocations';
 
-// Version 1; later migrations append to this list.
+// Applied in order, once each; later migrations append to this list. One statement each (both drivers run them).
 const MIGRATIONS = [
   `CREATE TABLE IF NOT EXISTS api_keys (
      id TEXT PRIMARY KEY,
@@ -37,6 +67,15 @@ const MIGRATIONS = [
      prefix TEXT NOT NULL,
      created_at TEXT NOT NULL,
      revoked_at TEXT
+   )`,
+  'ALTER TABLE api_keys ADD COLUMN rpm BIGINT',
+  'ALTER TABLE api_keys ADD COLUMN tpm BIGINT',
+  `CREATE TABLE IF NOT EXISTS key_usage (
+     key_id TEXT PRIMARY KEY REFERENCES api_keys (id),
+     requests BIGINT NOT NULL DEFAULT 0,
+     prompt_tokens BIGINT NOT NULL DEFAULT 0,
+     completion_tokens BIGINT NOT NULL DEFAULT 0,
+     updated_at TEXT NOT NULL
    )`,
 ];
 
@@ -75,68 +114,162 @@ interface Row {
   prefix: string;
   created_at: string;
   revoked_at: string | null;
+  rpm: number | string | null;
+  tpm: number | string | null;
 }
+/** PostgreSQL returns BIGINT as a string. */
+const int = (value: number | string | null | undefined): number | null =>
+  value === null || value === undefined ? null : Number(value);
 const toKey = (row: Row): ApiKey => ({
   id: row.id,
   name: row.name,
   prefix: row.prefix,
   createdAt: row.created_at,
   revokedAt: row.revoked_at,
+  rpm: int(row.rpm),
+  tpm: int(row.tpm),
 });
+
+/** What the store needs of a database: queries with `?` placeholders, and several writes as one transaction. */
+interface Sql {
+  all(sql: string, params?: unknown[]): Promise<Record<string, unknown>[]>;
+  transaction(statements: [sql: string, params: unknown[]][]): Promise<void>;
+  close(): Promise<void>;
+}
+
+const USAGE_UPSERT = `INSERT INTO key_usage (key_id, requests, prompt_tokens, completion_tokens, updated_at)
+  VALUES (?, ?, ?, ?, ?)
+  ON CONFLICT (key_id) DO UPDATE SET
+    requests = key_usage.requests + excluded.requests,
+    prompt_tokens = key_usage.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = key_usage.completion_tokens + excluded.completion_tokens,
+    updated_at = excluded.updated_at`;
+
+function keyStoreOn(db: Sql): KeyStore {
+  const active = async (idOrName: string) =>
+    (
+      await db.all('SELECT * FROM api_keys WHERE (id = ? OR name = ?) AND revoked_at IS NULL', [
+        idOrName,
+        idOrName,
+      ])
+    )[0] as Row | undefined;
+  return {
+    async create(name, limits = {}) {
+      const { key, id, prefix } = newKey();
+      const createdAt = new Date().toISOString();
+      const rpm = limits.rpm ?? null;
+      const tpm = limits.tpm ?? null;
+      try {
+        await db.transaction([
+          [
+            'INSERT INTO api_keys (id, name, key_hash, prefix, created_at, rpm, tpm) VALUES (?, ?, ?, ?, ?, ?, ?)',
+            [id, name, hashKey(key), prefix, createdAt, rpm, tpm],
+          ],
+        ]);
+      } catch (error) {
+        throw isNameTaken(error) ? new KeyNameTakenError(name) : error;
+      }
+      return { key, record: { id, name, prefix, createdAt, revokedAt: null, rpm, tpm } };
+    },
+    async list() {
+      return ((await db.all('SELECT * FROM api_keys ORDER BY created_at')) as unknown as Row[]).map(toKey);
+    },
+    async revoke(idOrName) {
+      const row = await active(idOrName);
+      if (row === undefined) return undefined;
+      const revokedAt = new Date().toISOString();
+      await db.transaction([['UPDATE api_keys SET revoked_at = ? WHERE id = ?', [revokedAt, row.id]]]);
+      return { ...toKey({ ...row, revoked_at: revokedAt }), keyHash: row.key_hash };
+    },
+    async update(idOrName, limits) {
+      const row = await active(idOrName);
+      if (row === undefined) return undefined;
+      const rpm = limits.rpm === undefined ? int(row.rpm) : limits.rpm;
+      const tpm = limits.tpm === undefined ? int(row.tpm) : limits.tpm;
+      await db.transaction([['UPDATE api_keys SET rpm = ?, tpm = ? WHERE id = ?', [rpm, tpm, row.id]]]);
+      return { ...toKey({ ...row, rpm, tpm }), keyHash: row.key_hash };
+    },
+    async findActiveByHash(hash) {
+      const row = (
+        await db.all('SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL', [hash])
+      )[0];
+      return row === undefined ? undefined : toKey(row as unknown as Row);
+    },
+    async addUsage(batch) {
+      if (batch.length === 0) return;
+      const at = new Date().toISOString();
+      await db.transaction(
+        batch.map((u) => [USAGE_UPSERT, [u.keyId, u.requests, u.promptTokens, u.completionTokens, at]]),
+      );
+    },
+    async usage(idOrName) {
+      const where = idOrName === undefined ? '' : 'WHERE k.id = ? OR k.name = ?';
+      const rows = await db.all(
+        `SELECT k.name AS name, COALESCE(u.requests, 0) AS requests, COALESCE(u.prompt_tokens, 0) AS prompt,
+           COALESCE(u.completion_tokens, 0) AS completion
+         FROM api_keys k LEFT JOIN key_usage u ON u.key_id = k.id ${where} ORDER BY k.created_at`,
+        idOrName === undefined ? [] : [idOrName, idOrName],
+      );
+      return rows.map((r) => ({
+        name: String(r.name),
+        requests: Number(r.requests),
+        promptTokens: Number(r.prompt),
+        completionTokens: Number(r.completion),
+      }));
+    },
+    close: () => db.close(),
+  };
+}
 
 async function sqlite(path: string): Promise<KeyStore> {
   const { default: Database } = await import('better-sqlite3');
   if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
   const db = new Database(path);
   db.pragma('journal_mode = WAL');
+  // Several workers write usage to one file: wait for another's write lock rather than fail.
+  db.pragma('busy_timeout = 5000');
   db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)');
-  const applied = new Set(
-    (db.prepare('SELECT version FROM schema_migrations').all() as { version: number }[]).map(
-      (r) => r.version,
-    ),
-  );
-  MIGRATIONS.forEach((sql, i) => {
-    if (applied.has(i + 1)) return;
-    db.transaction(() => {
+  db.transaction(() => {
+    const applied = new Set(
+      (db.prepare('SELECT version FROM schema_migrations').all() as { version: number }[]).map(
+        (r) => r.version,
+      ),
+    );
+    MIGRATIONS.forEach((sql, i) => {
+      if (applied.has(i + 1)) return;
       db.exec(sql);
       db.prepare('INSERT INTO schema_migrations (version) VALUES (?)').run(i + 1);
-    })();
-  });
-  const find = db.prepare('SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL');
-  return {
-    async create(name) {
-      const { key, id, prefix } = newKey();
-      const createdAt = new Date().toISOString();
-      try {
-        db.prepare(
-          'INSERT INTO api_keys (id, name, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)',
-        ).run(id, name, hashKey(key), prefix, createdAt);
-      } catch (error) {
-        throw isNameTaken(error) ? new KeyNameTakenError(name) : error;
-      }
-      return { key, record: { id, name, prefix, createdAt, revokedAt: null } };
+    });
+  }).immediate();
+  const statements = new Map<string, ReturnType<typeof db.prepare<unknown[]>>>();
+  const prepared = (sql: string) => {
+    let statement = statements.get(sql);
+    if (statement === undefined) {
+      statement = db.prepare<unknown[]>(sql);
+      statements.set(sql, statement);
+    }
+    return statement;
+  };
+  return keyStoreOn({
+    async all(sql, params = []) {
+      return prepared(sql).all(...params) as Record<string, unknown>[];
     },
-    async list() {
-      return (db.prepare('SELECT * FROM api_keys ORDER BY created_at').all() as Row[]).map(toKey);
-    },
-    async revoke(idOrName) {
-      const row = db
-        .prepare('SELECT * FROM api_keys WHERE (id = ? OR name = ?) AND revoked_at IS NULL')
-        .get(idOrName, idOrName) as Row | undefined;
-      if (row === undefined) return undefined;
-      const revokedAt = new Date().toISOString();
-      db.prepare('UPDATE api_keys SET revoked_at = ? WHERE id = ?').run(revokedAt, row.id);
-      return { ...toKey({ ...row, revoked_at: revokedAt }), keyHash: row.key_hash };
-    },
-    async findActiveByHash(hash) {
-      const row = find.get(hash) as Row | undefined;
-      return row === undefined ? undefined : toKey(row);
+    async transaction(list) {
+      db.transaction(() => {
+        for (const [sql, params] of list) prepared(sql).run(...params);
+      }).immediate();
     },
     async close() {
       db.close();
     },
-  };
+  });
 }
+
+/** `?` placeholders as PostgreSQL's `$1, $2, …`. */
+const numbered = (sql: string): string => {
+  let n = 0;
+  return sql.replace(/\?/g, () => `$${++n}`);
+};
 
 async function postgres(connectionString: string): Promise<KeyStore> {
   const { default: pg } = await import('pg');
@@ -160,42 +293,27 @@ async function postgres(connectionString: string): Promise<KeyStore> {
     await client.query('SELECT pg_advisory_unlock(7261)').catch(() => undefined);
     client.release();
   }
-  return {
-    async create(name) {
-      const { key, id, prefix } = newKey();
-      const createdAt = new Date().toISOString();
+  return keyStoreOn({
+    async all(sql, params = []) {
+      return (await pool.query(numbered(sql), params)).rows;
+    },
+    async transaction(list) {
+      const connection = await pool.connect();
       try {
-        await pool.query(
-          'INSERT INTO api_keys (id, name, key_hash, prefix, created_at) VALUES ($1, $2, $3, $4, $5)',
-          [id, name, hashKey(key), prefix, createdAt],
-        );
+        await connection.query('BEGIN');
+        for (const [sql, params] of list) await connection.query(numbered(sql), params);
+        await connection.query('COMMIT');
       } catch (error) {
-        throw isNameTaken(error) ? new KeyNameTakenError(name) : error;
+        await connection.query('ROLLBACK').catch(() => undefined);
+        throw error;
+      } finally {
+        connection.release();
       }
-      return { key, record: { id, name, prefix, createdAt, revokedAt: null } };
-    },
-    async list() {
-      return ((await pool.query('SELECT * FROM api_keys ORDER BY created_at')).rows as Row[]).map(toKey);
-    },
-    async revoke(idOrName) {
-      const revokedAt = new Date().toISOString();
-      const result = await pool.query(
-        'UPDATE api_keys SET revoked_at = $2 WHERE (id = $1 OR name = $1) AND revoked_at IS NULL RETURNING *',
-        [idOrName, revokedAt],
-      );
-      const row = result.rows[0] as Row | undefined;
-      return row === undefined ? undefined : { ...toKey(row), keyHash: row.key_hash };
-    },
-    async findActiveByHash(hash) {
-      const row = (
-        await pool.query('SELECT * FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL', [hash])
-      ).rows[0] as Row | undefined;
-      return row === undefined ? undefined : toKey(row);
     },
     async close() {
       await pool.end();
     },
-  };
+  });
 }
 
 /** Opens the store named by DATABASE_URL (`sqlite:PATH` or `postgres://…`) and applies pending migrations. */

@@ -1,55 +1,167 @@
-// `npm run keys -- create --name NAME | list | revoke ID_OR_NAME`: manages the gateway's API keys. A new key is
-// printed once, as the last line. With REDIS_URL set, a revocation reaches running gateways within a second.
+// `npm run keys -- <command>`: manages the gateway's API keys and shows their usage. A new key is printed once, as
+// the last line. With REDIS_URL set, a revocation or a limit change reaches running gateways within a second (without
+// it, within TOKEN_CACHE_TTL_SEC).
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { loadConfig } from './config.js';
-import { openKeyStore, REVOCATION_CHANNEL } from './key-store.js';
+import { type KeyLimits, type KeyStore, openKeyStore, REVOCATION_CHANNEL } from './key-store.js';
+
+const USAGE = `usage: npm run keys -- <command>
+  create --name NAME [--rpm N] [--tpm N]   create a key (printed once, as the last line)
+  update NAME [--rpm N|none] [--tpm N|none] change a key's limits (none: unlimited)
+  list                                      every key, with its limits and state
+  revoke ID_OR_NAME                         revoke a key
+  usage [NAME] [--json]                     lifetime requests and tokens per key
+limits: --rpm requests per minute, --tpm tokens (prompt + completion) per minute; whole numbers >= 1`;
+
+/** A usage mistake: printed with the usage text, exit 2. */
+class UsageError extends Error {}
+
+/** `--rpm`/`--tpm`: a whole number >= 1, `none` (only when `noneAllowed`), or absent. */
+function limit(flag: string, raw: string | undefined, noneAllowed: boolean): number | null | undefined {
+  if (raw === undefined) return undefined;
+  if (noneAllowed && raw === 'none') return null;
+  if (!/^\d+$/.test(raw) || Number(raw) < 1 || !Number.isSafeInteger(Number(raw))) {
+    throw new UsageError(
+      `--${flag} must be a whole number of at least 1${noneAllowed ? ' or "none"' : ''}, got "${raw}"`,
+    );
+  }
+  return Number(raw);
+}
+
+const shown = (value: number | null) => (value === null ? 'unlimited' : String(value));
+
+/** Tells running gateways to drop the key from their caches, so they read it (revoked, new limits) again. */
+async function announce(redisUrl: string | undefined, keyHash: string): Promise<void> {
+  if (!redisUrl) return;
+  // The message is what the token cache keys by, SHA-256 in base64url: the stored hash, re-encoded (the key itself is
+  // never known here).
+  const redis = new Redis(redisUrl);
+  await redis.publish(REVOCATION_CHANNEL, Buffer.from(keyHash, 'hex').toString('base64url'));
+  await redis.quit();
+}
+
+async function run(store: KeyStore, command: string | undefined, target: string | undefined, values: Values) {
+  const config = loadConfig();
+  if (command === 'create') {
+    if (!values.name) throw new UsageError('create needs --name NAME');
+    const limits: Partial<KeyLimits> = {
+      rpm: limit('rpm', values.rpm, false) ?? null,
+      tpm: limit('tpm', values.tpm, false) ?? null,
+    };
+    const { key, record } = await store.create(values.name, limits);
+    process.stdout.write(
+      `Created ${record.id} (${record.name}; rpm ${shown(record.rpm)}, tpm ${shown(record.tpm)}). ` +
+        `The key is shown once; store it now:\n${key}\n`,
+    );
+    return 0;
+  }
+  if (command === 'update') {
+    if (!target) throw new UsageError('update needs the key: update NAME --rpm N --tpm N');
+    const limits: Partial<KeyLimits> = {};
+    const rpm = limit('rpm', values.rpm, true);
+    const tpm = limit('tpm', values.tpm, true);
+    if (rpm !== undefined) limits.rpm = rpm;
+    if (tpm !== undefined) limits.tpm = tpm;
+    if (rpm === undefined && tpm === undefined) throw new UsageError('update needs --rpm and/or --tpm');
+    const updated = await store.update(target, limits);
+    if (!updated) {
+      process.stderr.write(`keys: no active key with id or name "${target}"\n`);
+      return 1;
+    }
+    await announce(config.redisUrl, updated.keyHash);
+    process.stdout.write(
+      `Updated ${updated.id} (${updated.name}): rpm ${shown(updated.rpm)}, tpm ${shown(updated.tpm)}\n`,
+    );
+    return 0;
+  }
+  if (command === 'list') {
+    for (const k of await store.list()) {
+      const state = k.revokedAt ? `revoked ${k.revokedAt}` : 'active';
+      process.stdout.write(
+        `${k.id}\t${k.name}\t${k.prefix}…\t${k.createdAt}\t${state}\trpm ${shown(k.rpm)}\ttpm ${shown(k.tpm)}\n`,
+      );
+    }
+    return 0;
+  }
+  if (command === 'revoke') {
+    if (!target) throw new UsageError('revoke needs the key: revoke ID_OR_NAME');
+    const revoked = await store.revoke(target);
+    if (!revoked) {
+      process.stderr.write(`keys: no active key with id or name "${target}"\n`);
+      return 1;
+    }
+    process.stdout.write(`Revoked ${revoked.id} (${revoked.name})\n`);
+    await announce(config.redisUrl, revoked.keyHash);
+    return 0;
+  }
+  if (command === 'usage') {
+    const rows = await store.usage(target);
+    if (target !== undefined && rows.length === 0) {
+      process.stderr.write(`keys: no key with id or name "${target}"\n`);
+      return 1;
+    }
+    if (values.json) {
+      process.stdout.write(`${JSON.stringify(rows)}\n`);
+      return 0;
+    }
+    process.stdout.write('name\trequests\tprompt_tokens\tcompletion_tokens\n');
+    for (const u of rows) {
+      process.stdout.write(`${u.name}\t${u.requests}\t${u.promptTokens}\t${u.completionTokens}\n`);
+    }
+    return 0;
+  }
+  throw new UsageError(command === undefined ? 'a command is needed' : `unknown command "${command}"`);
+}
+
+interface Values {
+  name?: string | undefined;
+  rpm?: string | undefined;
+  tpm?: string | undefined;
+  json?: boolean | undefined;
+  help?: boolean | undefined;
+}
 
 async function main(): Promise<number> {
-  const { positionals, values } = parseArgs({
-    args: process.argv.slice(2),
-    options: { name: { type: 'string' } },
-    allowPositionals: true,
-  });
-  const [command, target] = positionals;
-  const config = loadConfig();
-  const store = await openKeyStore(config.databaseUrl);
+  let parsed: { positionals: string[]; values: Values };
   try {
-    if (command === 'create') {
-      if (!values.name) throw new Error('usage: keys create --name NAME');
-      const { key, record } = await store.create(values.name);
-      process.stdout.write(
-        `Created ${record.id} (${record.name}). The key is shown once; store it now:\n${key}\n`,
-      );
-      return 0;
-    }
-    if (command === 'list') {
-      for (const k of await store.list()) {
-        process.stdout.write(
-          `${k.id}\t${k.name}\t${k.prefix}…\t${k.createdAt}\t${k.revokedAt ? `revoked ${k.revokedAt}` : 'active'}\n`,
-        );
-      }
-      return 0;
-    }
-    if (command === 'revoke') {
-      if (!target) throw new Error('usage: keys revoke ID_OR_NAME');
-      const revoked = await store.revoke(target);
-      if (!revoked) {
-        process.stderr.write(`No active key with id or name "${target}"\n`);
-        return 1;
-      }
-      process.stdout.write(`Revoked ${revoked.id} (${revoked.name})\n`);
-      if (config.redisUrl) {
-        // Running gateways' token caches subscribe to this channel and drop the key at once. The message is what
-        // the cache keys by, SHA-256 in base64url: the stored hash, re-encoded (the key itself is never known here).
-        const redis = new Redis(config.redisUrl);
-        await redis.publish(REVOCATION_CHANNEL, Buffer.from(revoked.keyHash, 'hex').toString('base64url'));
-        await redis.quit();
-      }
-      return 0;
-    }
-    process.stderr.write('usage: keys create --name NAME | list | revoke ID_OR_NAME\n');
+    parsed = parseArgs({
+      args: process.argv.slice(2),
+      options: {
+        name: { type: 'string' },
+        rpm: { type: 'string' },
+        tpm: { type: 'string' },
+        json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      allowPositionals: true,
+    });
+  } catch (error) {
+    process.stderr.write(`keys: ${(error as Error).message}\n${USAGE}\n`);
     return 2;
+  }
+  const { positionals, values } = parsed;
+  if (values.help || positionals[0] === 'help') {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const [command, target] = positionals;
+  // Usage mistakes are caught before the store is opened.
+  if (command === undefined || !['create', 'update', 'list', 'revoke', 'usage'].includes(command)) {
+    process.stderr.write(
+      `keys: ${command === undefined ? 'a command is needed' : `unknown command "${command}"`}\n${USAGE}\n`,
+    );
+    return 2;
+  }
+  const store = await openKeyStore(loadConfig().databaseUrl);
+  try {
+    return await run(store, command, target, values);
+  } catch (error) {
+    if (error instanceof UsageError) {
+      process.stderr.write(`keys: ${error.message}\n${USAGE}\n`);
+      return 2;
+    }
+    throw error;
   } finally {
     await store.close();
   }

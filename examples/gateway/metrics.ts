@@ -16,6 +16,12 @@ export interface GatewayMetrics {
   rateLimited(): void;
   /** Counts an upstream failure by kind. */
   upstreamFailure(kind: UpstreamFailureKind): void;
+  /** Adds a response's tokens to its key's counters (by key name: never the key itself). */
+  tokens(keyName: string, prompt: number, completion: number): void;
+  /** Counts a 2xx answer whose usage was missing (or unreadable) and was counted from its content instead. */
+  usageMissing(reason: 'absent' | 'malformed'): void;
+  /** Counts a request refused by its key's budget. */
+  budgetRefused(type: 'requests' | 'tokens'): void;
 }
 
 /**
@@ -164,7 +170,32 @@ export function createMetrics(sources: {
     'Upstream failures by kind: unreachable, timeout, mid_response, credentials.',
     'counter',
   );
-  for (const metric of [requests, duration, ttft, queueWait, rateLimited, upstreamFailures]) {
+  const tokens = new LeanMetric(
+    'gateway_tokens_total',
+    'Tokens used, by key name and type (prompt, completion).',
+    'counter',
+  );
+  const usageMissing = new LeanMetric(
+    'gateway_usage_missing_total',
+    'Answers without readable usage, charged from their content (reason: absent, malformed).',
+    'counter',
+  );
+  const budgetRefusals = new LeanMetric(
+    'gateway_budget_refusals_total',
+    "Requests refused by their key's budget, by limit (requests, tokens).",
+    'counter',
+  );
+  for (const metric of [
+    requests,
+    duration,
+    ttft,
+    queueWait,
+    rateLimited,
+    upstreamFailures,
+    tokens,
+    usageMissing,
+    budgetRefusals,
+  ]) {
     registry.registerMetric(metric as unknown as client.Metric);
   }
   // Present from the start (at 0), so dashboards and alerts see them before the first event.
@@ -173,6 +204,15 @@ export function createMetrics(sources: {
     UPSTREAM_FAILURE_KINDS.map((kind) => [kind, upstreamFailures.seriesFor(kind, { kind })] as const),
   );
   const queueSeries = queueWait.seriesFor('', {});
+  const missingSeries = {
+    absent: usageMissing.seriesFor('absent', { reason: 'absent' }),
+    malformed: usageMissing.seriesFor('malformed', { reason: 'malformed' }),
+  };
+  const refusalSeries = {
+    requests: budgetRefusals.seriesFor('requests', { type: 'requests' }),
+    tokens: budgetRefusals.seriesFor('tokens', { type: 'tokens' }),
+  };
+  const tokensByKey = new Map<string, { prompt: { sum: number }; completion: { sum: number } }>();
 
   new client.Gauge({
     name: 'gateway_upstream_connections',
@@ -264,6 +304,24 @@ export function createMetrics(sources: {
     },
     upstreamFailure(kind) {
       failureSeries.get(kind)!.sum++;
+    },
+    tokens(key, prompt, completion) {
+      let series = tokensByKey.get(key);
+      if (series === undefined) {
+        series = {
+          prompt: tokens.seriesFor(`${key}\u0000prompt`, { key, type: 'prompt' }),
+          completion: tokens.seriesFor(`${key}\u0000completion`, { key, type: 'completion' }),
+        };
+        tokensByKey.set(key, series);
+      }
+      series.prompt.sum += prompt;
+      series.completion.sum += completion;
+    },
+    usageMissing(reason) {
+      missingSeries[reason].sum++;
+    },
+    budgetRefused(type) {
+      refusalSeries[type].sum++;
     },
   };
 }

@@ -135,7 +135,7 @@ describe('keys CLI', () => {
       expect(run('list').stdout).toContain('revoked');
       const again = run('revoke', 'alice');
       expect(again.status).toBe(1);
-      expect(again.stderr).toContain('No active key with id or name "alice"');
+      expect(again.stderr).toBe('keys: no active key with id or name "alice"\n');
       const duplicate = run('create', '--name', 'alice');
       expect(duplicate.status).toBe(1);
       expect(duplicate.stderr).toBe('keys: a key named "alice" already exists\n');

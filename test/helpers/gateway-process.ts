@@ -1,6 +1,6 @@
 // The gateway as a separate process, as `npm start` runs it (workers, signals), for tests: a fresh SQLite key store
 // with one key, the URL it listens on, its output, and a kill in teardown.
-import { type ChildProcess, execSync, spawn } from 'node:child_process';
+import { type ChildProcess, execSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -16,6 +16,8 @@ export interface GatewayProcess {
   output: () => string;
   /** Resolves with the exit code (or the signal's name) of the started process. */
   exited: Promise<number | string>;
+  /** Runs `npm run keys -- …args` on this gateway's key store; resolves with its exit status and output. */
+  keys(...args: string[]): { status: number | null; stdout: string; stderr: string };
 }
 
 export interface StartOptions {
@@ -24,6 +26,8 @@ export interface StartOptions {
   via?: 'node' | 'npm';
   /** Its own process group (so a test can signal the whole group, as systemd and Ctrl-C do). @default false */
   detached?: boolean;
+  /** Arguments for the key created at start (`--rpm 5`, say). */
+  keyArgs?: string[];
 }
 
 /** Registers an afterEach that kills (SIGKILL, whole group when detached) what `start` started. */
@@ -49,17 +53,25 @@ export function trackGatewayProcesses() {
       SHUTDOWN_GRACE_MS: '20000',
       ...options.env,
     };
-    const keys = spawn(
+    const creating = spawn(
       process.execPath,
-      ['--import', 'tsx', 'examples/gateway/keys-cli.ts', 'create', '--name', 'test'],
+      [
+        '--import',
+        'tsx',
+        'examples/gateway/keys-cli.ts',
+        'create',
+        '--name',
+        'test',
+        ...(options.keyArgs ?? []),
+      ],
       {
         cwd: root,
         env,
       },
     );
     let keyOut = '';
-    keys.stdout.on('data', (chunk) => (keyOut += chunk));
-    await new Promise((done) => keys.once('exit', done));
+    creating.stdout.on('data', (chunk) => (keyOut += chunk));
+    await new Promise((done) => creating.once('exit', done));
     const key = keyOut.trim().split('\n').at(-1)!;
     const [command, args] =
       options.via === 'npm'
@@ -95,7 +107,15 @@ export function trackGatewayProcesses() {
         }
       });
     });
-    return { child, url, key, output: () => out, exited };
+    const keys = (...args: string[]) => {
+      const run = spawnSync(process.execPath, ['--import', 'tsx', 'examples/gateway/keys-cli.ts', ...args], {
+        cwd: root,
+        env,
+        encoding: 'utf8',
+      });
+      return { status: run.status, stdout: run.stdout, stderr: run.stderr };
+    };
+    return { child, url, key, output: () => out, exited, keys };
   }
 
   return { start, onCleanup: (close: () => Promise<unknown>) => void cleanups.push(close) };

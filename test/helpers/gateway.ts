@@ -62,7 +62,7 @@ export function trackGateways() {
 export const post = (
   url: string,
   path: string,
-  init: { key?: string; body?: string; type?: string; headers?: Record<string, string> } = {},
+  init: { key?: string | undefined; body?: string; type?: string; headers?: Record<string, string> } = {},
 ) =>
   fetch(`${url}${path}`, {
     method: 'POST',
