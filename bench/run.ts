@@ -14,6 +14,7 @@ const SCRIPTS = {
   streaming: 'scenarios/streaming.ts',
   saturation: 'scenarios/saturation.ts',
   routing: 'scenarios/routing.ts',
+  budgets: 'scenarios/budgets.ts',
   'token-cache': 'token-cache.ts',
   'rate-limit': 'rate-limit.ts',
   concurrency: 'concurrency.ts',

@@ -13,8 +13,10 @@ const root = resolve(import.meta.dirname, '../..');
 
 export interface RunningGateway {
   url: string;
-  /** An API key the gateway accepts. */
+  /** An API key the gateway accepts (no limits). */
   key: string;
+  /** The keys asked for in `keys`, by name. */
+  keys: Record<string, string>;
   /** The primary's and the workers' process ids. */
   pids(): number[];
   /** Resident memory of each worker, in bytes. */
@@ -65,11 +67,15 @@ export async function startGateway(
   env: Record<string, string> = {},
   /** Node flags for the primary; the workers inherit them (node:cluster forks with the primary's execArgv). */
   nodeArgs: string[] = [],
+  /** More keys to create, with limits. */
+  limitedKeys: { name: string; rpm: number | null; tpm: number | null }[] = [],
 ): Promise<RunningGateway> {
   const dir = mkdtempSync(join(tmpdir(), 'vllm-kit-bench-gw-'));
   const databaseUrl = `sqlite:${join(dir, 'keys.db')}`;
   const store = await openKeyStore(databaseUrl);
   const { key } = await store.create('bench');
+  const keys: Record<string, string> = {};
+  for (const { name, rpm, tpm } of limitedKeys) keys[name] = (await store.create(name, { rpm, tpm })).key;
   await store.close();
   const port = await freePort();
   // What `npm start` runs: the bundle, built once per benchmark run.
@@ -104,6 +110,7 @@ export async function startGateway(
   return {
     url,
     key,
+    keys,
     pids: () => [child.pid!, ...workers()],
     workerRss: () => workers().map(rssBytes),
     stop: async () => {

@@ -67,6 +67,22 @@ export function summarize(report: Report): { figure: string; value: string; targ
     atMost('hit rate, 2 workers vs 1, points apart', Math.abs(g.hitRatePointsTwoWorkersVsOne), 5, 1);
     atMost('share of sessions moved by removing 1 of 4 replicas', g.sessionsMovedByRemoval, 0.3, 2);
   }
+  if (r.budgets) {
+    const b = r.budgets;
+    atLeast(
+      'budgets on / off, req/s, short answers (autocannon)',
+      b.throughput.budgetedVsFree.short,
+      0.95,
+      3,
+    );
+    atLeast('budgets on / off, req/s, streams (autocannon)', b.throughput.budgetedVsFree.stream, 0.95, 3);
+    add(
+      'usage accounting, 200-token stream (µs)',
+      fmt(b.accounting.meterStream200ContinuousStrippedMicros, 1),
+    );
+    add('usage accounting, JSON body (µs)', fmt(b.accounting.meterWholeBodyMicros, 2));
+    add('budget admit + charge, memory (µs)', fmt(b.accounting.budgetAdmitAndChargeMicros, 2));
+  }
   if (r.seed) {
     add('seed "before" sustained (req/min)', fmt(r.seed.sustainedPerMin.before));
     add(
@@ -415,6 +431,42 @@ export function renderReport(
         ],
       }),
       'overload at twice capacity',
+    );
+  }
+
+  if (r.budgets) {
+    const b = r.budgets;
+    parts.push(
+      `## Per-key budgets (gateway with ${b.throughput.workers} workers; a key with rpm and tpm against one without, autocannon, ${b.rounds} interleaved rounds)`,
+    );
+    parts.push(
+      table(
+        ['workload', 'no limits, req/s', 'with limits, req/s', 'ratio (median per round)'],
+        (['short', 'stream'] as const).map((shape) => [
+          shape === 'short' ? 'short answers (16 tokens)' : 'streams (64 tokens)',
+          fmt(b.throughput.rps[`${shape} free`]),
+          fmt(b.throughput.rps[`${shape} budgeted`]),
+          fmt(b.throughput.budgetedVsFree[shape], 3),
+        ]),
+      ),
+    );
+    parts.push(
+      table(
+        ['accounting step', 'µs'],
+        [
+          ['requestUsage (ask a streamed request for usage)', fmt(b.accounting.requestUsageMicros, 2)],
+          ['UsageMeter, JSON body', fmt(b.accounting.meterWholeBodyMicros, 2)],
+          [
+            `UsageMeter, ${b.accounting.streamEvents}-event stream, continuous usage stripped`,
+            fmt(b.accounting.meterStream200ContinuousStrippedMicros, 1),
+          ],
+          [
+            `UsageMeter, ${b.accounting.streamEvents}-event stream, final usage chunk`,
+            fmt(b.accounting.meterStream200FinalUsageMicros, 1),
+          ],
+          ['admit + charge, memory store', fmt(b.accounting.budgetAdmitAndChargeMicros, 2)],
+        ],
+      ),
     );
   }
 

@@ -125,8 +125,15 @@ interface Values {
 async function main(): Promise<number> {
   let parsed: { positionals: string[]; values: Values };
   try {
+    // `--rpm -5` is a negative limit to refuse with our message, not a missing value to parseArgs.
+    const args = process.argv.slice(2);
+    for (let i = 0; i < args.length - 1; i++) {
+      if ((args[i] === '--rpm' || args[i] === '--tpm') && args[i + 1]!.startsWith('-')) {
+        args.splice(i, 2, `${args[i]}=${args[i + 1]}`);
+      }
+    }
     parsed = parseArgs({
-      args: process.argv.slice(2),
+      args,
       options: {
         name: { type: 'string' },
         rpm: { type: 'string' },

@@ -32,27 +32,26 @@ export interface UsageMeterOptions {
   promptTokensEstimate?: number | (() => number);
 }
 
-const USAGE = Buffer.from('"usage":');
-const EVENT_END = Buffer.from('\n\n');
-const CRLF_EVENT_END = Buffer.from('\r\n\r\n');
-const NO_CHOICES = Buffer.from('"choices":[]');
-const CHOICE = Buffer.from('"choices":[{');
-const EMPTY_CONTENT = Buffer.from('"content":""');
-const EMPTY_TEXT = Buffer.from('"text":""');
-const DONE = Buffer.from('data: [DONE]');
+// Searched in the latin1 text of the bytes: one character per byte, so a text offset is a byte offset, and V8's string
+// search runs without a native call per needle (a Buffer search per needle and event cost ~3 µs a token).
+const USAGE = '"usage":';
+const CHOICES = '"choices":[';
+const EMPTY_VALUE = ':""';
+const DONE = 'data: [DONE]';
 const INDEX = /"choices":\[\{"index":(\d+)/;
+const EMPTY = Buffer.alloc(0);
 
-/** The bounds of the JSON value starting at `start` (an object or a literal), or -1 when it is cut. */
-function valueEnd(data: Buffer, start: number): number {
-  if (data[start] !== 0x7b /* { */) {
+/** Where the JSON value starting at `start` ends (an object or a literal), or -1 when it is cut. */
+function valueEnd(text: string, start: number): number {
+  if (text.charCodeAt(start) !== 0x7b /* { */) {
     let i = start;
-    while (i < data.length && data[i] !== 0x2c /* , */ && data[i] !== 0x7d /* } */) i++;
-    return i < data.length ? i : -1;
+    while (i < text.length && text.charCodeAt(i) !== 0x2c /* , */ && text.charCodeAt(i) !== 0x7d /* } */) i++;
+    return i < text.length ? i : -1;
   }
   let depth = 0;
   let inString = false;
-  for (let i = start; i < data.length; i++) {
-    const c = data[i];
+  for (let i = start; i < text.length; i++) {
+    const c = text.charCodeAt(i);
     if (inString) {
       if (c === 0x5c /* \ */) i++;
       else if (c === 0x22) inString = false;
@@ -68,11 +67,11 @@ function count(value: unknown): number | undefined {
   return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 ? value : undefined;
 }
 
-/** Reads `prompt_tokens`/`completion_tokens` from a usage value's bytes; undefined when absent or malformed. */
-function parseUsage(bytes: Buffer): { prompt: number; completion: number } | undefined {
+/** Reads `prompt_tokens`/`completion_tokens` from a usage value's text; undefined when absent or malformed. */
+function parseUsage(text: string): { prompt: number; completion: number } | undefined {
   let value: unknown;
   try {
-    value = JSON.parse(bytes.toString('latin1'));
+    value = JSON.parse(text);
   } catch {
     return undefined;
   }
@@ -85,31 +84,49 @@ function parseUsage(bytes: Buffer): { prompt: number; completion: number } | und
   return { prompt, completion };
 }
 
+/** What to do with one event: forward it, drop it, or cut `[cutFrom, cutTo)` out of it. */
+const KEEP = 0;
+const DROP = 1;
+const CUT = 2;
+
 /**
- * Watches one response's bytes. `write` each chunk in order and forward what it returns; `end` returns any bytes
- * still held; `usage` is known at any point (after `end`, or mid-way for a stream cut short).
+ * Watches one response's bytes. `write` each chunk in order and forward what it returns; `end` returns the bytes
+ * still held; `usage` is known at any point (after `end`, or mid-way for a stream cut short). The last bytes — a
+ * whole JSON body, or a stream's `data: [DONE]` — are held until `end`, so a caller can charge the usage before the
+ * client has the end of the answer.
  *
  * @example
  * const meter = new UsageMeter({ stream: true, strip: 'all' });
  * upstream.on('data', (chunk) => res.write(meter.write(chunk)));
- * upstream.on('end', async () => { res.end(meter.end()); await budgets.charge(key, total(meter.usage())); });
+ * upstream.on('end', async () => {
+ *   const rest = meter.end();
+ *   const { promptTokens, completionTokens } = meter.usage();
+ *   await budgets.charge(key, promptTokens + completionTokens);
+ *   res.end(rest);
+ * });
  */
 export class UsageMeter {
   private readonly stream: boolean;
   private readonly strip: UsageStrip;
   private readonly choices: number;
   private readonly estimate: number | (() => number);
-  /** Stream: the start of an event not yet complete. Body: every chunk so far. */
+  /** Stream: the start of an event not yet complete (or everything from `[DONE]` on). Body: every chunk so far. */
   private held: Buffer[] = [];
   private heldBytes = 0;
+  /** `data: [DONE]` was seen: everything from it on is held for `end`. */
+  private done = false;
   /** The last usage value seen (continuous or final), unparsed: only the last one is ever needed. */
-  private lastUsage: Buffer | undefined = undefined;
+  private lastUsage: string | undefined = undefined;
   /** True once a final usage chunk (`choices: []`) was seen: its figures cover every choice. */
   private finalUsage = false;
   /** Continuous usage per choice index, when `choices` > 1. */
-  private byChoice: Map<number, Buffer> | undefined = undefined;
+  private byChoice: Map<number, string> | undefined = undefined;
   private contentChunks = 0;
+  /** Usage was seen on a chunk with choices (vLLM's continuous usage). */
+  private continuous = false;
   private malformed = false;
+  private cutFrom = 0;
+  private cutTo = 0;
 
   constructor(options: UsageMeterOptions) {
     this.stream = options.stream;
@@ -120,40 +137,38 @@ export class UsageMeter {
 
   /** Takes the next chunk; returns the bytes to forward now (complete events, stripped as asked). */
   write(chunk: Buffer): Buffer {
-    if (!this.stream) {
+    if (!this.stream || this.done) {
       this.held.push(chunk);
       this.heldBytes += chunk.length;
-      return chunk;
+      return EMPTY;
     }
     const data = this.heldBytes === 0 ? chunk : Buffer.concat([...this.held, chunk]);
     this.held = [];
     this.heldBytes = 0;
+    const text = data.toString('latin1');
     let start = 0;
-    // Parts to forward when stripping changed something; undefined while every byte goes on unchanged.
-    let parts: Buffer[] | undefined;
+    // The text to forward when stripping changed something (one Buffer made of it at the end: cheaper than slicing
+    // and concatenating Buffers per event); undefined while every byte goes on unchanged.
+    let out: string | undefined;
     let copiedTo = 0;
     for (;;) {
-      let end = data.indexOf(EVENT_END, start);
+      let end = text.indexOf('\n\n', start);
       let separator = 2;
       if (end === -1) {
-        end = data.indexOf(CRLF_EVENT_END, start);
+        end = text.indexOf('\r\n\r\n', start);
         separator = 4;
         if (end === -1) break;
       }
-      const event = data.subarray(start, end);
-      const cut = this.inspect(event);
-      if (cut !== undefined) {
-        parts ??= [];
-        if (cut.dropEvent) {
-          parts.push(data.subarray(copiedTo, start));
-          copiedTo = end + separator;
-        } else {
-          parts.push(
-            data.subarray(copiedTo, start + cut.from),
-            data.subarray(start + cut.to, end + separator),
-          );
-          copiedTo = end + separator;
-        }
+      // A sliced string: no copy.
+      const event = text.slice(start, end);
+      if (event.startsWith(DONE)) {
+        this.done = true;
+        break;
+      }
+      const action = this.inspect(event);
+      if (action !== KEEP) {
+        out = (out ?? '') + text.slice(copiedTo, action === DROP ? start : start + this.cutFrom);
+        copiedTo = action === DROP ? end + separator : start + this.cutTo;
       }
       start = end + separator;
     }
@@ -162,72 +177,82 @@ export class UsageMeter {
       this.held.push(Buffer.from(data.subarray(start)));
       this.heldBytes = data.length - start;
     }
-    if (parts === undefined) return start === data.length ? data : data.subarray(0, start);
-    parts.push(data.subarray(copiedTo, start));
-    return Buffer.concat(parts);
+    if (out === undefined) return start === data.length ? data : data.subarray(0, start);
+    return Buffer.from(out + text.slice(copiedTo, start), 'latin1');
   }
 
-  /** Reads one event; returns the byte range to cut from it (or the whole event) when stripping applies. */
-  private inspect(event: Buffer): { dropEvent: boolean; from: number; to: number } | undefined {
-    if (event.indexOf(CHOICE) !== -1 && !this.isEmptyDelta(event)) this.contentChunks++;
-    const at = event.indexOf(USAGE);
-    if (at === -1 || event.indexOf(DONE) === 0) return undefined;
+  /** Reads one event (its text, without the blank line); says whether to keep, drop or cut it. */
+  private inspect(event: string): number {
+    // One search tells a chunk with choices (`[{`) from the usage-only chunk (`[]`).
+    let choice = event.indexOf(CHOICES);
+    const usageOnly = choice !== -1 && event.charCodeAt(choice + CHOICES.length) === 0x5d; /* ] */
+    if (usageOnly) choice = -1;
+    // Chunks are counted only while no continuous usage has been seen (it is exact; counting is the fallback).
+    if (choice !== -1 && !this.continuous) {
+      const empty = event.indexOf(EMPTY_VALUE, choice);
+      // The role-only first chunk and an empty last one carry no token: `"content":""` / `"text":""`.
+      if (empty === -1 || !(event.endsWith('"content"', empty) || event.endsWith('"text"', empty))) {
+        this.contentChunks++;
+      }
+    }
+    const at = event.lastIndexOf(USAGE);
+    if (at === -1) return KEEP;
     const valueStart = at + USAGE.length;
     const valueStop = valueEnd(event, valueStart);
     if (valueStop === -1) {
       this.malformed = true;
-      return undefined;
+      return KEEP;
     }
-    const value = event.subarray(valueStart, valueStop);
-    const usageOnly = event.indexOf(NO_CHOICES) !== -1;
-    if (value[0] === 0x7b /* { */) {
-      // Copied: the event's buffer is forwarded (and may be pooled) after this returns.
-      const kept = Buffer.from(value);
+    if (event.charCodeAt(valueStart) === 0x7b /* { */) {
+      const value = event.slice(valueStart, valueStop);
       if (usageOnly) {
-        this.lastUsage = kept;
+        this.lastUsage = value;
         this.finalUsage = true;
       } else {
-        if (!this.finalUsage) this.lastUsage = kept;
+        if (!this.finalUsage) this.lastUsage = value;
+        // Counting stops once continuous usage is known good (checked once: later figures are parsed only at the end).
+        if (!this.continuous && parseUsage(value) !== undefined) this.continuous = true;
         if (this.choices > 1) {
-          const index = INDEX.exec(event.toString('latin1'));
-          if (index !== null) (this.byChoice ??= new Map()).set(Number(index[1]), kept);
+          const index = INDEX.exec(event);
+          if (index !== null) (this.byChoice ??= new Map()).set(Number(index[1]), value);
         }
       }
     }
-    if (this.strip === 'none' || (usageOnly && this.strip === 'chunks')) return undefined;
-    if (usageOnly) return { dropEvent: true, from: 0, to: 0 };
+    if (this.strip === 'none' || (usageOnly && this.strip === 'chunks')) return KEEP;
+    if (usageOnly) return DROP;
     // `,"usage":…` (or `"usage":…,` when it comes first in its object).
-    if (event[at - 1] === 0x2c /* , */) return { dropEvent: false, from: at - 1, to: valueStop };
-    if (event[valueStop] === 0x2c) return { dropEvent: false, from: at, to: valueStop + 1 };
-    return undefined;
+    if (event.charCodeAt(at - 1) === 0x2c /* , */) {
+      this.cutFrom = at - 1;
+      this.cutTo = valueStop;
+      return CUT;
+    }
+    if (event.charCodeAt(valueStop) === 0x2c) {
+      this.cutFrom = at;
+      this.cutTo = valueStop + 1;
+      return CUT;
+    }
+    return KEEP;
   }
 
-  /** A chunk that carries no generated token: the role-only first chunk, or an empty final one. */
-  private isEmptyDelta(event: Buffer): boolean {
-    return event.indexOf(EMPTY_CONTENT) !== -1 || event.indexOf(EMPTY_TEXT) !== -1;
-  }
-
-  /** The stream ended: returns the bytes still held (an unterminated last event), or an empty buffer. */
+  /** The response ended: returns the bytes still held (a body, `[DONE]`, an unterminated last event), to forward. */
   end(): Buffer {
-    if (!this.stream) {
-      const body = this.heldBytes === 0 ? Buffer.alloc(0) : Buffer.concat(this.held);
-      this.held = [];
-      this.heldBytes = 0;
+    const rest =
+      this.heldBytes === 0 ? EMPTY : this.held.length === 1 ? this.held[0]! : Buffer.concat(this.held);
+    this.held = [];
+    this.heldBytes = 0;
+    if (!this.stream && rest.length > 0) {
       // The top-level usage comes after the choices, and a quote inside a string is escaped: the last `"usage":`
       // of the body is its own.
-      const at = body.lastIndexOf(USAGE);
-      if (at !== -1) {
-        const stop = valueEnd(body, at + USAGE.length);
-        if (stop !== -1 && body[at + USAGE.length] === 0x7b) {
-          this.lastUsage = Buffer.from(body.subarray(at + USAGE.length, stop));
+      const text = rest.toString('latin1');
+      const at = text.lastIndexOf(USAGE);
+      if (at !== -1 && text.charCodeAt(at + USAGE.length) === 0x7b) {
+        const stop = valueEnd(text, at + USAGE.length);
+        if (stop !== -1) {
+          this.lastUsage = text.slice(at + USAGE.length, stop);
           this.finalUsage = true;
         }
       }
-      return Buffer.alloc(0);
     }
-    const rest = this.heldBytes === 0 ? Buffer.alloc(0) : Buffer.concat(this.held);
-    this.held = [];
-    this.heldBytes = 0;
     return rest;
   }
 

@@ -16,6 +16,8 @@ export interface GatewayProcess {
   output: () => string;
   /** Resolves with the exit code (or the signal's name) of the started process. */
   exited: Promise<number | string>;
+  /** Its key store (another gateway given it in `env` shares the keys). */
+  databaseUrl: string;
   /** Runs `npm run keys -- …args` on this gateway's key store; resolves with its exit status and output. */
   keys(...args: string[]): { status: number | null; stdout: string; stderr: string };
 }
@@ -28,6 +30,8 @@ export interface StartOptions {
   detached?: boolean;
   /** Arguments for the key created at start (`--rpm 5`, say). */
   keyArgs?: string[];
+  /** The name of the key created at start. @default 'test' */
+  keyName?: string;
 }
 
 /** Registers an afterEach that kills (SIGKILL, whole group when detached) what `start` started. */
@@ -61,7 +65,7 @@ export function trackGatewayProcesses() {
         'examples/gateway/keys-cli.ts',
         'create',
         '--name',
-        'test',
+        options.keyName ?? 'test',
         ...(options.keyArgs ?? []),
       ],
       {
@@ -115,7 +119,7 @@ export function trackGatewayProcesses() {
       });
       return { status: run.status, stdout: run.stdout, stderr: run.stderr };
     };
-    return { child, url, key, output: () => out, exited, keys };
+    return { child, url, key, output: () => out, exited, keys, databaseUrl: env.DATABASE_URL };
   }
 
   return { start, onCleanup: (close: () => Promise<unknown>) => void cleanups.push(close) };

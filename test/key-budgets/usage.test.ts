@@ -132,6 +132,20 @@ describe('UsageMeter', () => {
     });
   });
 
+  it('holds the end of the answer for end(): a stream’s [DONE], a whole body', async () => {
+    const sim = await resources.simulator({ outputTokens: 3 });
+    const stream = await raw(sim.url, withUsage);
+    const meter = new UsageMeter({ stream: true });
+    const now = meter.write(stream);
+    expect(now.toString()).not.toContain('[DONE]');
+    expect(meter.end().toString()).toBe('data: [DONE]\n\n');
+    const body = new UsageMeter({ stream: false });
+    expect(body.write(Buffer.from('{"usage":')).length).toBe(0);
+    expect(body.write(Buffer.from('{"prompt_tokens":2,"completion_tokens":1}}')).length).toBe(0);
+    expect(body.end().toString()).toBe('{"usage":{"prompt_tokens":2,"completion_tokens":1}}');
+    expect(body.usage()).toEqual({ promptTokens: 2, completionTokens: 1, source: 'reported' });
+  });
+
   it('survives malformed usage: never throws, falls back to counting, and says so', () => {
     const events = [
       'data: {"choices":[{"index":0,"delta":{"content":"a"}}],"usage":{"prompt_tokens":"lots","completion_tokens":-1}}',
