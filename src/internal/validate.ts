@@ -121,3 +121,30 @@ export function rejectUnknownKeys(
     }
   }
 }
+
+/** A clock option: a function returning epoch ms, `Date.now` when absent. */
+export function clockOption(value: unknown): () => number {
+  if (value !== undefined && typeof value !== 'function') throw invalid('now', 'a function', value);
+  return (value as (() => number) | undefined) ?? Date.now;
+}
+
+/** The options every piece with a shared store (memory, cluster primary, Redis) takes, validated alike. */
+export function sharedStoreOptions(options: Record<string, unknown>): {
+  name: string;
+  onStoreError: 'insurance' | 'open' | 'closed';
+  storeTimeoutMs: number;
+} {
+  const name = stringOption('name', options.name, 'default');
+  if (!/^[A-Za-z0-9_.-]+$/.test(name))
+    throw invalid('name', 'letters, digits, "_", "." or "-"', options.name);
+  return {
+    name,
+    onStoreError: oneOfOption(
+      'onStoreError',
+      options.onStoreError,
+      ['insurance', 'open', 'closed'],
+      'insurance',
+    ),
+    storeTimeoutMs: numberOption('storeTimeoutMs', options.storeTimeoutMs, 500, { min: 1, max: 60_000 }),
+  };
+}

@@ -3,12 +3,12 @@
 // charged from the response's own usage, before its last byte goes out.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
+  clockOption,
   invalid,
   numberOption,
   objectOption,
-  oneOfOption,
   rejectUnknownKeys,
-  stringOption,
+  sharedStoreOptions,
 } from '../internal/validate.js';
 import type { FastifyReplyLike } from '../rate-limit/index.js';
 import {
@@ -166,28 +166,15 @@ class Budgets implements KeyBudgets {
   constructor(input: KeyBudgetsOptions) {
     const options = objectOption('options', input) ?? {};
     rejectUnknownKeys('', options, KEYS);
-    const name = stringOption('name', options.name, 'default');
-    if (!/^[A-Za-z0-9_.-]+$/.test(name))
-      throw invalid('name', 'letters, digits, "_", "." or "-"', options.name);
+    const { name, onStoreError, storeTimeoutMs } = sharedStoreOptions(options);
+    this.onStoreError = onStoreError;
     const windowSec = numberOption('windowSec', options.windowSec, 60, {
       min: 1,
       max: 86_400,
       integer: true,
     });
     this.windowMs = windowSec * 1000;
-    this.onStoreError = oneOfOption(
-      'onStoreError',
-      options.onStoreError,
-      ['insurance', 'open', 'closed'],
-      'insurance',
-    );
-    const storeTimeoutMs = numberOption('storeTimeoutMs', options.storeTimeoutMs, 500, {
-      min: 1,
-      max: 60_000,
-    });
-    if (options.now !== undefined && typeof options.now !== 'function')
-      throw invalid('now', 'a function', options.now);
-    this.now = (options.now as (() => number) | undefined) ?? Date.now;
+    this.now = clockOption(options.now);
     const store = options.store ?? 'memory';
     if (store === 'memory') this.store = new MemoryBudgetStore(this.windowMs, this.now);
     else if (store === 'cluster') this.store = new ClusterBudgetStore(name, this.windowMs, storeTimeoutMs);

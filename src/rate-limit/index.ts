@@ -5,12 +5,13 @@ import { type BlockList, isIP } from 'node:net';
 import { InvalidOptionError } from '../errors/index.js';
 import {
   booleanOption,
+  clockOption,
   invalid,
   numberOption,
   objectOption,
   oneOfOption,
   rejectUnknownKeys,
-  stringOption,
+  sharedStoreOptions,
 } from '../internal/validate.js';
 import {
   clientIp,
@@ -185,22 +186,11 @@ class Limiter implements IpRateLimiter {
       max: 31_536_000,
       integer: true,
     });
-    this.name = stringOption('name', options.name, 'default');
-    if (!/^[A-Za-z0-9_.-]+$/.test(this.name))
-      throw invalid('name', 'letters, digits, "_", "." or "-"', options.name);
-    this.onStoreError = oneOfOption(
-      'onStoreError',
-      options.onStoreError,
-      ['insurance', 'open', 'closed'],
-      'insurance',
-    );
-    const storeTimeoutMs = numberOption('storeTimeoutMs', options.storeTimeoutMs, 500, {
-      min: 1,
-      max: 60_000,
-    });
-    if (options.now !== undefined && typeof options.now !== 'function')
-      throw invalid('now', 'a function', options.now);
-    this.now = (options.now as (() => number) | undefined) ?? Date.now;
+    const shared = sharedStoreOptions(options);
+    this.name = shared.name;
+    this.onStoreError = shared.onStoreError;
+    const storeTimeoutMs = shared.storeTimeoutMs;
+    this.now = clockOption(options.now);
 
     const trustProxy = options.trustProxy;
     if (trustProxy === true) {
