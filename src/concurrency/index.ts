@@ -4,7 +4,8 @@
 import pLimit, { type LimitFunction } from 'p-limit';
 import { InvalidOptionError, isVllmKitError, RequestAbortedError, VllmKitError } from '../errors/index.js';
 import { type AbortSignalLike, toAbortSignal } from '../internal/abort.js';
-import { invalid, numberOption, objectOption, rejectUnknownKeys } from '../internal/validate.js';
+import { invalid, numberOption, objectOption, oneOfOption, rejectUnknownKeys } from '../internal/validate.js';
+import { FairQueue } from './fair-queue.js';
 
 export interface AdaptiveOptions {
   /** Lowest limit. @default 1 */
@@ -37,6 +38,18 @@ export interface ConcurrencyLimiterOptions {
   /** Tasks of one key (e.g. one API key) running at once, inside the global limit. @default Infinity */
   perKeyConcurrency?: number;
   /**
+   * Who starts next when a slot frees: `'fifo'`, the longest waiting; `'fair'`, round robin across the tasks' `key`s
+   * (deficit round robin by `weight`), higher `priority` bands first — one key flooding the queue no longer delays
+   * everyone else's work behind its own. @default 'fifo'
+   */
+  queuePolicy?: 'fifo' | 'fair';
+  /**
+   * Fair policy: tasks of one key waiting at most; beyond it that key's `run` rejects with QueueFullError while other
+   * keys still queue. And when the whole queue is full, a key with fewer waiting takes the place of the newest task
+   * of the key with the most. @default Infinity
+   */
+  maxQueuePerKey?: number;
+  /**
    * Find the limit from latency and overload signals between `min` and `max`, with Envoy's adaptive-concurrency
    * gradient controller: limit ← limit × clamp(minRTT × (1 + buffer) / p90 latency, 0.5, 2) + √limit.
    */
@@ -56,8 +69,12 @@ export interface TaskContext {
 export interface RunOptions {
   /** Cancels the task while it waits (it then never runs) and reaches `fn` as `context.signal`. */
   signal?: AbortSignalLike;
-  /** Counts against `perKeyConcurrency`. */
+  /** Whose task this is: counts against `perKeyConcurrency`, and is the flow the fair policy serves in turn. */
   key?: string;
+  /** Fair policy: the key's share relative to others (2 = twice the turns of a key at 1). @default 1 */
+  weight?: number;
+  /** Fair policy: the band; tasks of a higher priority always start first, fair within their band. @default 0 */
+  priority?: number;
 }
 
 export interface ConcurrencyLimiterStats {
@@ -74,6 +91,10 @@ export interface ConcurrencyLimiterStats {
   /** Sum and count of time spent queued by tasks that started, ms. */
   queueWaitTotalMs: number;
   queueWaitCount: number;
+  /** Fair policy: waiting tasks by key (keys with none are left out). */
+  pendingByKey: Record<string, number>;
+  /** Fair policy: waiting tasks by priority band. */
+  pendingByPriority: Record<string, number>;
 }
 
 export interface ConcurrencyLimiter {
@@ -150,6 +171,10 @@ interface Waiter {
   reject: (error: unknown) => void;
   timer: NodeJS.Timeout | undefined;
   cleanup: (() => void) | undefined;
+  /** Fair policy: its flow and band, and how it starts when its turn comes. */
+  key: string;
+  priority: number;
+  start: (() => void) | undefined;
 }
 
 /**
@@ -171,6 +196,11 @@ class Limiter implements ConcurrencyLimiter {
   private readonly keyLimits = new Map<string, LimitFunction>();
   private readonly adaptive: Required<Omit<AdaptiveOptions, 'initial'>> | undefined;
   private readonly now: () => number;
+  /** Fair policy: the waiting room, the limit, each key's running tasks and its queue cap. */
+  private readonly fair: FairQueue<Waiter> | undefined;
+  private fairConcurrency = 0;
+  private readonly runningByKey = new Map<string, number>();
+  private readonly maxQueuePerKey: number;
   private waiting = 0;
   /** Tasks inside `fn` now (p-limit's own count lags a microtask behind completions). */
   private running = 0;
@@ -202,6 +232,8 @@ class Limiter implements ConcurrencyLimiter {
       'maxQueue',
       'queueTimeoutMs',
       'perKeyConcurrency',
+      'queuePolicy',
+      'maxQueuePerKey',
       'adaptive',
       'now',
     ]);
@@ -291,6 +323,21 @@ class Limiter implements ConcurrencyLimiter {
       };
     }
     this.limit = pLimit(initial);
+    const policy = oneOfOption('queuePolicy', options.queuePolicy, ['fifo', 'fair'], 'fifo');
+    this.maxQueuePerKey = numberOption('maxQueuePerKey', options.maxQueuePerKey, Number.POSITIVE_INFINITY, {
+      min: 1,
+      integer: true,
+      allowInfinity: true,
+    });
+    if (policy === 'fair') {
+      this.fair = new FairQueue<Waiter>();
+      this.fairConcurrency = initial;
+    }
+  }
+
+  /** The limit in force. */
+  private get concurrency(): number {
+    return this.fair === undefined ? this.limit.concurrency : this.fairConcurrency;
   }
 
   get activeCount(): number {
@@ -304,7 +351,10 @@ class Limiter implements ConcurrencyLimiter {
   setConcurrency(concurrency: number): void {
     let next = numberOption('concurrency', concurrency, 1, { min: 1, max: 1_000_000, integer: true });
     if (this.adaptive) next = Math.min(this.adaptive.max, Math.max(this.adaptive.min, next));
-    if (next !== this.limit.concurrency) this.limit.concurrency = next;
+    if (this.fair !== undefined) {
+      this.fairConcurrency = next;
+      this.pump();
+    } else if (next !== this.limit.concurrency) this.limit.concurrency = next;
   }
 
   stats(): ConcurrencyLimiterStats {
@@ -312,13 +362,15 @@ class Limiter implements ConcurrencyLimiter {
       ...this.counts,
       active: this.running,
       pending: this.waiting,
-      concurrency: this.limit.concurrency,
+      concurrency: this.concurrency,
+      pendingByKey: this.fair?.countsByKey() ?? {},
+      pendingByPriority: this.fair?.countsByPriority() ?? {},
     };
   }
 
   private retryAfterSec(): number {
     // The time for the queue ahead to drain through the slots, at the observed task duration.
-    const drainMs = ((this.waiting + 1) / this.limit.concurrency) * (this.avgDurationMs || 1000);
+    const drainMs = ((this.waiting + 1) / this.concurrency) * (this.avgDurationMs || 1000);
     return Math.max(1, Math.ceil(drainMs / 1000));
   }
 
@@ -327,6 +379,7 @@ class Limiter implements ConcurrencyLimiter {
       return Promise.reject(new VllmKitError('The concurrency limiter is closed', 'ERR_VK_CLOSED'));
     const signal = options?.signal;
     if (signal?.aborted) return Promise.reject(new RequestAbortedError({ cause: signal.reason }));
+    if (this.fair !== undefined) return this.runFair(fn, signal, options);
     const key = options?.key;
     const keyLimit =
       key === undefined || this.perKeyConcurrency === Number.POSITIVE_INFINITY
@@ -359,7 +412,76 @@ class Limiter implements ConcurrencyLimiter {
     });
   }
 
-  private enqueue(reject: (error: unknown) => void, signal: AbortSignalLike | undefined): Waiter {
+  /** The fair policy's `run`: starts at once when a slot is free and nobody waits, else waits for its turn. */
+  private runFair<T>(
+    fn: (context: TaskContext) => Promise<T> | T,
+    signal: AbortSignalLike | undefined,
+    options: RunOptions | undefined,
+  ): Promise<T> {
+    const fair = this.fair!;
+    const key = options?.key ?? '';
+    let weight = 1;
+    let priority = 0;
+    try {
+      if (options?.weight !== undefined)
+        weight = numberOption('weight', options.weight, 1, { min: 0.001, max: 1e6 });
+      if (options?.priority !== undefined)
+        priority = numberOption('priority', options.priority, 0, { min: -1e6, max: 1e6, integer: true });
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return new Promise<T>((resolve, reject) => {
+      const start = () => {
+        this.runningByKey.set(key, (this.runningByKey.get(key) ?? 0) + 1);
+        void this.execute(fn, signal, resolve, reject).finally(() => {
+          const left = this.runningByKey.get(key)! - 1;
+          if (left === 0) this.runningByKey.delete(key);
+          else this.runningByKey.set(key, left);
+          this.pump();
+        });
+      };
+      if (fair.length === 0 && this.running < this.fairConcurrency && this.keyMayStart(key)) return start();
+      if (fair.countOf(key) >= this.maxQueuePerKey) {
+        this.counts.rejectedQueueFull++;
+        return reject(new QueueFullError(this.retryAfterSec()));
+      }
+      if (this.waiting >= this.maxQueue) {
+        // Full: a lighter key takes the place of the newest task of the key with the most waiting.
+        const victim = fair.newestOfLargest();
+        if (victim === undefined || fair.countOf(victim.key) <= fair.countOf(key) + 1) {
+          this.counts.rejectedQueueFull++;
+          return reject(new QueueFullError(this.retryAfterSec()));
+        }
+        this.counts.rejectedQueueFull++;
+        this.cancel(victim, new QueueFullError(this.retryAfterSec()));
+      }
+      const waiter = this.enqueue(reject, signal, key, priority);
+      waiter.start = start;
+      fair.push(waiter, weight);
+    });
+  }
+
+  private keyMayStart(key: string): boolean {
+    return (this.runningByKey.get(key) ?? 0) < this.perKeyConcurrency;
+  }
+
+  /** Fair policy: starts waiting tasks, in their turn, while slots are free. */
+  private pump(): void {
+    const fair = this.fair!;
+    while (this.running < this.fairConcurrency && fair.length > 0) {
+      const waiter = fair.shift((key) => this.keyMayStart(key));
+      if (waiter === undefined) return;
+      this.dequeue(waiter);
+      waiter.start!();
+    }
+  }
+
+  private enqueue(
+    reject: (error: unknown) => void,
+    signal: AbortSignalLike | undefined,
+    key = '',
+    priority = 0,
+  ): Waiter {
     this.waiting++;
     const waiter: Waiter = {
       cancelled: false,
@@ -367,6 +489,9 @@ class Limiter implements ConcurrencyLimiter {
       reject,
       timer: undefined,
       cleanup: undefined,
+      key,
+      priority,
+      start: undefined,
     };
     this.waiters.add(waiter);
     if (this.queueTimeoutMs > 0) {
@@ -391,6 +516,7 @@ class Limiter implements ConcurrencyLimiter {
   private cancel(waiter: Waiter, error: unknown): void {
     if (waiter.cancelled) return;
     waiter.cancelled = true;
+    this.fair?.remove(waiter);
     this.release(waiter);
     waiter.reject(error);
   }
@@ -448,7 +574,7 @@ class Limiter implements ConcurrencyLimiter {
     if (adaptive === undefined) return;
     if (error !== undefined) {
       if (adaptive.isOverload(error)) {
-        this.setConcurrency(Math.floor(this.limit.concurrency * adaptive.backoffRatio));
+        this.setConcurrency(Math.floor(this.concurrency * adaptive.backoffRatio));
         this.samples = [];
       }
       return;
@@ -475,14 +601,14 @@ class Limiter implements ConcurrencyLimiter {
     const p90 = percentileOf(this.samples, 0.9);
     this.samples = [];
     const gradient = Math.min(2, Math.max(0.5, (this.minRtt * (1 + adaptive.buffer)) / Math.max(p90, 1e-6)));
-    const limit = this.limit.concurrency;
+    const limit = this.concurrency;
     this.setConcurrency(Math.ceil(limit * gradient + Math.sqrt(limit)));
   }
 
   private startMinRtt(): void {
     this.measuringMinRtt = true;
     this.samples = [];
-    this.limitBeforeMinRtt = this.limit.concurrency;
+    this.limitBeforeMinRtt = this.concurrency;
     this.setConcurrency(this.adaptive!.min);
   }
 
