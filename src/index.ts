@@ -104,3 +104,14 @@ export {
   type TokenCacheOptions,
   type TokenCacheStats,
 } from './token-cache/index.js';
+export {
+  type AcquireOptions,
+  createPermitPool,
+  isPermitTimeoutError,
+  type Permit,
+  type PermitPool,
+  type PermitPoolOptions,
+  type PermitPoolStats,
+  PermitTimeoutError,
+  serveClusterPermits,
+} from './upstream-permits/index.js';

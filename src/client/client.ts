@@ -12,6 +12,7 @@ import {
   type VllmKitError,
 } from '../errors/index.js';
 import type { AbortSignalLike } from '../internal/abort.js';
+import type { Permit } from '../upstream-permits/index.js';
 import { errorFromStatus, errorFromStreamEvent, errorFromTransport } from './map-error.js';
 import { type ResolvedClientOptions, resolveClientOptions, type VllmClientOptions } from './options.js';
 import { backoffDelay, isRetryableStatus, parseRetryAfter, RetryBudget } from './retry.js';
@@ -206,6 +207,14 @@ class CallSignal extends EventEmitter {
     this.reason = reason;
     this.emit('abort');
   };
+
+  // AbortSignalLike, for the permit pool's wait.
+  addEventListener(_type: 'abort', listener: () => void): void {
+    this.once('abort', listener);
+  }
+  removeEventListener(_type: 'abort', listener: () => void): void {
+    this.off('abort', listener);
+  }
 
   /** Clears the total timer and the caller's signal listener once the call is over. */
   readonly done = (): void => {
@@ -574,7 +583,27 @@ class Client implements VllmClient {
       throw this.fail(new RequestAbortedError({ requestId, cause: userSignal.reason }));
     const signal = new CallSignal(requestId, userSignal, options?.timeoutMs ?? this.options.totalTimeoutMs);
     const abort = signal.abort;
-    const done = signal.done;
+    let done = signal.done;
+    // A permit for the replica first, when the client shares a limit per replica: the replica is chosen now, and
+    // the permit goes back when the call is over, whichever way.
+    let target = replica;
+    // Only work takes a permit (POST: generations, embeddings); probes (GET /health, /v1/models) never wait for one.
+    const permits = spec.method === 'POST' ? this.options.permits : undefined;
+    if (permits !== undefined) {
+      target ??= this.router === undefined ? this.origin : this.router.choose({ routeKey }).origin;
+      let permit: Permit;
+      try {
+        const timeoutMs = this.options.permitTimeoutMs;
+        permit = await permits.acquire(target, timeoutMs > 0 ? { signal, timeoutMs } : { signal });
+      } catch (error) {
+        signal.done();
+        throw signal.aborted ? this.fail(this.mapError(signal.reason, signal, options)) : error;
+      }
+      done = () => {
+        signal.done();
+        permit.release();
+      };
+    }
     const headers = this.buildHeaders(spec, options);
     const startedAt = performance.now();
     const replayable = spec.retry !== false && isReplayableBody(spec.body);
@@ -583,9 +612,9 @@ class Client implements VllmClient {
       let response: Dispatcher.ResponseData;
       try {
         const request: Dispatcher.RequestOptions & RoutedOptions = {
-          origin: replica ?? this.origin,
+          origin: target ?? this.origin,
           // The router sends a request that names its replica there (an injected dispatcher goes by origin).
-          replica,
+          replica: target,
           routeKey,
           path: spec.path,
           method: spec.method,

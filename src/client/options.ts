@@ -9,7 +9,16 @@ import {
   optionalStringOption,
   rejectUnknownKeys,
 } from '../internal/validate.js';
+import type { PermitPool } from '../upstream-permits/index.js';
 import type { RoutingPolicy } from './routing.js';
+
+function permitsOption(value: unknown): PermitPool | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'object' || value === null || typeof (value as PermitPool).acquire !== 'function') {
+    throw invalid('permits', 'a permit pool (createPermitPool)', value);
+  }
+  return value as PermitPool;
+}
 
 export interface VllmClientOptions {
   /** Base URL of the server, without `/v1`, e.g. `http://127.0.0.1:8000`. Give this or `baseUrls`. */
@@ -43,6 +52,15 @@ export interface VllmClientOptions {
    * (older: `vllm:gpu_cache_usage_perc`): a replica's queue then counts in its load. `0` = off. @default 0
    */
   loadSignalsIntervalMs?: number;
+  /**
+   * A permit per in-flight request to each replica (`createPermitPool`): taken for the chosen replica before a POST
+   * (a generation, an embedding) is sent, returned when its body ends, fails or is aborted; GETs (health, models)
+   * take none. A call keeps its replica for its retries. Shared by workers and hosts, it makes
+   * "at most N in flight to this vLLM" hold however many gateways call it.
+   */
+  permits?: PermitPool;
+  /** Longest wait for a permit, ms (then PermitTimeoutError); the call's own signal and total timeout apply too. @default 0 (no limit of its own) */
+  permitTimeoutMs?: number;
   /** Sent as `Authorization: Bearer <apiKey>` by the typed methods and `request()` (not added to `fetch`). */
   apiKey?: string;
   /** Extra headers on every request. */
@@ -120,6 +138,8 @@ export interface ResolvedClientOptions {
   routingLoadSlack: number;
   routingPrefixChars: number;
   loadSignalsIntervalMs: number;
+  permits: PermitPool | undefined;
+  permitTimeoutMs: number;
   now: () => number;
 }
 
@@ -150,6 +170,8 @@ const KEYS = [
   'routingLoadSlack',
   'routingPrefixChars',
   'loadSignalsIntervalMs',
+  'permits',
+  'permitTimeoutMs',
   'now',
 ] as const;
 
@@ -300,6 +322,8 @@ export function resolveClientOptions(input: VllmClientOptions): ResolvedClientOp
       integer: true,
     }),
     loadSignalsIntervalMs: numberOption('loadSignalsIntervalMs', options.loadSignalsIntervalMs, 0, ms(0)),
+    permits: permitsOption(options.permits),
+    permitTimeoutMs: numberOption('permitTimeoutMs', options.permitTimeoutMs, 0, ms(0)),
     now: (options.now as (() => number) | undefined) ?? Date.now,
   };
 }

@@ -463,7 +463,8 @@ export class Router extends Dispatcher {
     return chosen;
   }
 
-  private choose(opts: RoutedOptions): Upstream {
+  /** The replica a request goes to (the client asks first when it must take a permit for it). */
+  choose(opts: RoutedOptions): Upstream {
     const { replica, routeKey } = opts;
     if (replica !== undefined) return this.upstreams.find((u) => u.origin === replica) ?? this.pick();
     const routing = this.options.routing;

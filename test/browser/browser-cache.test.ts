@@ -169,6 +169,8 @@ describe('createBrowserTokenCache in Chromium', () => {
       await tabA.evaluate(() => (window as any).makeCache());
       await tabB.evaluate(() => (window as any).makeCache());
       await check(tabA, TOKEN);
+      // Chromium carries a localStorage write to another tab's renderer asynchronously: wait until B sees it.
+      await tabB.waitForFunction(() => localStorage.getItem('vllm-kit:auth') !== null);
       // Tab B reads tab A's answer from shared storage: no request.
       await check(tabB, TOKEN);
       expect(verifyCalls).toBe(1);

@@ -1,7 +1,9 @@
 // A TypeScript helper process for tests, talked to over IPC: `ask` sends a message and waits for the next reply.
-import { fork } from 'node:child_process';
+import { type ChildProcess, fork } from 'node:child_process';
 
 export interface TestChild<Reply> {
+  /** The process itself (to signal it). */
+  child: ChildProcess;
   /** Sends `message` (or nothing, to read a reply the child sends by itself) and resolves with the next reply. */
   ask(message?: object): Promise<Reply>;
   /** Asks the child to close (`{ close: true }`) and waits for it to exit. */
@@ -14,6 +16,7 @@ export function forkTs<Reply>(script: string, args: string[]): TestChild<Reply> 
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   return {
+    child,
     ask: (message) =>
       new Promise((answer) => {
         child.once('message', answer as (reply: unknown) => void);

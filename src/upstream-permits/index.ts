@@ -1,0 +1,374 @@
+// createPermitPool: one limit on in-flight upstream requests per resource (a vLLM replica), shared by every worker of
+// a host (the cluster primary) and every host (Redis). Permits are leases: renewed while held, returned on release,
+// and — should a process die holding them — expired by Redis within the lease time (the primary returns a dead
+// worker's at once). A store outage falls back to a local share of the limit instead of failing requests.
+import { isVllmKitError, RequestAbortedError, VllmKitError } from '../errors/index.js';
+import type { AbortSignalLike } from '../internal/abort.js';
+import {
+  invalid,
+  numberOption,
+  objectOption,
+  rejectUnknownKeys,
+  sharedStoreOptions,
+} from '../internal/validate.js';
+import {
+  ClusterPermitStore,
+  MemoryPermitStore,
+  type PermitStore,
+  type RedisPermitClient,
+  RedisPermitStore,
+} from './stores.js';
+
+export { serveClusterPermits } from './stores.js';
+
+export interface PermitPoolOptions {
+  /** Permits per resource (in-flight requests per replica), across every process sharing the store. */
+  permits: number;
+  /**
+   * `'memory'` (this process), `'cluster'` (every worker of the host, through the primary, which must call
+   * `serveClusterPermits()`), or an ioredis client (every host). @default 'memory'
+   */
+  store?: 'memory' | 'cluster' | object;
+  /** Names the pool in Redis and the primary. @default 'default' */
+  name?: string;
+  /** Redis: how long a lease lives unless renewed (renewed every third of it while held). @default 5000 */
+  leaseMs?: number;
+  /** Cluster and Redis: how often a process with waiting requests asks again for a permit, ms. @default 5 */
+  pollMs?: number;
+  /**
+   * The store failing (Redis down, the primary not answering): `'insurance'` lets each process hold its share of the
+   * limit meanwhile (permits ÷ the processes last seen sharing the pool, at least 1); `'open'` grants every request;
+   * `'closed'` grants none (requests wait for the store or their timeout). Never a 500. @default 'insurance'
+   */
+  onStoreError?: 'insurance' | 'open' | 'closed';
+  /** Longest wait for the cluster primary, ms. @default 500 */
+  storeTimeoutMs?: number;
+}
+
+export interface AcquireOptions {
+  /** Gives up waiting (RequestAbortedError). */
+  signal?: AbortSignalLike;
+  /** Longest wait, ms (PermitTimeoutError). @default no limit */
+  timeoutMs?: number;
+}
+
+/** A held permit: call `release()` once the upstream request is over (calling it again does nothing). */
+export interface Permit {
+  readonly resource: string;
+  release(): void;
+}
+
+export interface PermitPoolStats {
+  permits: number;
+  /** Held by this process, all resources. */
+  held: number;
+  /** Waiting in this process, all resources. */
+  waiting: number;
+  byResource: Record<string, { held: number; waiting: number }>;
+  /** The store is failing: the `onStoreError` policy is in force. */
+  degraded: boolean;
+  /** Processes last seen sharing the pool (Redis; 1 otherwise). */
+  members: number;
+  /** Permits per resource this process may hold while degraded. */
+  share: number;
+  acquired: number;
+  /** Granted by the fallback policy while the store was failing. */
+  fallbackAcquired: number;
+  timedOut: number;
+  aborted: number;
+}
+
+export interface PermitPool {
+  acquire(resource: string, options?: AcquireOptions): Promise<Permit>;
+  stats(): PermitPoolStats;
+  /** Rejects every waiting acquire; permits held stay valid until released. */
+  close(): Promise<void>;
+}
+
+/** No permit came within `timeoutMs`: answer 503 with `Retry-After`. */
+export class PermitTimeoutError extends VllmKitError {
+  readonly retryAfterSec: number;
+  constructor(waitedMs: number, resource: string) {
+    super(`Waited ${Math.round(waitedMs)} ms for a permit to ${resource}`, 'ERR_VK_PERMIT_TIMEOUT');
+    this.retryAfterSec = Math.max(1, Math.ceil(waitedMs / 1000));
+  }
+}
+
+/** True for {@link PermitTimeoutError}. */
+export function isPermitTimeoutError(value: unknown): value is PermitTimeoutError {
+  return isVllmKitError(value) && value.code === 'ERR_VK_PERMIT_TIMEOUT';
+}
+
+const KEYS = ['permits', 'store', 'name', 'leaseMs', 'pollMs', 'onStoreError', 'storeTimeoutMs'] as const;
+
+/**
+ * Creates a pool of permits for in-flight upstream requests, one limit per resource.
+ *
+ * @example
+ * const pool = createPermitPool({ permits: 64, store: redis });
+ * const permit = await pool.acquire('http://vllm-1:8000', { signal, timeoutMs: 30_000 });
+ * try { await callUpstream(); } finally { permit.release(); }
+ */
+export function createPermitPool(options: PermitPoolOptions): PermitPool {
+  return new Pool(options);
+}
+
+interface Waiter {
+  resolve: (permit: Permit) => void;
+  reject: (error: unknown) => void;
+  enqueuedAt: number;
+  timer: NodeJS.Timeout | undefined;
+  cleanup: (() => void) | undefined;
+}
+
+interface Resource {
+  waiters: Waiter[];
+  /** Leases held by this process (`local:` ones were granted by the fallback policy). */
+  leases: Set<string>;
+  /** An acquire is on its way to the store (one at a time per resource). */
+  asking: boolean;
+  poll: NodeJS.Timeout | undefined;
+}
+
+let localSeq = 0;
+
+class Pool implements PermitPool {
+  private readonly permits: number;
+  private readonly store: PermitStore;
+  private readonly shared: boolean;
+  private readonly pollMs: number;
+  private readonly onStoreError: 'insurance' | 'open' | 'closed';
+  private readonly resources = new Map<string, Resource>();
+  private readonly renewTimer: NodeJS.Timeout | undefined;
+  private degraded = false;
+  private members = 1;
+  private closed = false;
+  private readonly counts = { acquired: 0, fallbackAcquired: 0, timedOut: 0, aborted: 0 };
+
+  constructor(input: PermitPoolOptions) {
+    const options = objectOption('options', input);
+    if (options === undefined) throw invalid('options', 'an object with `permits`', input);
+    rejectUnknownKeys('', options, KEYS);
+    if (options.permits === undefined) throw invalid('permits', 'an integer >= 1', options.permits);
+    this.permits = numberOption('permits', options.permits, 1, { min: 1, max: 1_000_000, integer: true });
+    const { name, onStoreError, storeTimeoutMs } = sharedStoreOptions(options);
+    this.onStoreError = onStoreError;
+    const leaseMs = numberOption('leaseMs', options.leaseMs, 5000, {
+      min: 100,
+      max: 3_600_000,
+      integer: true,
+    });
+    this.pollMs = numberOption('pollMs', options.pollMs, 5, { min: 1, max: 10_000 });
+    const store = options.store ?? 'memory';
+    if (store === 'memory') this.store = new MemoryPermitStore();
+    else if (store === 'cluster') this.store = new ClusterPermitStore(name, storeTimeoutMs);
+    else if (
+      typeof store === 'object' &&
+      store !== null &&
+      typeof (store as { zrem?: unknown }).zrem === 'function'
+    ) {
+      this.store = new RedisPermitStore(store as RedisPermitClient, name, leaseMs);
+    } else {
+      throw invalid('store', '"memory", "cluster" or an ioredis client', store);
+    }
+    this.shared = store !== 'memory';
+    if (this.store.renew !== undefined) {
+      this.renewTimer = setInterval(() => void this.renew(), Math.max(50, Math.floor(leaseMs / 3)));
+      this.renewTimer.unref();
+      void this.renew();
+    }
+  }
+
+  private resource(name: string): Resource {
+    let resource = this.resources.get(name);
+    if (resource === undefined) {
+      resource = { waiters: [], leases: new Set(), asking: false, poll: undefined };
+      this.resources.set(name, resource);
+    }
+    return resource;
+  }
+
+  /** Permits per resource this process may hold while the store fails. */
+  private get share(): number {
+    return Math.max(1, Math.floor(this.permits / Math.max(1, this.members)));
+  }
+
+  acquire(name: string, options?: AcquireOptions): Promise<Permit> {
+    if (this.closed) return Promise.reject(new VllmKitError('The permit pool is closed', 'ERR_VK_CLOSED'));
+    const signal = options?.signal;
+    if (signal?.aborted) return Promise.reject(new RequestAbortedError({ cause: signal.reason }));
+    const resource = this.resource(name);
+    return new Promise<Permit>((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve,
+        reject,
+        enqueuedAt: performance.now(),
+        timer: undefined,
+        cleanup: undefined,
+      };
+      const timeoutMs = options?.timeoutMs;
+      if (timeoutMs !== undefined && timeoutMs > 0) {
+        waiter.timer = setTimeout(() => {
+          this.counts.timedOut++;
+          this.drop(resource, waiter, new PermitTimeoutError(performance.now() - waiter.enqueuedAt, name));
+        }, timeoutMs);
+        waiter.timer.unref();
+      }
+      if (signal !== undefined) {
+        const onAbort = () => {
+          this.counts.aborted++;
+          this.drop(resource, waiter, new RequestAbortedError({ cause: signal.reason }));
+        };
+        signal.addEventListener('abort', onAbort, { once: true });
+        waiter.cleanup = () => signal.removeEventListener('abort', onAbort);
+      }
+      resource.waiters.push(waiter);
+      this.pump(name, resource);
+    });
+  }
+
+  /** A waiter gives up: out of the line, answered. */
+  private drop(resource: Resource, waiter: Waiter, error: unknown): void {
+    const at = resource.waiters.indexOf(waiter);
+    if (at === -1) return;
+    resource.waiters.splice(at, 1);
+    this.settle(waiter);
+    waiter.reject(error);
+  }
+
+  private settle(waiter: Waiter): void {
+    if (waiter.timer !== undefined) clearTimeout(waiter.timer);
+    waiter.cleanup?.();
+  }
+
+  /** Asks the store for permits for the resource's waiters, first come first served, while it grants them. */
+  private pump(name: string, resource: Resource): void {
+    if (resource.asking || resource.waiters.length === 0 || this.closed) return;
+    if (resource.poll !== undefined) {
+      clearTimeout(resource.poll);
+      resource.poll = undefined;
+    }
+    resource.asking = true;
+    let pending: Promise<string | undefined> | string | undefined;
+    try {
+      pending = this.store.tryAcquire(name, this.permits);
+    } catch (error) {
+      pending = Promise.reject(error);
+    }
+    const answered = (lease: string | undefined) => {
+      resource.asking = false;
+      this.degraded = false;
+      if (lease === undefined) return this.wait(name, resource);
+      this.grant(name, resource, lease);
+    };
+    const failed = () => {
+      resource.asking = false;
+      this.degraded = true;
+      const fallback =
+        this.onStoreError === 'open' ||
+        (this.onStoreError === 'insurance' && this.localCount(resource) < this.share);
+      if (!fallback) return this.wait(name, resource);
+      this.counts.fallbackAcquired++;
+      this.grant(name, resource, `local:${localSeq++}`);
+    };
+    if (pending instanceof Promise) pending.then(answered, failed);
+    else answered(pending);
+  }
+
+  private localCount(resource: Resource): number {
+    let n = 0;
+    for (const lease of resource.leases) if (lease.startsWith('local:')) n++;
+    return n;
+  }
+
+  /** Hands a lease to the first waiter (or gives it back when nobody waits any more), then asks again. */
+  private grant(name: string, resource: Resource, lease: string): void {
+    const waiter = resource.waiters.shift();
+    if (waiter === undefined) {
+      if (!lease.startsWith('local:')) void Promise.resolve(this.store.release(name, lease)).catch(() => {});
+      return;
+    }
+    this.settle(waiter);
+    resource.leases.add(lease);
+    this.counts.acquired++;
+    let released = false;
+    waiter.resolve({
+      resource: name,
+      release: () => {
+        if (released) return;
+        released = true;
+        resource.leases.delete(lease);
+        if (lease.startsWith('local:')) return this.pump(name, resource);
+        // Waiters here ask again once the permit is back in the store (a local hand-off first, in effect).
+        const done = () => this.pump(name, resource);
+        let back: Promise<void> | void;
+        try {
+          back = this.store.release(name, lease);
+        } catch {
+          back = undefined;
+        }
+        if (back instanceof Promise) back.then(done, done);
+        else done();
+      },
+    });
+    this.pump(name, resource);
+  }
+
+  /** No permit free: a shared store is asked again after `pollMs` (± half); memory is woken by a release. */
+  private wait(name: string, resource: Resource): void {
+    if (resource.waiters.length === 0 || (!this.shared && !this.degraded)) return;
+    const delay = this.pollMs * (0.5 + Math.random());
+    resource.poll = setTimeout(() => {
+      resource.poll = undefined;
+      this.pump(name, resource);
+    }, delay);
+    resource.poll.unref();
+  }
+
+  private async renew(): Promise<void> {
+    const held: [string, string][] = [];
+    for (const [name, resource] of this.resources) {
+      for (const lease of resource.leases) if (!lease.startsWith('local:')) held.push([name, lease]);
+    }
+    try {
+      this.members = await this.store.renew!(held);
+    } catch {
+      // The store is down: acquisitions notice and fall back; leases are renewed again once it is back.
+    }
+  }
+
+  stats(): PermitPoolStats {
+    const byResource: PermitPoolStats['byResource'] = {};
+    let held = 0;
+    let waiting = 0;
+    for (const [name, resource] of this.resources) {
+      if (resource.leases.size === 0 && resource.waiters.length === 0) continue;
+      byResource[name] = { held: resource.leases.size, waiting: resource.waiters.length };
+      held += resource.leases.size;
+      waiting += resource.waiters.length;
+    }
+    return {
+      permits: this.permits,
+      held,
+      waiting,
+      byResource,
+      degraded: this.degraded,
+      members: this.members,
+      share: this.share,
+      ...this.counts,
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.renewTimer !== undefined) clearInterval(this.renewTimer);
+    for (const resource of this.resources.values()) {
+      if (resource.poll !== undefined) clearTimeout(resource.poll);
+      for (const waiter of resource.waiters.splice(0)) {
+        this.settle(waiter);
+        waiter.reject(new VllmKitError('The permit pool is closed', 'ERR_VK_CLOSED'));
+      }
+    }
+    await this.store.close();
+  }
+}

@@ -1,0 +1,204 @@
+// Where permits are counted: this process (memory), the cluster primary (every worker of a host), or Redis (every
+// host: one sorted set of leases per resource, scored by expiry on Redis's own clock).
+import cluster, { type Worker } from 'node:cluster';
+import { createHash, randomBytes } from 'node:crypto';
+import { InvalidOptionError } from '../errors/index.js';
+import { ClusterCaller, serveClusterChannel } from '../internal/cluster-rpc.js';
+
+export interface PermitStore {
+  /** A lease id when a permit was free (and is now held), undefined when none is. Throws when the store fails. */
+  tryAcquire(resource: string, limit: number): Promise<string | undefined> | string | undefined;
+  release(resource: string, lease: string): Promise<void> | void;
+  /** Keeps held leases alive; resolves with the number of processes sharing the pool (for the outage share). */
+  renew?(held: [resource: string, lease: string][]): Promise<number>;
+  close(): Promise<void>;
+}
+
+let leaseSeq = 0;
+const newLease = () => `${process.pid}.${(leaseSeq++).toString(36)}`;
+
+export class MemoryPermitStore implements PermitStore {
+  private readonly held = new Map<string, number>();
+
+  tryAcquire(resource: string, limit: number): string | undefined {
+    const held = this.held.get(resource) ?? 0;
+    if (held >= limit) return undefined;
+    this.held.set(resource, held + 1);
+    return newLease();
+  }
+
+  release(resource: string): void {
+    const held = (this.held.get(resource) ?? 1) - 1;
+    if (held <= 0) this.held.delete(resource);
+    else this.held.set(resource, held);
+  }
+
+  async close(): Promise<void> {
+    this.held.clear();
+  }
+}
+
+// ── cluster ─────────────────────────────────────────────────────────────────────────────────────────────────────
+
+const CHANNEL = 'vllm-kit:permits';
+
+/** `[name, op, resource, limit or lease]`: op 0 acquire, 1 release. */
+type ClusterCall = [name: string, op: 0 | 1, resource: string, arg: number | string];
+
+/** A worker's store: the primary (`serveClusterPermits()`) holds the counts and frees a dead worker's at once. */
+export class ClusterPermitStore implements PermitStore {
+  private readonly caller: ClusterCaller<ClusterCall, string | null>;
+
+  constructor(
+    private readonly name: string,
+    timeoutMs: number,
+  ) {
+    if (!cluster.isWorker) {
+      throw new InvalidOptionError(
+        'store',
+        'Expected `store: "cluster"` in a node:cluster worker (the primary runs serveClusterPermits())',
+      );
+    }
+    this.caller = new ClusterCaller(CHANNEL, timeoutMs);
+  }
+
+  async tryAcquire(resource: string, limit: number): Promise<string | undefined> {
+    return (await this.caller.call([this.name, 0, resource, limit])) ?? undefined;
+  }
+
+  async release(resource: string, lease: string): Promise<void> {
+    await this.caller.call([this.name, 1, resource, lease]);
+  }
+
+  async close(): Promise<void> {
+    this.caller.close('the permit pool was closed');
+  }
+}
+
+/**
+ * Runs in the cluster primary: counts the permits of every `store: 'cluster'` pool of every worker, so all workers of
+ * the host share one limit per resource. A worker that exits (crash, SIGKILL) has its permits returned at once.
+ */
+export function serveClusterPermits(): { close(): void } {
+  if (!cluster.isPrimary) throw new Error('serveClusterPermits() runs in the cluster primary');
+  /** Leases held, by pool and resource: lease → worker id. */
+  const pools = new Map<string, Map<string, Map<string, number>>>();
+  const leasesOf = (name: string, resource: string) => {
+    let pool = pools.get(name);
+    if (pool === undefined) pools.set(name, (pool = new Map()));
+    let leases = pool.get(resource);
+    if (leases === undefined) pool.set(resource, (leases = new Map()));
+    return leases;
+  };
+  const channel = serveClusterChannel<ClusterCall, string | null>(
+    CHANNEL,
+    ([name, op, resource, arg], worker) => {
+      const leases = leasesOf(name, resource);
+      if (op === 1) {
+        leases.delete(String(arg));
+        return null;
+      }
+      if (leases.size >= Number(arg)) return null;
+      const lease = `${worker.id}.${newLease()}`;
+      leases.set(lease, worker.id);
+      return lease;
+    },
+  );
+  const onExit = (worker: Worker) => {
+    for (const pool of pools.values())
+      for (const leases of pool.values())
+        for (const [lease, owner] of leases) if (owner === worker.id) leases.delete(lease);
+  };
+  cluster.on('exit', onExit);
+  return {
+    close() {
+      channel.close();
+      cluster.off('exit', onExit);
+      pools.clear();
+    },
+  };
+}
+
+// ── Redis ───────────────────────────────────────────────────────────────────────────────────────────────────────
+
+/** Drops expired leases, then takes one if fewer than the limit remain. Time is Redis's own. */
+const ACQUIRE = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return 1
+`;
+
+/**
+ * Pushes back the expiry of this process's leases (KEYS[2..], ARGV[3..]) and of its membership (KEYS[1]); returns how
+ * many processes are members (for the share each may use while Redis is down).
+ */
+const RENEW = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', now + lease, ARGV[i + 1])
+  redis.call('PEXPIRE', KEYS[i], lease * 2)
+end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return redis.call('ZCARD', KEYS[1])
+`;
+
+const sha1 = (text: string) => createHash('sha1').update(text).digest('hex');
+const SCRIPTS = { acquire: { text: ACQUIRE, sha: sha1(ACQUIRE) }, renew: { text: RENEW, sha: sha1(RENEW) } };
+
+/** The part of an ioredis client the store uses. */
+export interface RedisPermitClient {
+  evalsha(sha: string, numKeys: number, ...args: (string | number)[]): Promise<unknown>;
+  eval(script: string, numKeys: number, ...args: (string | number)[]): Promise<unknown>;
+  zrem(key: string, member: string): Promise<unknown>;
+}
+
+export class RedisPermitStore implements PermitStore {
+  /** One hash tag for every key of a pool, so a Redis Cluster keeps them in one slot (one script touches several). */
+  private readonly prefix: string;
+  private readonly member = `${process.pid}.${randomBytes(4).toString('hex')}`;
+
+  constructor(
+    private readonly client: RedisPermitClient,
+    name: string,
+    private readonly leaseMs: number,
+  ) {
+    this.prefix = `{vllm-kit:permits:${name}}:`;
+  }
+
+  private async run(script: { text: string; sha: string }, keys: string[], args: (string | number)[]) {
+    try {
+      return await this.client.evalsha(script.sha, keys.length, ...keys, ...args);
+    } catch (error) {
+      // The first call on a Redis that has not seen the script (or was restarted) loads it.
+      if (!/NOSCRIPT/.test((error as Error)?.message ?? '')) throw error;
+      return this.client.eval(script.text, keys.length, ...keys, ...args);
+    }
+  }
+
+  async tryAcquire(resource: string, limit: number): Promise<string | undefined> {
+    const lease = `${this.member}.${newLease()}`;
+    const granted = await this.run(SCRIPTS.acquire, [this.prefix + resource], [limit, this.leaseMs, lease]);
+    return granted === 1 ? lease : undefined;
+  }
+
+  async release(resource: string, lease: string): Promise<void> {
+    await this.client.zrem(this.prefix + resource, lease);
+  }
+
+  async renew(held: [string, string][]): Promise<number> {
+    const keys = [`${this.prefix}members`, ...held.map(([resource]) => this.prefix + resource)];
+    const args = [this.leaseMs, this.member, ...held.map(([, lease]) => lease)];
+    return Number(await this.run(SCRIPTS.renew, keys, args));
+  }
+
+  async close(): Promise<void> {}
+}
