@@ -11,6 +11,7 @@ import {
   createVllmClient,
   isPermitTimeoutError,
   isRequestAbortedError,
+  type Permit,
   type PermitPool,
 } from '../../src/index.js';
 import { startVllmSimulator, type VllmSimulator } from '../../src/testing/index.js';
@@ -61,8 +62,12 @@ describe('createPermitPool (memory)', () => {
     // Another resource has its own limit.
     const other = await pool.acquire('r2');
     const order: string[] = [];
-    const c = pool.acquire('r1').then((p) => (order.push('c'), p));
-    const d = pool.acquire('r1').then((p) => (order.push('d'), p));
+    const inOrder = (label: string) => (permit: Permit) => {
+      order.push(label);
+      return permit;
+    };
+    const c = pool.acquire('r1').then(inOrder('c'));
+    const d = pool.acquire('r1').then(inOrder('d'));
     const timedOut = pool.acquire('r1', { timeoutMs: 30 });
     const controller = new AbortController();
     const aborted = pool.acquire('r1', { signal: controller.signal });
