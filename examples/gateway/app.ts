@@ -11,6 +11,7 @@ import {
   createConcurrencyLimiter,
   createIpRateLimiter,
   createKeyBudgets,
+  createPermitPool,
   createTokenCache,
   createVllmClient,
 } from 'vllm-kit';
@@ -74,6 +75,15 @@ export async function startWorker(
     ? new Redis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1 })
     : undefined;
   redis?.on('error', (error) => logger.warn({ err: { message: error.message } }, 'redis error'));
+  // Several workers share one budget through the primary, several hosts through Redis; a single worker keeps its own
+  // (no IPC per request).
+  const sharedStore = redis ?? (cluster.isWorker && config.workers > 1 ? 'cluster' : 'memory');
+  // UPSTREAM_CONCURRENCY: at most that many requests in flight to each replica, whatever the number of workers and
+  // hosts (LIMIT_CONCURRENCY stays a per-worker bound on top).
+  const permits =
+    config.upstreamConcurrency === undefined
+      ? undefined
+      : createPermitPool({ permits: config.upstreamConcurrency, store: sharedStore, name: 'gateway' });
   const vllm = createVllmClient({
     baseUrls: options.upstreams,
     connections: config.poolConnections,
@@ -82,6 +92,7 @@ export async function startWorker(
     routing: config.routing,
     routingLoadFactor: config.routingLoadFactor,
     ...(config.vllmApiKey ? { apiKey: config.vllmApiKey } : {}),
+    ...(permits ? { permits, permitTimeoutMs: config.queueTimeoutMs } : {}),
   });
   const tokens = createTokenCache<ApiKey>({
     // The database stores SHA-256 of each key (hex); the cache keys by the same digest.
@@ -93,9 +104,6 @@ export async function startWorker(
   // Serve only once revocations can reach us (a message published before the subscription is lost), but never
   // wait more than 2 s for a Redis that is down: the cache TTL still bounds a revoked key's life then.
   await Promise.race([tokens.ready(), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);
-  // Several workers share one budget through the primary, several hosts through Redis; a single worker keeps its own
-  // (no IPC per request).
-  const sharedStore = redis ?? (cluster.isWorker && config.workers > 1 ? 'cluster' : 'memory');
   const rateLimiter = createIpRateLimiter({
     points: config.rateLimitPoints,
     windowSec: config.rateLimitWindowSec,
@@ -110,9 +118,11 @@ export async function startWorker(
     concurrency: config.limitConcurrency,
     maxQueue: config.maxQueue,
     queueTimeoutMs: config.queueTimeoutMs,
+    queuePolicy: config.queuePolicy,
+    maxQueuePerKey: config.maxQueuePerKey,
   });
   const metrics = config.metrics
-    ? createMetrics({ client: vllm, tokens: tokens as never, limiter })
+    ? createMetrics({ client: vllm, tokens: tokens as never, limiter, permits })
     : undefined;
   // prom-client answers the primary's aggregation requests only once an AggregatorRegistry exists in the worker.
   if (config.metrics && cluster.isWorker) new client.AggregatorRegistry();
@@ -163,6 +173,7 @@ export async function startWorker(
       clearTimeout(timer);
       await Promise.all([limiter.close(), rateLimiter.close(), tokens.close(), budgets.close()]);
       await vllm.close();
+      await permits?.close();
       // Every response has ended: the last usage batch goes to the store before it closes.
       await usage.close();
       await keyStore.close();

@@ -42,6 +42,12 @@ export interface GatewayConfig {
   streamUsage: 'continuous' | 'final';
   /** Per-key usage is written to the key store at most this long after a response, ms. */
   usageFlushMs: number;
+  /** Who gets the next free slot: round robin across API keys by priority band, or arrival order. */
+  queuePolicy: 'fair' | 'fifo';
+  /** Requests of one key waiting at most (per worker). */
+  maxQueuePerKey: number;
+  /** In-flight requests per upstream replica across every worker (and, with Redis, every host); undefined: no shared limit. */
+  upstreamConcurrency: number | undefined;
 }
 
 export class ConfigError extends Error {
@@ -152,6 +158,15 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
       `STREAM_USAGE must be "continuous" or "final", got "${streamUsage}"`,
     );
   }
+  const queuePolicy = env.QUEUE_POLICY || 'fair';
+  if (queuePolicy !== 'fair' && queuePolicy !== 'fifo') {
+    throw new ConfigError('QUEUE_POLICY', `QUEUE_POLICY must be "fair" or "fifo", got "${queuePolicy}"`);
+  }
+  const maxQueue = integer(env, 'MAX_QUEUE', 2 * limitConcurrency, 0, 1_000_000);
+  const upstreamConcurrency =
+    env.UPSTREAM_CONCURRENCY === undefined || env.UPSTREAM_CONCURRENCY === ''
+      ? undefined
+      : integer(env, 'UPSTREAM_CONCURRENCY', 0, 1, 1_000_000);
   const metrics = env.METRICS ?? 'true';
   if (metrics !== 'true' && metrics !== 'false')
     throw new ConfigError('METRICS', `METRICS must be "true" or "false", got "${metrics}"`);
@@ -161,7 +176,7 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     port: integer(env, 'PORT', 8000, 0, 65535),
     workers: mode === 'development' ? 1 : integer(env, 'WORKERS', availableParallelism(), 1, 256),
     limitConcurrency,
-    maxQueue: integer(env, 'MAX_QUEUE', 2 * limitConcurrency, 0, 1_000_000),
+    maxQueue,
     queueTimeoutMs: integer(env, 'QUEUE_TIMEOUT_MS', 30_000, 0, 3_600_000),
     vllmBaseUrls: vllm.map((u) => url('VLLM_BASE_URL', u)),
     vllmApiKey: env.VLLM_API_KEY || undefined,
@@ -187,5 +202,8 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     requestTimeoutMs,
     streamUsage,
     usageFlushMs: integer(env, 'USAGE_FLUSH_MS', 1000, 10, 5000),
+    queuePolicy,
+    maxQueuePerKey: integer(env, 'MAX_QUEUE_PER_KEY', Math.max(1, maxQueue), 1, 1_000_000),
+    upstreamConcurrency,
   };
 }

@@ -12,6 +12,7 @@ import {
   type ConcurrencyLimiter,
   estimatePromptTokens,
   type IpRateLimiter,
+  isPermitTimeoutError,
   isQueueFullError,
   isQueueTimeoutError,
   isRequestAbortedError,
@@ -363,8 +364,15 @@ export function createGateway(deps: GatewayDeps) {
       }
     }
     if (!route.limited) return proxy(res, exchange, route, body);
-    // The exchange is the signal: the client leaving while the request waits takes it out of the queue.
-    return limiter.run(() => proxy(res, exchange, route, body), { signal: exchange });
+    // The exchange is the signal: the client leaving while the request waits takes it out of the queue. The key is
+    // the flow the fair policy serves in turn, in its priority band.
+    const principal = exchange.principal;
+    return limiter.run(
+      () => proxy(res, exchange, route, body),
+      principal === undefined
+        ? { signal: exchange }
+        : { signal: exchange, key: principal.id, priority: principal.priority },
+    );
   }
 
   /**
@@ -600,6 +608,14 @@ export function createGateway(deps: GatewayDeps) {
   function respondToError(res: ServerResponse, exchange: Exchange, error: unknown): void {
     const requestId = exchange.requestId;
     if (error instanceof HttpError) return sendError(res, error);
+    if (isPermitTimeoutError(error)) {
+      return sendError(
+        res,
+        new HttpError(503, error.message, 'service_unavailable', 'upstream_busy', {
+          'retry-after': String(error.retryAfterSec),
+        }),
+      );
+    }
     if (isQueueFullError(error) || isQueueTimeoutError(error)) {
       const retryAfter = String((error as { retryAfterSec: number }).retryAfterSec);
       return sendError(

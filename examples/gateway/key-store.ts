@@ -10,6 +10,8 @@ export interface KeyLimits {
   rpm: number | null;
   /** Tokens (prompt + completion) per minute; null: unlimited. */
   tpm: number | null;
+  /** Its requests' priority band when the upstream is busy: higher first, fair within a band. */
+  priority: number;
 }
 
 export interface ApiKey extends KeyLimits {
@@ -42,7 +44,7 @@ export interface KeyStore {
   list(): Promise<ApiKey[]>;
   /** Revokes by id or name; resolves with the revoked key (and its hash, to announce), or undefined. */
   revoke(idOrName: string): Promise<(ApiKey & { keyHash: string }) | undefined>;
-  /** Changes an active key's limits (those given); resolves with the key and its hash, or undefined. */
+  /** Changes an active key's limits and priority (those given); resolves with the key and its hash, or undefined. */
   update(idOrName: string, limits: Partial<KeyLimits>): Promise<(ApiKey & { keyHash: string }) | undefined>;
   /** The active key with this SHA-256 hash, if any. */
   findActiveByHash(hash: string): Promise<ApiKey | undefined>;
@@ -77,6 +79,7 @@ const MIGRATIONS = [
      completion_tokens BIGINT NOT NULL DEFAULT 0,
      updated_at TEXT NOT NULL
    )`,
+  'ALTER TABLE api_keys ADD COLUMN priority INTEGER NOT NULL DEFAULT 0',
 ];
 
 /** A key name already in use (names are unique, revoked keys' included). */
@@ -116,6 +119,7 @@ interface Row {
   revoked_at: string | null;
   rpm: number | string | null;
   tpm: number | string | null;
+  priority: number | string | null;
 }
 /** PostgreSQL returns BIGINT as a string. */
 const int = (value: number | string | null | undefined): number | null =>
@@ -128,6 +132,7 @@ const toKey = (row: Row): ApiKey => ({
   revokedAt: row.revoked_at,
   rpm: int(row.rpm),
   tpm: int(row.tpm),
+  priority: int(row.priority) ?? 0,
 });
 
 /** What the store needs of a database: queries with `?` placeholders, and several writes as one transaction. */
@@ -159,17 +164,18 @@ function keyStoreOn(db: Sql): KeyStore {
       const createdAt = new Date().toISOString();
       const rpm = limits.rpm ?? null;
       const tpm = limits.tpm ?? null;
+      const priority = limits.priority ?? 0;
       try {
         await db.transaction([
           [
-            'INSERT INTO api_keys (id, name, key_hash, prefix, created_at, rpm, tpm) VALUES (?, ?, ?, ?, ?, ?, ?)',
-            [id, name, hashKey(key), prefix, createdAt, rpm, tpm],
+            'INSERT INTO api_keys (id, name, key_hash, prefix, created_at, rpm, tpm, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+            [id, name, hashKey(key), prefix, createdAt, rpm, tpm, priority],
           ],
         ]);
       } catch (error) {
         throw isNameTaken(error) ? new KeyNameTakenError(name) : error;
       }
-      return { key, record: { id, name, prefix, createdAt, revokedAt: null, rpm, tpm } };
+      return { key, record: { id, name, prefix, createdAt, revokedAt: null, rpm, tpm, priority } };
     },
     async list() {
       return ((await db.all('SELECT * FROM api_keys ORDER BY created_at')) as unknown as Row[]).map(toKey);
@@ -186,8 +192,11 @@ function keyStoreOn(db: Sql): KeyStore {
       if (row === undefined) return undefined;
       const rpm = limits.rpm === undefined ? int(row.rpm) : limits.rpm;
       const tpm = limits.tpm === undefined ? int(row.tpm) : limits.tpm;
-      await db.transaction([['UPDATE api_keys SET rpm = ?, tpm = ? WHERE id = ?', [rpm, tpm, row.id]]]);
-      return { ...toKey({ ...row, rpm, tpm }), keyHash: row.key_hash };
+      const priority = limits.priority ?? int(row.priority) ?? 0;
+      await db.transaction([
+        ['UPDATE api_keys SET rpm = ?, tpm = ?, priority = ? WHERE id = ?', [rpm, tpm, priority, row.id]],
+      ]);
+      return { ...toKey({ ...row, rpm, tpm, priority }), keyHash: row.key_hash };
     },
     async findActiveByHash(hash) {
       const row = (

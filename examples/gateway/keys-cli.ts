@@ -7,12 +7,13 @@ import { loadConfig } from './config.js';
 import { type KeyLimits, type KeyStore, openKeyStore, REVOCATION_CHANNEL } from './key-store.js';
 
 const USAGE = `usage: npm run keys -- <command>
-  create --name NAME [--rpm N] [--tpm N]   create a key (printed once, as the last line)
-  update NAME [--rpm N|none] [--tpm N|none] change a key's limits (none: unlimited)
-  list                                      every key, with its limits and state
-  revoke ID_OR_NAME                         revoke a key
-  usage [NAME] [--json]                     lifetime requests and tokens per key
-limits: --rpm requests per minute, --tpm tokens (prompt + completion) per minute; whole numbers >= 1`;
+  create --name NAME [--rpm N] [--tpm N] [--priority P]   create a key (printed once, as the last line)
+  update NAME [--rpm N|none] [--tpm N|none] [--priority P] change a key's limits or priority
+  list                                                     every key, with its state, limits and priority
+  revoke ID_OR_NAME                                        revoke a key
+  usage [NAME] [--json]                                    lifetime requests and tokens per key
+limits: --rpm requests per minute, --tpm tokens (prompt + completion) per minute; whole numbers >= 1 (none: unlimited)
+priority: a whole number from -1000 to 1000 (default 0); when the model server is busy, higher goes first`;
 
 /** A usage mistake: printed with the usage text, exit 2. */
 class UsageError extends Error {}
@@ -27,6 +28,16 @@ function limit(flag: string, raw: string | undefined, noneAllowed: boolean): num
     );
   }
   return Number(raw);
+}
+
+/** `--priority`: a whole number from -1000 to 1000, or absent. */
+function priorityOf(raw: string | undefined): number | undefined {
+  if (raw === undefined) return undefined;
+  const value = Number(raw);
+  if (!/^-?\d+$/.test(raw) || value < -1000 || value > 1000) {
+    throw new UsageError(`--priority must be a whole number from -1000 to 1000, got "${raw}"`);
+  }
+  return value;
 }
 
 const shown = (value: number | null) => (value === null ? 'unlimited' : String(value));
@@ -48,10 +59,11 @@ async function run(store: KeyStore, command: string | undefined, target: string 
     const limits: Partial<KeyLimits> = {
       rpm: limit('rpm', values.rpm, false) ?? null,
       tpm: limit('tpm', values.tpm, false) ?? null,
+      priority: priorityOf(values.priority) ?? 0,
     };
     const { key, record } = await store.create(values.name, limits);
     process.stdout.write(
-      `Created ${record.id} (${record.name}; rpm ${shown(record.rpm)}, tpm ${shown(record.tpm)}). ` +
+      `Created ${record.id} (${record.name}; rpm ${shown(record.rpm)}, tpm ${shown(record.tpm)}, priority ${record.priority}). ` +
         `The key is shown once; store it now:\n${key}\n`,
     );
     return 0;
@@ -61,9 +73,13 @@ async function run(store: KeyStore, command: string | undefined, target: string 
     const limits: Partial<KeyLimits> = {};
     const rpm = limit('rpm', values.rpm, true);
     const tpm = limit('tpm', values.tpm, true);
+    const priority = priorityOf(values.priority);
     if (rpm !== undefined) limits.rpm = rpm;
     if (tpm !== undefined) limits.tpm = tpm;
-    if (rpm === undefined && tpm === undefined) throw new UsageError('update needs --rpm and/or --tpm');
+    if (priority !== undefined) limits.priority = priority;
+    if (rpm === undefined && tpm === undefined && priority === undefined) {
+      throw new UsageError('update needs --rpm, --tpm or --priority');
+    }
     const updated = await store.update(target, limits);
     if (!updated) {
       process.stderr.write(`keys: no active key with id or name "${target}"\n`);
@@ -71,7 +87,7 @@ async function run(store: KeyStore, command: string | undefined, target: string 
     }
     await announce(config.redisUrl, updated.keyHash);
     process.stdout.write(
-      `Updated ${updated.id} (${updated.name}): rpm ${shown(updated.rpm)}, tpm ${shown(updated.tpm)}\n`,
+      `Updated ${updated.id} (${updated.name}): rpm ${shown(updated.rpm)}, tpm ${shown(updated.tpm)}, priority ${updated.priority}\n`,
     );
     return 0;
   }
@@ -79,7 +95,7 @@ async function run(store: KeyStore, command: string | undefined, target: string 
     for (const k of await store.list()) {
       const state = k.revokedAt ? `revoked ${k.revokedAt}` : 'active';
       process.stdout.write(
-        `${k.id}\t${k.name}\t${k.prefix}…\t${k.createdAt}\t${state}\trpm ${shown(k.rpm)}\ttpm ${shown(k.tpm)}\n`,
+        `${k.id}\t${k.name}\t${k.prefix}…\t${k.createdAt}\t${state}\trpm ${shown(k.rpm)}\ttpm ${shown(k.tpm)}\tpriority ${k.priority}\n`,
       );
     }
     return 0;
@@ -118,6 +134,7 @@ interface Values {
   name?: string | undefined;
   rpm?: string | undefined;
   tpm?: string | undefined;
+  priority?: string | undefined;
   json?: boolean | undefined;
   help?: boolean | undefined;
 }
@@ -128,7 +145,7 @@ async function main(): Promise<number> {
     // `--rpm -5` is a negative limit to refuse with our message, not a missing value to parseArgs.
     const args = process.argv.slice(2);
     for (let i = 0; i < args.length - 1; i++) {
-      if ((args[i] === '--rpm' || args[i] === '--tpm') && args[i + 1]!.startsWith('-')) {
+      if (['--rpm', '--tpm', '--priority'].includes(args[i]!) && args[i + 1]!.startsWith('-')) {
         args.splice(i, 2, `${args[i]}=${args[i + 1]}`);
       }
     }
@@ -138,6 +155,7 @@ async function main(): Promise<number> {
         name: { type: 'string' },
         rpm: { type: 'string' },
         tpm: { type: 'string' },
+        priority: { type: 'string' },
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },

@@ -7,7 +7,7 @@
 // draining. A second SIGINT to the primary (a second Ctrl-C) forces an immediate exit: workers are killed, exit 130.
 import cluster from 'node:cluster';
 import client from 'prom-client';
-import { serveClusterBudgets, serveClusterRateLimits } from 'vllm-kit';
+import { serveClusterBudgets, serveClusterPermits, serveClusterRateLimits } from 'vllm-kit';
 import { startVllmSimulator, type VllmSimulator } from 'vllm-kit/testing';
 import { startWorker } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
@@ -93,6 +93,7 @@ async function primary(): Promise<void> {
   }
   serveClusterRateLimits();
   serveClusterBudgets();
+  serveClusterPermits();
   const aggregator = new client.AggregatorRegistry();
   let stopping = false;
   const listeningWorkers = new Set<number>();

@@ -3,7 +3,7 @@
 // rendered through prom-client's registry at scrape time: prom-client's own counters and histograms validate and hash
 // their labels on every observation, several µs per request at the gateway's rates.
 import client from 'prom-client';
-import type { ConcurrencyLimiter, TokenCache, VllmClient } from 'vllm-kit';
+import type { ConcurrencyLimiter, PermitPool, TokenCache, VllmClient } from 'vllm-kit';
 
 export interface GatewayMetrics {
   registry: client.Registry;
@@ -140,6 +140,7 @@ export function createMetrics(sources: {
   client: VllmClient;
   tokens: TokenCache<unknown>;
   limiter: ConcurrencyLimiter;
+  permits?: PermitPool | undefined;
 }): GatewayMetrics {
   // The global registry: prom-client's cluster aggregation reads it in every worker.
   const registry = client.register;
@@ -258,6 +259,52 @@ export function createMetrics(sources: {
       this.set(sources.limiter.pendingCount);
     },
   });
+  new client.Gauge({
+    name: 'gateway_queue_waiting',
+    help: 'Requests waiting for an upstream slot, by priority band (fair policy).',
+    labelNames: ['priority'] as const,
+    collect() {
+      this.reset();
+      for (const [priority, n] of Object.entries(sources.limiter.stats().pendingByPriority))
+        this.set({ priority }, n);
+    },
+  });
+  new client.Gauge({
+    name: 'gateway_queue_keys',
+    help: 'API keys with requests waiting (the fair queue serves them in turn).',
+    collect() {
+      this.set(Object.keys(sources.limiter.stats().pendingByKey).length);
+    },
+  });
+  const permits = sources.permits;
+  if (permits !== undefined) {
+    new client.Gauge({
+      name: 'gateway_upstream_permits',
+      help: 'Shared upstream permits (UPSTREAM_CONCURRENCY) held and waited for, by upstream.',
+      labelNames: ['upstream', 'state'] as const,
+      collect() {
+        this.reset();
+        for (const [upstream, r] of Object.entries(permits.stats().byResource)) {
+          this.set({ upstream, state: 'held' }, r.held);
+          this.set({ upstream, state: 'waiting' }, r.waiting);
+        }
+      },
+    });
+    new client.Gauge({
+      name: 'gateway_upstream_permits_degraded',
+      help: 'Workers whose permit store (primary or Redis) is failing: each holds its local share meanwhile.',
+      collect() {
+        this.set(permits.stats().degraded ? 1 : 0);
+      },
+    });
+    registry.registerMetric(
+      new TotalsCounter(
+        'gateway_upstream_permits_fallback_total',
+        'Permits granted from the local share while the permit store was failing.',
+        () => [{ labels: {}, value: permits.stats().fallbackAcquired }],
+      ) as unknown as client.Metric,
+    );
+  }
 
   // Routes and statuses are a small closed set (unknown paths are labelled "unknown"): series are looked up by
   // route, then by status, in small maps.

@@ -97,20 +97,24 @@ describe('usage in the key store', () => {
       ['create', '--name', 'x', '--rpm', 'none'],
       ['update', 'test', '--tpm', 'lots'],
       ['update', 'test'],
+      ['update', 'test', '--priority', '1.5'],
+      ['create', '--name', 'x', '--priority', '-5000'],
     ]) {
       const run = gateway.keys(...bad);
       expect(run.status, bad.join(' ')).toBe(2);
-      expect(run.stderr).toMatch(/^keys: (--(rpm|tpm) must be a whole number of at least 1|update needs)/);
+      expect(run.stderr).toMatch(
+        /^keys: (--(rpm|tpm) must be a whole number of at least 1|--priority must be|update needs)/,
+      );
     }
     expect(gateway.keys('create', '--name', 'x', '--rpm', '-5').stderr).toContain('got "-5"');
     // Nothing was created by the refused commands.
     expect(JSON.parse(gateway.keys('usage', '--json').stdout)).toHaveLength(1);
     const created = gateway.keys('create', '--name', 'team', '--rpm', '60', '--tpm', '100000');
     expect(created.stdout).toContain('rpm 60, tpm 100000');
-    expect(gateway.keys('update', 'team', '--rpm', 'none', '--tpm', '5000').stdout).toContain(
-      'rpm unlimited, tpm 5000',
-    );
-    expect(gateway.keys('list').stdout).toMatch(/\tteam\t.*\trpm unlimited\ttpm 5000/);
+    expect(
+      gateway.keys('update', 'team', '--rpm', 'none', '--tpm', '5000', '--priority', '-2').stdout,
+    ).toContain('rpm unlimited, tpm 5000, priority -2');
+    expect(gateway.keys('list').stdout).toMatch(/\tteam\t.*\trpm unlimited\ttpm 5000\tpriority -2/);
     expect(gateway.keys('update', 'nobody', '--rpm', '1')).toMatchObject({
       status: 1,
       stderr: 'keys: no active key with id or name "nobody"\n',
