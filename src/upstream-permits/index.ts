@@ -64,6 +64,7 @@ export interface PermitPoolStats {
   held: number;
   /** Waiting in this process, all resources. */
   waiting: number;
+  /** Every resource this process has asked for (at 0 when idle). */
   byResource: Record<string, { held: number; waiting: number }>;
   /** The store is failing: the `onStoreError` policy is in force. */
   degraded: boolean;
@@ -342,7 +343,6 @@ class Pool implements PermitPool {
     let held = 0;
     let waiting = 0;
     for (const [name, resource] of this.resources) {
-      if (resource.leases.size === 0 && resource.waiters.length === 0) continue;
       byResource[name] = { held: resource.leases.size, waiting: resource.waiters.length };
       held += resource.leases.size;
       waiting += resource.waiters.length;

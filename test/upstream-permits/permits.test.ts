@@ -84,6 +84,7 @@ describe('createPermitPool (memory)', () => {
     pd.release();
     other.release();
     expect(pool.stats()).toMatchObject({ held: 0, waiting: 0, acquired: 5, timedOut: 1, aborted: 1 });
+    expect(pool.stats().byResource).toEqual({ r1: { held: 0, waiting: 0 }, r2: { held: 0, waiting: 0 } });
     const waiting = pool.acquire('r1');
     await pool.close();
     await expect(waiting).resolves.toBeDefined();

@@ -1,0 +1,180 @@
+// Fair admission in the gateway: a flooding key and light keys (the light ones are served between the flood's
+// requests, not after its queue), priorities from the key, per-key queue caps; and UPSTREAM_CONCURRENCY: one limit on
+// in-flight requests per replica across 4 workers and across two gateway processes on Redis (counted at the simulator),
+// permits returned when a worker is SIGKILLed and when clients abandon their streams.
+import { describe, expect, it } from 'vitest';
+import type { VllmSimulator } from '../../src/testing/index.js';
+import { type GatewaySetup, post, trackGateways } from '../helpers/gateway.js';
+import { chat, children, trackGatewayProcesses } from '../helpers/gateway-process.js';
+import { REDIS_URL } from '../helpers/services.js';
+
+const gateways = trackGateways();
+const processes = trackGatewayProcesses();
+const body = JSON.stringify({ messages: [{ role: 'user', content: 'hi' }] });
+// Every request comes from 127.0.0.1: the per-IP limit (20 a minute by default) would refuse most of them.
+const UNLIMITED_IP = { RATE_LIMIT_POINTS: '1000000' };
+
+/** Sends every request at once; resolves with the labels in the order their answers completed, and their statuses. */
+async function race(url: string, requests: { label: string; key: string }[]) {
+  const order: string[] = [];
+  const statuses: Record<string, number[]> = {};
+  await Promise.all(
+    requests.map(async ({ label, key }, i) => {
+      // In arrival order: each request leaves a moment after the previous one.
+      await new Promise((r) => setTimeout(r, i));
+      const res = await post(url, '/v1/chat/completions', { key, body });
+      await res.text();
+      order.push(label);
+      (statuses[label] ??= []).push(res.status);
+    }),
+  );
+  return { order, statuses };
+}
+
+async function fairSetup(
+  env: Record<string, string>,
+): Promise<GatewaySetup & { keys: Record<string, string> }> {
+  // Each request holds its slot ~60 ms: a queue of 30 takes ~1 s to drain through 2 slots.
+  const sim = await gateways.simulator({ ttftMs: 20, itlMs: 2, outputTokens: 20 });
+  const gateway = await gateways.setup({ ...UNLIMITED_IP, LIMIT_CONCURRENCY: '2', MAX_QUEUE: '100', ...env }, sim);
+  const keys: Record<string, string> = {};
+  for (const [name, priority] of [
+    ['flood', 0],
+    ['a', 0],
+    ['b', 0],
+    ['c', 0],
+    ['vip', 5],
+  ] as const) {
+    keys[name] = (await gateway.gateway.keyStore.create(name, { priority })).key;
+  }
+  return { ...gateway, keys };
+}
+
+const flood = (keys: Record<string, string>, n: number) =>
+  Array.from({ length: n }, () => ({ label: 'flood', key: keys.flood! }));
+
+describe('fair admission (QUEUE_POLICY)', () => {
+  it('serves light keys between the flood’s requests (fair), not after its whole queue (fifo)', async () => {
+    for (const policy of ['fair', 'fifo'] as const) {
+      const { url, keys } = await fairSetup({ QUEUE_POLICY: policy });
+      const { order } = await race(url, [
+        ...flood(keys, 30),
+        { label: 'a', key: keys.a! },
+        { label: 'b', key: keys.b! },
+        { label: 'c', key: keys.c! },
+      ]);
+      const lastLight = Math.max(order.indexOf('a'), order.indexOf('b'), order.indexOf('c'));
+      // Fair: after the two running and one turn of the flood per light key. FIFO: behind all thirty.
+      if (policy === 'fair') expect(lastLight).toBeLessThanOrEqual(9);
+      else expect(lastLight).toBeGreaterThanOrEqual(30);
+    }
+  }, 60_000);
+
+  it('starts a key with a higher priority before the flood’s waiting requests', async () => {
+    const { url, keys } = await fairSetup({});
+    const { order } = await race(url, [...flood(keys, 20), { label: 'vip', key: keys.vip! }]);
+    expect(order.indexOf('vip')).toBeLessThanOrEqual(3);
+  }, 60_000);
+
+  it('caps one key’s queue (MAX_QUEUE_PER_KEY): the flood gets 503 queue_full first, the others still queue', async () => {
+    const { url, keys } = await fairSetup({ MAX_QUEUE_PER_KEY: '5' });
+    const { statuses } = await race(url, [...flood(keys, 12), { label: 'a', key: keys.a! }]);
+    // 2 running + 5 waiting of the flood are served; the other 5 are refused; the light key is served.
+    expect(statuses.flood!.filter((s) => s === 200)).toHaveLength(7);
+    expect(statuses.flood!.filter((s) => s === 503)).toHaveLength(5);
+    expect(statuses.a).toEqual([200]);
+  }, 60_000);
+});
+
+/** Samples the simulator's in-flight requests every millisecond; returns a stop function giving the peak. */
+function watchInFlight(sim: VllmSimulator) {
+  let peak = 0;
+  const timer = setInterval(() => {
+    const { running, waiting } = sim.stats();
+    peak = Math.max(peak, running + waiting);
+  }, 1);
+  return () => {
+    clearInterval(timer);
+    return peak;
+  };
+}
+
+describe('UPSTREAM_CONCURRENCY', () => {
+  const streamBody = { messages: [{ role: 'user', content: 'hi' }], stream: true };
+
+  it('holds across 4 workers; a SIGKILLed worker’s permits come back at once', async () => {
+    const sim = await gateways.simulator({ ttftMs: 10, itlMs: 3, outputTokens: 30 });
+    const gateway = await processes.start(sim.url, { env: { ...UNLIMITED_IP, WORKERS: '4', UPSTREAM_CONCURRENCY: '6' } });
+    const stop = watchInFlight(sim);
+    const replies = await Promise.all(
+      Array.from({ length: 48 }, () => chat(gateway.url, gateway.key, streamBody)),
+    );
+    expect(replies.every((r) => r.status === 200 && r.complete)).toBe(true);
+    expect(stop()).toBe(6);
+
+    // Kill a worker while it holds permits; the survivors (and its replacement) still reach the full limit.
+    const slowSim = sim;
+    const inFlight = Array.from({ length: 24 }, () =>
+      chat(gateway.url, gateway.key, streamBody).catch(() => null),
+    );
+    await expect.poll(() => slowSim.stats().running, { timeout: 5000 }).toBeGreaterThanOrEqual(4);
+    process.kill(children(gateway.child.pid!)[0]!, 'SIGKILL');
+    await Promise.all(inFlight);
+    await expect.poll(() => slowSim.stats().running + slowSim.stats().waiting, { timeout: 5000 }).toBe(0);
+    const after = watchInFlight(sim);
+    const again = await Promise.all(
+      Array.from({ length: 36 }, () => chat(gateway.url, gateway.key, streamBody)),
+    );
+    expect(again.every((r) => r.status === 200)).toBe(true);
+    expect(after()).toBe(6);
+  }, 90_000);
+
+  it('holds across two gateway processes on Redis', async () => {
+    const sim = await gateways.simulator({ ttftMs: 10, itlMs: 3, outputTokens: 30 });
+    const env = { ...UNLIMITED_IP, WORKERS: '2', REDIS_URL, UPSTREAM_CONCURRENCY: '5' };
+    const first = await processes.start(sim.url, { env });
+    const second = await processes.start(sim.url, {
+      env: { ...env, DATABASE_URL: first.databaseUrl },
+      keyName: 'second',
+    });
+    const stop = watchInFlight(sim);
+    const replies = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => chat(i % 2 ? first.url : second.url, first.key, streamBody)),
+    );
+    expect(replies.every((r) => r.status === 200)).toBe(true);
+    expect(stop()).toBe(5);
+  }, 90_000);
+
+  it('returns the permits of streams the clients abandon', async () => {
+    const sim = await gateways.simulator({ ttftMs: 5, itlMs: 5, outputTokens: 200 });
+    const gateway = await gateways.setup({ ...UNLIMITED_IP, UPSTREAM_CONCURRENCY: '3' }, sim);
+    const streams = Array.from({ length: 30 }, async () => {
+      const controller = new AbortController();
+      const res = await post(gateway.url, '/v1/chat/completions', {
+        key: gateway.key,
+        body: JSON.stringify(streamBody),
+      }).catch(() => null);
+      if (res === null) return;
+      const reader = res.body!.getReader();
+      await reader.read().catch(() => undefined);
+      await reader.cancel().catch(() => undefined);
+      controller.abort();
+    });
+    await Promise.all(streams);
+    await expect.poll(() => sim.stats().running + sim.stats().waiting, { timeout: 5000 }).toBe(0);
+    const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
+    expect(metrics).toMatch(/gateway_upstream_permits\{upstream="[^"]+",state="held"\} 0/);
+    // The full limit is available again.
+    const stop = watchInFlight(sim);
+    await Promise.all(
+      Array.from({ length: 9 }, async () => {
+        const res = await post(gateway.url, '/v1/chat/completions', {
+          key: gateway.key,
+          body: JSON.stringify({ messages: [{ role: 'user', content: 'x' }], max_tokens: 20 }),
+        });
+        await res.text();
+      }),
+    );
+    expect(stop()).toBe(3);
+  }, 60_000);
+});
