@@ -15,6 +15,7 @@ const SCRIPTS = {
   saturation: 'scenarios/saturation.ts',
   routing: 'scenarios/routing.ts',
   budgets: 'scenarios/budgets.ts',
+  fairness: 'scenarios/fairness.ts',
   'token-cache': 'token-cache.ts',
   'rate-limit': 'rate-limit.ts',
   concurrency: 'concurrency.ts',

@@ -83,6 +83,19 @@ export function summarize(report: Report): { figure: string; value: string; targ
     add('usage accounting, JSON body (µs)', fmt(b.accounting.meterWholeBodyMicros, 2));
     add('budget admit + charge, memory (µs)', fmt(b.accounting.budgetAdmitAndChargeMicros, 2));
   }
+  if (r.fairness) {
+    const f = r.fairness;
+    atMost('fair: light keys p99 TTFT / their solo run', f.fairness.lightTtftP99VsSolo.fair, 1.5, 2);
+    add('FIFO: light keys p99 TTFT / their solo run', fmt(f.fairness.lightTtftP99VsSolo.fifo, 1));
+    atLeast("fair: Jain's index, served / max-min share", f.fairness.fair.jain, 0.9, 3);
+    atLeast('fair / FIFO goodput', f.fairness.goodputFairVsFifo, 0.95, 3);
+    atMost('UPSTREAM_CONCURRENCY: peak in flight / limit', f.shared.peakInFlight / f.shared.limit, 1, 2);
+    atLeast('UPSTREAM_CONCURRENCY: utilisation', f.shared.utilisation, 0.9, 3);
+    add(
+      'permit acquire + release, Redis (µs p50 / p99)',
+      `${f.permitMicros.redis.p50Micros} / ${f.permitMicros.redis.p99Micros}`,
+    );
+  }
   if (r.seed) {
     add('seed "before" sustained (req/min)', fmt(r.seed.sustainedPerMin.before));
     add(
@@ -467,6 +480,44 @@ export function renderReport(
           ['admit + charge, memory store', fmt(b.accounting.budgetAdmitAndChargeMicros, 2)],
         ],
       ),
+    );
+  }
+
+  if (r.fairness) {
+    const f = r.fairness;
+    const fr = f.fairness;
+    parts.push(
+      `## Fair admission (upstream capacity ${fmt(fr.capacityRps)} req/s; offered ${fmt(fr.offeredRps)} req/s = 150%, one key 10× each of three others; Poisson arrivals, streams)`,
+    );
+    const row = (name: string, run: typeof fr.fair) => [
+      name,
+      fmt(run.goodputRps, 1),
+      `${fmt(run.servedRps.heavy, 1)} / ${fmt(run.servedRps.light1, 1)} / ${fmt(run.servedRps.light2, 1)} / ${fmt(run.servedRps.light3, 1)}`,
+      fmt(run.jain, 3),
+      fmt(run.lightTtftP50Ms),
+      fmt(run.lightTtftP99Ms),
+      run.heavyTtftP50Ms === null ? '—' : fmt(run.heavyTtftP50Ms),
+    ];
+    parts.push(
+      table(
+        [
+          'run',
+          'goodput req/s',
+          'served req/s (heavy / light ×3)',
+          "Jain's index",
+          'light TTFT p50 ms',
+          'light TTFT p99 ms',
+          'heavy TTFT p50 ms',
+        ],
+        [
+          row('light keys alone (solo)', fr.solo),
+          row('fair (QUEUE_POLICY=fair)', fr.fair),
+          row('FIFO', fr.fifo),
+        ],
+      ),
+    );
+    parts.push(
+      `Two gateway processes (2 workers each) with \`UPSTREAM_CONCURRENCY=${f.shared.limit}\` on Redis: peak in flight at the simulator ${f.shared.peakInFlight}, mean utilisation ${fmt(f.shared.utilisation * 100, 1)}%. Taking and returning a permit: ${f.permitMicros.redis.p50Micros} µs p50, ${f.permitMicros.redis.p99Micros} µs p99 on Redis; ${f.permitMicros.memory.p50Micros} µs p50 in memory.`,
     );
   }
 
