@@ -23,9 +23,10 @@ const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const SLOTS = 32;
 
 // An upstream whose requests take ~280 ms (120 ms to the first token — an 8B model's prefill under moderate load —
-// and 40 tokens at 4 ms), no jitter: capacity is SLOTS requests in flight (the gateway's LIMIT_CONCURRENCY), about
-// SLOTS / 0.28 s.
-const upstream = { ttftMs: 120, itlMs: 4, outputTokens: 40, jitter: 0, maxNumSeqs: 1024, batchSlowdown: 0 };
+// and 40 tokens at 4 ms), ±20% jitter: capacity is SLOTS requests in flight (the gateway's LIMIT_CONCURRENCY), about
+// SLOTS / 0.28 s. (Without jitter every slot frees in lockstep with the others and a light key's request waits for
+// the next whole batch: a simulator artefact, not the scheduler.)
+const upstream = { ttftMs: 120, itlMs: 4, outputTokens: 40, jitter: 0.2, maxNumSeqs: 1024, batchSlowdown: 0 };
 const servers = resolve(import.meta.dirname, '../servers');
 const sim = await startChild(resolve(servers, 'simulator.ts'), [JSON.stringify(upstream)]);
 const KEYS = ['heavy', 'light1', 'light2', 'light3'] as const;
