@@ -18,6 +18,7 @@ const node = (args: string[], cwd = consumer) => run(process.execPath, args, cwd
 // Every public name of `vllm-kit`, sorted: an export added or lost by accident fails here.
 const SERVER_NAMES = [
   'InvalidOptionError',
+  'PermitTimeoutError',
   'QueueFullError',
   'QueueTimeoutError',
   'RequestAbortedError',
@@ -36,11 +37,13 @@ const SERVER_NAMES = [
   'createConcurrencyLimiter',
   'createIpRateLimiter',
   'createKeyBudgets',
+  'createPermitPool',
   'createTokenCache',
   'createVllmClient',
   'estimatePromptTokens',
   'formatResetDuration',
   'isInvalidOptionError',
+  'isPermitTimeoutError',
   'isQueueFullError',
   'isQueueTimeoutError',
   'isRequestAbortedError',
@@ -51,6 +54,7 @@ const SERVER_NAMES = [
   'isVllmKitError',
   'requestUsage',
   'serveClusterBudgets',
+  'serveClusterPermits',
   'serveClusterRateLimits',
 ];
 
