@@ -2,9 +2,11 @@
 // budget for all hosts, one Lua script per decision). Every store decides admission and records a charge atomically,
 // so N processes admit exactly what one would.
 import cluster from 'node:cluster';
-import { createHash } from 'node:crypto';
 import { InvalidOptionError } from '../errors/index.js';
 import { ClusterCaller, serveClusterChannel } from '../internal/cluster-rpc.js';
+import { RedisScript, type RedisScriptClient } from '../internal/redis-script.js';
+
+export type { RedisScriptClient } from '../internal/redis-script.js';
 
 /** A key's window after an operation. */
 export interface BudgetState {
@@ -220,13 +222,7 @@ end
 if fresh and redis.call('EXISTS', k) == 1 then redis.call('PEXPIRE', k, windowMs) end
 return {admitted, r, t, ttl}
 `;
-const SCRIPT_SHA = createHash('sha1').update(SCRIPT).digest('hex');
-
-/** The part of an ioredis client the store uses. */
-export interface RedisScriptClient {
-  evalsha(sha: string, numKeys: number, ...args: (string | number)[]): Promise<unknown>;
-  eval(script: string, numKeys: number, ...args: (string | number)[]): Promise<unknown>;
-}
+const BUDGET_SCRIPT = new RedisScript(SCRIPT);
 
 export class RedisBudgetStore implements BudgetStore {
   private readonly prefix: string;
@@ -241,15 +237,7 @@ export class RedisBudgetStore implements BudgetStore {
   }
 
   async apply(op: Op, key: string, a: number, b: number): Promise<BudgetState> {
-    const args = [this.prefix + key, op, a, b, this.windowMs];
-    let reply: unknown;
-    try {
-      reply = await this.client.evalsha(SCRIPT_SHA, 1, ...args);
-    } catch (error) {
-      // The first call on a Redis that has not seen the script (or was restarted) loads it.
-      if (!/NOSCRIPT/.test((error as Error)?.message ?? '')) throw error;
-      reply = await this.client.eval(SCRIPT, 1, ...args);
-    }
+    const reply = await BUDGET_SCRIPT.run(this.client, [this.prefix + key], [op, a, b, this.windowMs]);
     const [admitted, requests, tokens, msLeft] = reply as number[];
     return { admitted: admitted === 1, requests: requests!, tokens: tokens!, resetAt: this.now() + msLeft! };
   }

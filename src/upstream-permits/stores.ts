@@ -1,9 +1,10 @@
 // Where permits are counted: this process (memory), the cluster primary (every worker of a host), or Redis (every
 // host: one sorted set of leases per resource, scored by expiry on Redis's own clock).
 import cluster, { type Worker } from 'node:cluster';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { InvalidOptionError } from '../errors/index.js';
 import { ClusterCaller, serveClusterChannel } from '../internal/cluster-rpc.js';
+import { RedisScript, type RedisScriptClient } from '../internal/redis-script.js';
 
 export interface PermitStore {
   /** A lease id when a permit was free (and is now held), undefined when none is. Throws when the store fails. */
@@ -151,13 +152,10 @@ redis.call('PEXPIRE', KEYS[1], lease * 2)
 return redis.call('ZCARD', KEYS[1])
 `;
 
-const sha1 = (text: string) => createHash('sha1').update(text).digest('hex');
-const SCRIPTS = { acquire: { text: ACQUIRE, sha: sha1(ACQUIRE) }, renew: { text: RENEW, sha: sha1(RENEW) } };
+const SCRIPTS = { acquire: new RedisScript(ACQUIRE), renew: new RedisScript(RENEW) };
 
 /** The part of an ioredis client the store uses. */
-export interface RedisPermitClient {
-  evalsha(sha: string, numKeys: number, ...args: (string | number)[]): Promise<unknown>;
-  eval(script: string, numKeys: number, ...args: (string | number)[]): Promise<unknown>;
+export interface RedisPermitClient extends RedisScriptClient {
   zrem(key: string, member: string): Promise<unknown>;
 }
 
@@ -174,19 +172,13 @@ export class RedisPermitStore implements PermitStore {
     this.prefix = `{vllm-kit:permits:${name}}:`;
   }
 
-  private async run(script: { text: string; sha: string }, keys: string[], args: (string | number)[]) {
-    try {
-      return await this.client.evalsha(script.sha, keys.length, ...keys, ...args);
-    } catch (error) {
-      // The first call on a Redis that has not seen the script (or was restarted) loads it.
-      if (!/NOSCRIPT/.test((error as Error)?.message ?? '')) throw error;
-      return this.client.eval(script.text, keys.length, ...keys, ...args);
-    }
-  }
-
   async tryAcquire(resource: string, limit: number): Promise<string | undefined> {
     const lease = `${this.member}.${newLease()}`;
-    const granted = await this.run(SCRIPTS.acquire, [this.prefix + resource], [limit, this.leaseMs, lease]);
+    const granted = await SCRIPTS.acquire.run(
+      this.client,
+      [this.prefix + resource],
+      [limit, this.leaseMs, lease],
+    );
     return granted === 1 ? lease : undefined;
   }
 
@@ -197,7 +189,7 @@ export class RedisPermitStore implements PermitStore {
   async renew(held: [string, string][]): Promise<number> {
     const keys = [`${this.prefix}members`, ...held.map(([resource]) => this.prefix + resource)];
     const args = [this.leaseMs, this.member, ...held.map(([, lease]) => lease)];
-    return Number(await this.run(SCRIPTS.renew, keys, args));
+    return Number(await SCRIPTS.renew.run(this.client, keys, args));
   }
 
   async close(): Promise<void> {}

@@ -3,7 +3,7 @@
 // in-flight requests per replica across 4 workers and across two gateway processes on Redis (counted at the simulator),
 // permits returned when a worker is SIGKILLed and when clients abandon their streams.
 import { describe, expect, it } from 'vitest';
-import type { VllmSimulator } from '../../src/testing/index.js';
+import { watchInFlight } from '../helpers/fixtures.js';
 import { type GatewaySetup, post, trackGateways } from '../helpers/gateway.js';
 import { chat, children, trackGatewayProcesses } from '../helpers/gateway-process.js';
 import { REDIS_URL } from '../helpers/services.js';
@@ -36,7 +36,10 @@ async function fairSetup(
 ): Promise<GatewaySetup & { keys: Record<string, string> }> {
   // Each request holds its slot ~60 ms: a queue of 30 takes ~1 s to drain through 2 slots.
   const sim = await gateways.simulator({ ttftMs: 20, itlMs: 2, outputTokens: 20 });
-  const gateway = await gateways.setup({ ...UNLIMITED_IP, LIMIT_CONCURRENCY: '2', MAX_QUEUE: '100', ...env }, sim);
+  const gateway = await gateways.setup(
+    { ...UNLIMITED_IP, LIMIT_CONCURRENCY: '2', MAX_QUEUE: '100', ...env },
+    sim,
+  );
   const keys: Record<string, string> = {};
   for (const [name, priority] of [
     ['flood', 0],
@@ -86,31 +89,20 @@ describe('fair admission (QUEUE_POLICY)', () => {
   }, 60_000);
 });
 
-/** Samples the simulator's in-flight requests every millisecond; returns a stop function giving the peak. */
-function watchInFlight(sim: VllmSimulator) {
-  let peak = 0;
-  const timer = setInterval(() => {
-    const { running, waiting } = sim.stats();
-    peak = Math.max(peak, running + waiting);
-  }, 1);
-  return () => {
-    clearInterval(timer);
-    return peak;
-  };
-}
-
 describe('UPSTREAM_CONCURRENCY', () => {
   const streamBody = { messages: [{ role: 'user', content: 'hi' }], stream: true };
 
   it('holds across 4 workers; a SIGKILLed worker’s permits come back at once', async () => {
     const sim = await gateways.simulator({ ttftMs: 10, itlMs: 3, outputTokens: 30 });
-    const gateway = await processes.start(sim.url, { env: { ...UNLIMITED_IP, WORKERS: '4', UPSTREAM_CONCURRENCY: '6' } });
-    const stop = watchInFlight(sim);
+    const gateway = await processes.start(sim.url, {
+      env: { ...UNLIMITED_IP, WORKERS: '4', UPSTREAM_CONCURRENCY: '6' },
+    });
+    const watch = watchInFlight(sim);
     const replies = await Promise.all(
       Array.from({ length: 48 }, () => chat(gateway.url, gateway.key, streamBody)),
     );
     expect(replies.every((r) => r.status === 200 && r.complete)).toBe(true);
-    expect(stop()).toBe(6);
+    expect(watch.stop()).toBe(6);
 
     // Kill a worker while it holds permits; the survivors (and its replacement) still reach the full limit.
     const slowSim = sim;
@@ -126,7 +118,7 @@ describe('UPSTREAM_CONCURRENCY', () => {
       Array.from({ length: 36 }, () => chat(gateway.url, gateway.key, streamBody)),
     );
     expect(again.every((r) => r.status === 200)).toBe(true);
-    expect(after()).toBe(6);
+    expect(after.stop()).toBe(6);
   }, 90_000);
 
   it('holds across two gateway processes on Redis', async () => {
@@ -137,12 +129,12 @@ describe('UPSTREAM_CONCURRENCY', () => {
       env: { ...env, DATABASE_URL: first.databaseUrl },
       keyName: 'second',
     });
-    const stop = watchInFlight(sim);
+    const watch = watchInFlight(sim);
     const replies = await Promise.all(
       Array.from({ length: 40 }, (_, i) => chat(i % 2 ? first.url : second.url, first.key, streamBody)),
     );
     expect(replies.every((r) => r.status === 200)).toBe(true);
-    expect(stop()).toBe(5);
+    expect(watch.stop()).toBe(5);
   }, 90_000);
 
   it('returns the permits of streams the clients abandon', async () => {
@@ -165,7 +157,7 @@ describe('UPSTREAM_CONCURRENCY', () => {
     const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
     expect(metrics).toMatch(/gateway_upstream_permits\{upstream="[^"]+",state="held"\} 0/);
     // The full limit is available again.
-    const stop = watchInFlight(sim);
+    const watch = watchInFlight(sim);
     await Promise.all(
       Array.from({ length: 9 }, async () => {
         const res = await post(gateway.url, '/v1/chat/completions', {
@@ -175,6 +167,6 @@ describe('UPSTREAM_CONCURRENCY', () => {
         await res.text();
       }),
     );
-    expect(stop()).toBe(3);
+    expect(watch.stop()).toBe(3);
   }, 60_000);
 });

@@ -31,3 +31,18 @@ export function trackResources() {
 }
 
 export const messages = [{ role: 'user', content: 'Say something.' }];
+
+/** Samples a simulator's in-flight requests (running + waiting) every millisecond; `stop()` gives the peak. */
+export function watchInFlight(sim: VllmSimulator): { stop(): number } {
+  let peak = 0;
+  const timer = setInterval(() => {
+    const { running, waiting } = sim.stats();
+    peak = Math.max(peak, running + waiting);
+  }, 1);
+  return {
+    stop() {
+      clearInterval(timer);
+      return peak;
+    },
+  };
+}

@@ -6,3 +6,43 @@ export const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127
 export function uniqueName(prefix: string): string {
   return `${prefix}:${process.pid}:${Date.now().toString(36)}:${Math.random().toString(36).slice(2, 8)}`;
 }
+
+/**
+ * A redis-server of the test's own on a free port, to kill mid-test (an outage the shared one must never have).
+ * Resolves once it answers; `kill()` SIGKILLs it and waits for the exit.
+ */
+export async function startPrivateRedis(): Promise<{ url: string; kill(): Promise<void> }> {
+  const { spawn } = await import('node:child_process');
+  const { createServer } = await import('node:net');
+  const { Redis } = await import('ioredis');
+  const probe = createServer();
+  await new Promise<void>((done) => probe.listen(0, '127.0.0.1', done));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise((done) => probe.close(done));
+  const server = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    { stdio: 'ignore' },
+  );
+  const url = `redis://127.0.0.1:${port}`;
+  const exited = new Promise<void>((done) => server.once('exit', () => done()));
+  for (let i = 0; ; i++) {
+    const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    client.on('error', () => {});
+    const up = await client.connect().then(
+      () => true,
+      () => false,
+    );
+    client.disconnect();
+    if (up) break;
+    if (i === 100) throw new Error('private redis-server did not start');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url,
+    async kill() {
+      if (server.exitCode === null && server.signalCode === null) server.kill('SIGKILL');
+      await exited;
+    },
+  };
+}

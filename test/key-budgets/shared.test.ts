@@ -2,13 +2,12 @@
 // admission at the boundary, refused requests never counted, and a Redis outage answered by the insurance store.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { request } from 'node:http';
-import { type AddressInfo, createServer } from 'node:net';
 import { resolve } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type BudgetDecision, createKeyBudgets } from '../../src/index.js';
 import { forkTs } from '../helpers/child.js';
-import { REDIS_URL, uniqueName } from '../helpers/services.js';
+import { REDIS_URL, startPrivateRedis, uniqueName } from '../helpers/services.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -129,33 +128,13 @@ describe('store: Redis', () => {
   }, 30_000);
 
   it('answers from the insurance store when Redis dies mid-run, never a throw', async () => {
-    const server = createServer();
-    await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
-    const port = (server.address() as AddressInfo).port;
-    await new Promise((done) => server.close(done));
-    const redisServer = spawn('redis-server', [
-      '--port',
-      String(port),
-      '--bind',
-      '127.0.0.1',
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-    ]);
-    cleanups.push(async () => redisServer.kill('SIGKILL'));
-    const url = `redis://127.0.0.1:${port}`;
-    let client: Redis | undefined;
-    for (let i = 0; i < 50 && client === undefined; i++) {
-      client = await connected(url).catch(() => undefined);
-      if (client === undefined) await new Promise((r) => setTimeout(r, 100));
-    }
-    const budgets = createKeyBudgets({ store: client!, name: 'outage' });
+    const redisServer = await startPrivateRedis();
+    cleanups.push(() => redisServer.kill());
+    const client = await connected(redisServer.url);
+    const budgets = createKeyBudgets({ store: client, name: 'outage' });
     cleanups.push(() => budgets.close());
     expect(await budgets.admit('k', { requests: 3 })).toMatchObject({ allowed: true, degraded: false });
-    const stopped = new Promise((done) => redisServer.once('exit', done));
-    redisServer.kill('SIGKILL');
-    await stopped;
+    await redisServer.kill();
     // Down: the insurance store counts in this process (3 per window still holds), no throw.
     const during = [];
     for (let i = 0; i < 4; i++) during.push(await budgets.admit('k', { requests: 3 }));

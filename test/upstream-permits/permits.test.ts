@@ -1,8 +1,6 @@
 // The shared upstream limit: permits granted in order, waits that time out or are aborted, the client taking a permit
 // per POST (in-flight at the simulator never above the limit), permits returned by cancelled streams and timeouts,
 // two processes on Redis sharing one limit, a SIGKILLed holder's permits expiring with their lease, a Redis outage.
-import { spawn } from 'node:child_process';
-import { type AddressInfo, createServer } from 'node:net';
 import { resolve } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -16,7 +14,8 @@ import {
 } from '../../src/index.js';
 import { startVllmSimulator, type VllmSimulator } from '../../src/testing/index.js';
 import { forkTs } from '../helpers/child.js';
-import { REDIS_URL, uniqueName } from '../helpers/services.js';
+import { watchInFlight } from '../helpers/fixtures.js';
+import { REDIS_URL, startPrivateRedis, uniqueName } from '../helpers/services.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -29,21 +28,6 @@ const track = <T extends { close(): Promise<unknown> }>(thing: T): T => {
 
 async function simulator(options: Parameters<typeof startVllmSimulator>[0] = {}): Promise<VllmSimulator> {
   return track(await startVllmSimulator({ model: 'm', ...options }));
-}
-
-/** Samples the simulator's in-flight requests (running + waiting) every millisecond until stopped; the peak. */
-function watchInFlight(sim: VllmSimulator) {
-  let peak = 0;
-  const timer = setInterval(() => {
-    const { running, waiting } = sim.stats();
-    peak = Math.max(peak, running + waiting);
-  }, 1);
-  return {
-    stop() {
-      clearInterval(timer);
-      return peak;
-    },
-  };
 }
 
 async function redisClient(url = REDIS_URL): Promise<Redis> {
@@ -199,34 +183,15 @@ describe('store: Redis', () => {
   }, 30_000);
 
   it('falls back to its share of the limit while Redis is down, never throwing', async () => {
-    const probe = createServer();
-    await new Promise<void>((done) => probe.listen(0, '127.0.0.1', done));
-    const port = (probe.address() as AddressInfo).port;
-    await new Promise((done) => probe.close(done));
-    const server = spawn('redis-server', [
-      '--port',
-      String(port),
-      '--bind',
-      '127.0.0.1',
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-    ]);
-    cleanups.push(async () => server.kill('SIGKILL'));
-    let client: Redis | undefined;
-    for (let i = 0; i < 50 && client === undefined; i++) {
-      client = await redisClient(`redis://127.0.0.1:${port}`).catch(() => undefined);
-      if (client === undefined) await new Promise((r) => setTimeout(r, 100));
-    }
+    const redisServer = await startPrivateRedis();
+    cleanups.push(() => redisServer.kill());
+    const client = await redisClient(redisServer.url);
     const pool: PermitPool = track(
-      createPermitPool({ permits: 4, store: client!, name: 'outage', leaseMs: 300 }),
+      createPermitPool({ permits: 4, store: client, name: 'outage', leaseMs: 300 }),
     );
     const before = await pool.acquire('r');
     await expect.poll(() => pool.stats().members).toBe(1);
-    const stopped = new Promise((done) => server.once('exit', done));
-    server.kill('SIGKILL');
-    await stopped;
+    await redisServer.kill();
     // Down: this process may hold its share (4 ÷ 1 member) itself; the fifth waits, and times out cleanly.
     const during = await Promise.all([0, 1, 2, 3].map(() => pool.acquire('r', { timeoutMs: 2000 })));
     expect(pool.stats()).toMatchObject({ degraded: true, fallbackAcquired: 4, share: 4 });
