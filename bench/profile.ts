@@ -76,6 +76,11 @@ const PIECES: [string, (url: string, fn: string) => boolean][] = [
   ['body read, UTF-8 and JSON check', (_u, f) => f === 'readBody' || f === 'parse' || f === 'isUtf8'],
   ['pooled client (replay, routing)', (u) => /src\/client\//.test(u)],
   ['undici (HTTP/1.1 to the upstream)', (u) => /node_modules\/undici/.test(u)],
+  [
+    'usage accounting (meter, budgets, usage batches)',
+    (u) => /src\/key-budgets\/|gateway\/usage-recorder\.ts/.test(u),
+  ],
+  ['upstream permits', (u) => /src\/upstream-permits\//.test(u)],
   ['gateway pipeline (routing, headers, errors)', (u) => /examples\/gateway\//.test(u)],
   [
     'node:http server (parse, respond, sockets)',

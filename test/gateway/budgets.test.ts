@@ -145,7 +145,8 @@ describe('usage from streams', () => {
   });
 
   it('charges a stream the client abandons halfway the prompt plus the tokens generated until then (±1)', async () => {
-    const sim = await simulator({ outputTokens: 200, itlMs: 10 });
+    // 25 ms a token: the client's leaving reaches the simulator well within one token, even on a busy machine.
+    const sim = await simulator({ outputTokens: 200, itlMs: 25 });
     const gateway = await setup({ USAGE_FLUSH_MS: '10' }, sim);
     const res = await post(gateway.url, '/v1/chat/completions', {
       key: gateway.key,
