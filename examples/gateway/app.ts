@@ -107,6 +107,7 @@ export async function startWorker(
   const rateLimiter = createIpRateLimiter({
     points: config.rateLimitPoints,
     windowSec: config.rateLimitWindowSec,
+    name: config.rateLimitName,
     trustProxy: config.trustProxy,
     proxyHeader: config.trustProxyHeader,
     store: sharedStore,

@@ -18,6 +18,8 @@ export interface GatewayConfig {
   keepAliveTimeoutMs: number;
   rateLimitPoints: number;
   rateLimitWindowSec: number;
+  /** Names the per-IP budget in Redis: gateways sharing a Redis and this name share their clients' budgets. */
+  rateLimitName: string;
   trustProxy: false | number | string[];
   /** The one header the trusted proxies write the client's address into; the other is never read. */
   trustProxyHeader: 'x-forwarded-for' | 'forwarded';
@@ -167,6 +169,13 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     env.UPSTREAM_CONCURRENCY === undefined || env.UPSTREAM_CONCURRENCY === ''
       ? undefined
       : integer(env, 'UPSTREAM_CONCURRENCY', 0, 1, 1_000_000);
+  const rateLimitName = env.RATE_LIMIT_NAME || 'default';
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(rateLimitName)) {
+    throw new ConfigError(
+      'RATE_LIMIT_NAME',
+      `RATE_LIMIT_NAME must be 1-64 letters, digits, "_", "." or "-", got "${rateLimitName}"`,
+    );
+  }
   const metrics = env.METRICS ?? 'true';
   if (metrics !== 'true' && metrics !== 'false')
     throw new ConfigError('METRICS', `METRICS must be "true" or "false", got "${metrics}"`);
@@ -186,6 +195,7 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     // The limiter's own ceiling (its memory store packs the count into 21 bits).
     rateLimitPoints: integer(env, 'RATE_LIMIT_POINTS', 20, 1, 2_000_000),
     rateLimitWindowSec: integer(env, 'RATE_LIMIT_WINDOW_SEC', 60, 1, 86_400),
+    rateLimitName,
     trustProxy,
     trustProxyHeader,
     redisUrl,

@@ -126,7 +126,14 @@ describe('UPSTREAM_CONCURRENCY', () => {
 
   it('holds across two gateway processes on Redis', async () => {
     const sim = await gateways.simulator({ ttftMs: 10, itlMs: 3, outputTokens: 30 });
-    const env = { ...UNLIMITED_IP, WORKERS: '2', REDIS_URL, UPSTREAM_CONCURRENCY: '5' };
+    const env = {
+      ...UNLIMITED_IP,
+      // Its own per-IP budget in the shared Redis: this test's 40 requests must not count against other tests'.
+      RATE_LIMIT_NAME: `admission-${process.pid}-${Date.now()}`,
+      WORKERS: '2',
+      REDIS_URL,
+      UPSTREAM_CONCURRENCY: '5',
+    };
     const first = await processes.start(sim.url, { env });
     const second = await processes.start(sim.url, {
       env: { ...env, DATABASE_URL: first.databaseUrl },

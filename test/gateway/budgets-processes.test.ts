@@ -49,7 +49,8 @@ describe('budgets across workers and hosts', () => {
 
   it('gives a key one budget across two gateway processes on Redis', async () => {
     const sim = await simulator(3);
-    const env = { WORKERS: '2', REDIS_URL };
+    // A per-IP budget of this test's own in the shared Redis (other tests' requests from 127.0.0.1 count elsewhere).
+    const env = { WORKERS: '2', REDIS_URL, RATE_LIMIT_NAME: `budgets-${process.pid}-${Date.now()}` };
     const first = await start(sim.url, { env, keyArgs: ['--rpm', '10'] });
     const second = await start(sim.url, {
       env: { ...env, DATABASE_URL: first.databaseUrl },

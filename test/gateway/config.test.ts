@@ -63,6 +63,12 @@ describe('loadConfig', () => {
       'TRUST_PROXY_HEADER must be "x-forwarded-for" or "forwarded", got "x-real-ip"',
     ],
     [{ REDIS_URL: 'localhost:6379' }, 'REDIS_URL', 'REDIS_URL must be a redis:// or rediss:// URL'],
+    [{ RATE_LIMIT_NAME: 'a b' }, 'RATE_LIMIT_NAME', 'RATE_LIMIT_NAME must be 1-64 letters'],
+    [{ QUEUE_POLICY: 'lifo' }, 'QUEUE_POLICY', 'QUEUE_POLICY must be "fair" or "fifo", got "lifo"'],
+    [{ STREAM_USAGE: 'never' }, 'STREAM_USAGE', 'STREAM_USAGE must be "continuous" or "final"'],
+    [{ UPSTREAM_CONCURRENCY: '0' }, 'UPSTREAM_CONCURRENCY', 'UPSTREAM_CONCURRENCY must be an integer from 1'],
+    [{ USAGE_FLUSH_MS: '60000' }, 'USAGE_FLUSH_MS', 'USAGE_FLUSH_MS must be an integer from 10 to 5000'],
+    [{ MAX_QUEUE_PER_KEY: '-1' }, 'MAX_QUEUE_PER_KEY', 'MAX_QUEUE_PER_KEY must be an integer from 1'],
     [
       { DATABASE_URL: 'mysql://u:secret@h/db' },
       'DATABASE_URL',
