@@ -128,11 +128,6 @@ export class FairQueue<T extends FairItem> {
     return largest?.queue.at(-1);
   }
 
-  /** Every waiting task (to cancel them all on close). */
-  all(): T[] {
-    return this.bands.flatMap((band) => band.active.flatMap((flow) => flow.queue));
-  }
-
   private taken(item: T): void {
     this.size--;
     const left = (this.byKey.get(item.key) ?? 1) - 1;

@@ -128,16 +128,32 @@ export function clockOption(value: unknown): () => number {
   return (value as (() => number) | undefined) ?? Date.now;
 }
 
-/** The options every piece with a shared store (memory, cluster primary, Redis) takes, validated alike. */
-export function sharedStoreOptions(options: Record<string, unknown>): {
+/**
+ * The options every piece with a shared store (memory, cluster primary, Redis) takes, validated alike. `store` is
+ * `'memory'`, `'cluster'`, or the Redis client, recognised by the method the piece calls on it (`redisMethod`).
+ */
+export function sharedStoreOptions<Client>(
+  options: Record<string, unknown>,
+  redisMethod: string,
+): {
+  store: 'memory' | 'cluster' | Client;
   name: string;
   onStoreError: 'insurance' | 'open' | 'closed';
   storeTimeoutMs: number;
 } {
+  const store = options.store ?? 'memory';
+  const isClient =
+    typeof store === 'object' &&
+    store !== null &&
+    typeof (store as Record<string, unknown>)[redisMethod] === 'function';
+  if (store !== 'memory' && store !== 'cluster' && !isClient) {
+    throw invalid('store', '"memory", "cluster" or an ioredis client', store);
+  }
   const name = stringOption('name', options.name, 'default');
   if (!/^[A-Za-z0-9_.-]+$/.test(name))
     throw invalid('name', 'letters, digits, "_", "." or "-"', options.name);
   return {
+    store: store as 'memory' | 'cluster' | Client,
     name,
     onStoreError: oneOfOption(
       'onStoreError',

@@ -166,7 +166,10 @@ class Budgets implements KeyBudgets {
   constructor(input: KeyBudgetsOptions) {
     const options = objectOption('options', input) ?? {};
     rejectUnknownKeys('', options, KEYS);
-    const { name, onStoreError, storeTimeoutMs } = sharedStoreOptions(options);
+    const { store, name, onStoreError, storeTimeoutMs } = sharedStoreOptions<RedisScriptClient>(
+      options,
+      'evalsha',
+    );
     this.onStoreError = onStoreError;
     const windowSec = numberOption('windowSec', options.windowSec, 60, {
       min: 1,
@@ -175,18 +178,12 @@ class Budgets implements KeyBudgets {
     });
     this.windowMs = windowSec * 1000;
     this.now = clockOption(options.now);
-    const store = options.store ?? 'memory';
-    if (store === 'memory') this.store = new MemoryBudgetStore(this.windowMs, this.now);
-    else if (store === 'cluster') this.store = new ClusterBudgetStore(name, this.windowMs, storeTimeoutMs);
-    else if (
-      typeof store === 'object' &&
-      store !== null &&
-      typeof (store as { evalsha?: unknown }).evalsha === 'function'
-    ) {
-      this.store = new RedisBudgetStore(store as RedisScriptClient, name, this.windowMs, this.now);
-    } else {
-      throw invalid('store', '"memory", "cluster" or an ioredis client', store);
-    }
+    this.store =
+      store === 'memory'
+        ? new MemoryBudgetStore(this.windowMs, this.now)
+        : store === 'cluster'
+          ? new ClusterBudgetStore(name, this.windowMs, storeTimeoutMs)
+          : new RedisBudgetStore(store, name, this.windowMs, this.now);
     if (store !== 'memory' && this.onStoreError === 'insurance')
       this.insurance = new MemoryBudgetStore(this.windowMs, this.now);
   }

@@ -112,7 +112,6 @@ export class UsageMeter {
   private readonly estimate: number | (() => number);
   /** Stream: the start of an event not yet complete (or everything from `[DONE]` on). Body: every chunk so far. */
   private held: Buffer[] = [];
-  private heldBytes = 0;
   /** `data: [DONE]` was seen: everything from it on is held for `end`. */
   private done = false;
   /** The last usage value seen (continuous or final), unparsed: only the last one is ever needed. */
@@ -139,12 +138,10 @@ export class UsageMeter {
   write(chunk: Buffer): Buffer {
     if (!this.stream || this.done) {
       this.held.push(chunk);
-      this.heldBytes += chunk.length;
       return EMPTY;
     }
-    const data = this.heldBytes === 0 ? chunk : Buffer.concat([...this.held, chunk]);
+    const data = this.held.length === 0 ? chunk : Buffer.concat([...this.held, chunk]);
     this.held = [];
-    this.heldBytes = 0;
     const text = data.toString('latin1');
     let start = 0;
     // The text to forward when stripping changed something (one Buffer made of it at the end: cheaper than slicing
@@ -175,7 +172,6 @@ export class UsageMeter {
     if (start < data.length) {
       // Hold the incomplete event (copied: the chunk it came in is not ours to keep).
       this.held.push(Buffer.from(data.subarray(start)));
-      this.heldBytes = data.length - start;
     }
     if (out === undefined) return start === data.length ? data : data.subarray(0, start);
     return Buffer.from(out + text.slice(copiedTo, start), 'latin1');
@@ -237,9 +233,8 @@ export class UsageMeter {
   /** The response ended: returns the bytes still held (a body, `[DONE]`, an unterminated last event), to forward. */
   end(): Buffer {
     const rest =
-      this.heldBytes === 0 ? EMPTY : this.held.length === 1 ? this.held[0]! : Buffer.concat(this.held);
+      this.held.length === 0 ? EMPTY : this.held.length === 1 ? this.held[0]! : Buffer.concat(this.held);
     this.held = [];
-    this.heldBytes = 0;
     if (!this.stream && rest.length > 0) {
       // The top-level usage comes after the choices, and a quote inside a string is escaped: the last `"usage":`
       // of the body is its own.

@@ -186,7 +186,7 @@ class Limiter implements IpRateLimiter {
       max: 31_536_000,
       integer: true,
     });
-    const shared = sharedStoreOptions(options);
+    const shared = sharedStoreOptions<object>(options, 'eval');
     this.name = shared.name;
     this.onStoreError = shared.onStoreError;
     const storeTimeoutMs = shared.storeTimeoutMs;
@@ -236,20 +236,13 @@ class Limiter implements IpRateLimiter {
     this.legacyHeaders = booleanOption('legacyHeaders', options.legacyHeaders, false);
     this.policy = `"${this.name}";q=${this.points};w=${this.windowSec}`;
 
-    const store = options.store ?? 'memory';
-    if (store === 'memory') {
-      this.store = new LocalStore(this.windowSec, this.now);
-    } else if (store === 'cluster') {
-      this.store = new ClusterStore(this.name, this.windowSec, storeTimeoutMs);
-    } else if (
-      typeof store === 'object' &&
-      store !== null &&
-      typeof (store as { eval?: unknown }).eval === 'function'
-    ) {
-      this.store = new RedisStore(store, this.name, this.points, this.windowSec, this.now);
-    } else {
-      throw invalid('store', '"memory", "cluster" or an ioredis client', store);
-    }
+    const store = shared.store;
+    this.store =
+      store === 'memory'
+        ? new LocalStore(this.windowSec, this.now)
+        : store === 'cluster'
+          ? new ClusterStore(this.name, this.windowSec, storeTimeoutMs)
+          : new RedisStore(store, this.name, this.points, this.windowSec, this.now);
     if (store !== 'memory' && this.onStoreError === 'insurance')
       this.insurance = new LocalStore(this.windowSec, this.now);
   }

@@ -152,7 +152,10 @@ class Pool implements PermitPool {
     rejectUnknownKeys('', options, KEYS);
     if (options.permits === undefined) throw invalid('permits', 'an integer >= 1', options.permits);
     this.permits = numberOption('permits', options.permits, 1, { min: 1, max: 1_000_000, integer: true });
-    const { name, onStoreError, storeTimeoutMs } = sharedStoreOptions(options);
+    const { store, name, onStoreError, storeTimeoutMs } = sharedStoreOptions<RedisPermitClient>(
+      options,
+      'zrem',
+    );
     this.onStoreError = onStoreError;
     const leaseMs = numberOption('leaseMs', options.leaseMs, 5000, {
       min: 100,
@@ -160,18 +163,12 @@ class Pool implements PermitPool {
       integer: true,
     });
     this.pollMs = numberOption('pollMs', options.pollMs, 5, { min: 1, max: 10_000 });
-    const store = options.store ?? 'memory';
-    if (store === 'memory') this.store = new MemoryPermitStore();
-    else if (store === 'cluster') this.store = new ClusterPermitStore(name, storeTimeoutMs);
-    else if (
-      typeof store === 'object' &&
-      store !== null &&
-      typeof (store as { zrem?: unknown }).zrem === 'function'
-    ) {
-      this.store = new RedisPermitStore(store as RedisPermitClient, name, leaseMs);
-    } else {
-      throw invalid('store', '"memory", "cluster" or an ioredis client', store);
-    }
+    this.store =
+      store === 'memory'
+        ? new MemoryPermitStore()
+        : store === 'cluster'
+          ? new ClusterPermitStore(name, storeTimeoutMs)
+          : new RedisPermitStore(store, name, leaseMs);
     this.shared = store !== 'memory';
     if (this.store.renew !== undefined) {
       this.renewTimer = setInterval(() => void this.renew(), Math.max(50, Math.floor(leaseMs / 3)));

@@ -1,12 +1,12 @@
 // One budget per key across four node:cluster workers (through the primary) and across processes on Redis: exact
 // admission at the boundary, refused requests never counted, and a Redis outage answered by the insurance store.
-import { type ChildProcess, spawn } from 'node:child_process';
 import { request } from 'node:http';
 import { resolve } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type BudgetDecision, createKeyBudgets } from '../../src/index.js';
 import { forkTs } from '../helpers/child.js';
+import { startClusterApp } from '../helpers/cluster-app.js';
 import { REDIS_URL, startPrivateRedis, uniqueName } from '../helpers/services.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -15,28 +15,13 @@ afterEach(async () => {
 });
 
 describe('store: "cluster" (four workers)', () => {
-  let app: ChildProcess;
+  let app: Awaited<ReturnType<typeof startClusterApp>>;
   let port: number;
   beforeAll(async () => {
-    app = spawn(process.execPath, ['--import', 'tsx', resolve(import.meta.dirname, 'cluster-app.ts')], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    port = await new Promise<number>((resolvePort, reject) => {
-      let out = '';
-      app.stdout!.on('data', (chunk) => {
-        out += chunk;
-        const line = out.split('\n').find((l) => l.startsWith('{'));
-        if (line) resolvePort(JSON.parse(line).port);
-      });
-      app.once('exit', (code) => reject(new Error(`cluster app exited with ${code}`)));
-    });
+    app = await startClusterApp(resolve(import.meta.dirname, 'cluster-app.ts'));
+    port = app.port;
   }, 30_000);
-  afterAll(async () => {
-    if (app.exitCode !== null) return;
-    const exited = new Promise((done) => app.once('exit', done));
-    app.kill('SIGTERM');
-    await exited;
-  });
+  afterAll(() => app.stop());
 
   /** One request on a new connection, so the primary spreads them over the workers. */
   const get = (path: string) =>

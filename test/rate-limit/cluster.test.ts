@@ -1,27 +1,16 @@
 // Four real node:cluster workers share one budget through the primary: exactly 20 of 25 pass.
-import { type ChildProcess, spawn } from 'node:child_process';
 import { request } from 'node:http';
 import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startClusterApp } from '../helpers/cluster-app.js';
 
-const apps: ChildProcess[] = [];
+const apps: { stop(): Promise<void> }[] = [];
 let port: number;
 
 async function startApp(env: Record<string, string> = {}): Promise<number> {
-  const app = spawn(process.execPath, ['--import', 'tsx', resolve(import.meta.dirname, 'cluster-app.ts')], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, ...env },
-  });
+  const app = await startClusterApp(resolve(import.meta.dirname, 'cluster-app.ts'), env);
   apps.push(app);
-  return new Promise<number>((resolvePort, reject) => {
-    let out = '';
-    app.stdout!.on('data', (chunk) => {
-      out += chunk;
-      const line = out.split('\n').find((l) => l.startsWith('{'));
-      if (line) resolvePort(JSON.parse(line).port);
-    });
-    app.once('exit', (code) => reject(new Error(`cluster app exited with ${code}`)));
-  });
+  return app.port;
 }
 
 beforeAll(async () => {
@@ -29,12 +18,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const app of apps) {
-    if (app.exitCode !== null) continue;
-    const exited = new Promise((done) => app.once('exit', done));
-    app.kill('SIGTERM');
-    await exited;
-  }
+  for (const app of apps) await app.stop();
 });
 
 /** One request on a new connection, so the primary spreads them over the workers. */
