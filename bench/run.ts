@@ -16,6 +16,7 @@ const SCRIPTS = {
   routing: 'scenarios/routing.ts',
   budgets: 'scenarios/budgets.ts',
   fairness: 'scenarios/fairness.ts',
+  telemetry: 'scenarios/telemetry.ts',
   'token-cache': 'token-cache.ts',
   'rate-limit': 'rate-limit.ts',
   concurrency: 'concurrency.ts',

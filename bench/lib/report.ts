@@ -83,6 +83,19 @@ export function summarize(report: Report): { figure: string; value: string; targ
     add('usage accounting, JSON body (µs)', fmt(b.accounting.meterWholeBodyMicros, 2));
     add('budget admit + charge, memory (µs)', fmt(b.accounting.budgetAdmitAndChargeMicros, 2));
   }
+  if (r.telemetry) {
+    const t = r.telemetry.gateway.vsOff;
+    atLeast('OpenTelemetry 100% sampled / off, req/s, short answers', t['short on'], 0.9, 3);
+    atLeast('OpenTelemetry 100% sampled / off, req/s, streams', t['stream on'], 0.9, 3);
+    add(
+      'OpenTelemetry 10% sampled / off, short / streams',
+      `${fmt(t['short sampled'], 3)} / ${fmt(t['stream sampled'], 3)}`,
+    );
+    add(
+      'client with the API but no SDK / telemetry off, calls/s',
+      fmt(r.telemetry.client['short noop/off'], 3),
+    );
+  }
   if (r.fairness) {
     const f = r.fairness;
     atMost('fair: light keys p99 TTFT / their solo run', f.fairness.lightTtftP99VsSolo.fair, 1.5, 2);
@@ -478,6 +491,52 @@ export function renderReport(
             fmt(b.accounting.meterStream200FinalUsageMicros, 1),
           ],
           ['admit + charge, memory store', fmt(b.accounting.budgetAdmitAndChargeMicros, 2)],
+        ],
+      ),
+    );
+  }
+
+  if (r.telemetry) {
+    const t = r.telemetry;
+    const g = t.gateway;
+    parts.push(
+      `## OpenTelemetry (gateway with 2 workers, OTLP http/protobuf to a local collector stand-in; autocannon, ${t.rounds} mirrored rounds, median of per-round ratios)`,
+    );
+    const variants = [
+      ['on', '100% of traces, and metrics'],
+      ['sampled', '10% of traces, and metrics'],
+      ['metricsOnly', 'metrics only (no trace sampled)'],
+      ['tracesOnly', '100% of traces, no metrics'],
+    ];
+    parts.push(
+      table(
+        ['gateway', 'short answers req/s', 'ratio to off', 'streams req/s', 'ratio to off'],
+        [
+          ['off', fmt(g.rps['short off']), '1', fmt(g.rps['stream off']), '1'],
+          ...variants.map(([name, label]) => [
+            label!,
+            fmt(g.rps[`short ${name}`]),
+            fmt(g.vsOff[`short ${name}`], 3),
+            fmt(g.rps[`stream ${name}`]),
+            fmt(g.vsOff[`stream ${name}`], 3),
+          ]),
+        ],
+      ),
+    );
+    parts.push(
+      table(
+        ['client in-process, calls/s against telemetry off', 'short answers', 'streams'],
+        [
+          [
+            'the API installed, no SDK',
+            fmt(t.client['short noop/off'], 3),
+            fmt(t.client['stream noop/off'], 3),
+          ],
+          [
+            'the SDK recording every span and the metrics',
+            fmt(t.client['short sdk/off'], 3),
+            fmt(t.client['stream sdk/off'], 3),
+          ],
         ],
       ),
     );

@@ -20,6 +20,7 @@ import { createCors } from './cors.js';
 import { createGateway } from './gateway.js';
 import { type ApiKey, hashKey, type KeyStore, openKeyStore, REVOCATION_CHANNEL } from './key-store.js';
 import { createMetrics } from './metrics.js';
+import { startTelemetry } from './telemetry.js';
 import { UsageRecorder } from './usage-recorder.js';
 
 export interface GatewayWorker {
@@ -84,6 +85,8 @@ export async function startWorker(
     config.upstreamConcurrency === undefined
       ? undefined
       : createPermitPool({ permits: config.upstreamConcurrency, store: sharedStore, name: 'gateway' });
+  // OpenTelemetry first: the client's instruments come from the SDK's meter provider.
+  const telemetry = config.telemetry ? await startTelemetry(process.env, logger) : undefined;
   const vllm = createVllmClient({
     baseUrls: options.upstreams,
     connections: config.poolConnections,
@@ -93,6 +96,14 @@ export async function startWorker(
     routingLoadFactor: config.routingLoadFactor,
     ...(config.vllmApiKey ? { apiKey: config.vllmApiKey } : {}),
     ...(permits ? { permits, permitTimeoutMs: config.queueTimeoutMs } : {}),
+    // Off unless exporting: the client then loads nothing and spends nothing on it.
+    telemetry: telemetry
+      ? {
+          api: telemetry.api,
+          captureContent: config.telemetryCaptureContent,
+          chunkTiming: config.telemetryChunkTiming,
+        }
+      : false,
   });
   const tokens = createTokenCache<ApiKey>({
     // The database stores SHA-256 of each key (hex); the cache keys by the same digest.
@@ -144,6 +155,7 @@ export async function startWorker(
     budgets,
     usage,
     continuousUsage: config.streamUsage === 'continuous',
+    telemetry,
     cors: config.corsOrigins.length > 0 ? createCors(config.corsOrigins) : undefined,
   });
   const server = createServer(
@@ -175,6 +187,8 @@ export async function startWorker(
       await Promise.all([limiter.close(), rateLimiter.close(), tokens.close(), budgets.close()]);
       await vllm.close();
       await permits?.close();
+      // Every span has ended: the last batch (and the last metrics) go out before the worker exits.
+      await telemetry?.shutdown();
       // Every response has ended: the last usage batch goes to the store before it closes.
       await usage.close();
       await keyStore.close();

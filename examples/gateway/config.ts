@@ -2,6 +2,7 @@
 // message naming the variable.
 import { availableParallelism } from 'node:os';
 import { parseCorsOrigins } from './cors.js';
+import { telemetryConfigured } from './telemetry.js';
 
 export interface GatewayConfig {
   env: 'development' | 'production';
@@ -50,6 +51,12 @@ export interface GatewayConfig {
   maxQueuePerKey: number;
   /** In-flight requests per upstream replica across every worker (and, with Redis, every host); undefined: no shared limit. */
   upstreamConcurrency: number | undefined;
+  /** OpenTelemetry export (OTLP), on when OTEL_EXPORTER_OTLP_ENDPOINT or a per-signal endpoint is set. */
+  telemetry: boolean;
+  /** Record prompts and completions on the spans (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT). */
+  telemetryCaptureContent: boolean;
+  /** Stream chunk timing: every gap (the conventions), one mean per stream, or none (OTEL_GENAI_CHUNK_TIMING). */
+  telemetryChunkTiming: 'each' | 'mean' | 'off';
 }
 
 export class ConfigError extends Error {
@@ -176,6 +183,20 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
       `RATE_LIMIT_NAME must be 1-64 letters, digits, "_", "." or "-", got "${rateLimitName}"`,
     );
   }
+  const captureContent = (env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT || 'false').toLowerCase();
+  if (captureContent !== 'true' && captureContent !== 'false') {
+    throw new ConfigError(
+      'OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT',
+      `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT must be "true" or "false", got "${env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT}"`,
+    );
+  }
+  const chunkTiming = env.OTEL_GENAI_CHUNK_TIMING || 'each';
+  if (chunkTiming !== 'each' && chunkTiming !== 'mean' && chunkTiming !== 'off') {
+    throw new ConfigError(
+      'OTEL_GENAI_CHUNK_TIMING',
+      `OTEL_GENAI_CHUNK_TIMING must be "each", "mean" or "off", got "${chunkTiming}"`,
+    );
+  }
   const metrics = env.METRICS ?? 'true';
   if (metrics !== 'true' && metrics !== 'false')
     throw new ConfigError('METRICS', `METRICS must be "true" or "false", got "${metrics}"`);
@@ -215,5 +236,8 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     queuePolicy,
     maxQueuePerKey: integer(env, 'MAX_QUEUE_PER_KEY', Math.max(1, maxQueue), 1, 1_000_000),
     upstreamConcurrency,
+    telemetry: telemetryConfigured(env),
+    telemetryCaptureContent: captureContent === 'true',
+    telemetryChunkTiming: chunkTiming,
   };
 }

@@ -29,6 +29,7 @@ import {
 import type { Cors } from './cors.js';
 import { type ApiKey, isWellFormedKey } from './key-store.js';
 import type { GatewayMetrics } from './metrics.js';
+import type { GatewayTelemetry, RequestSpan } from './telemetry.js';
 import type { UsageRecorder } from './usage-recorder.js';
 
 export interface GatewayDeps {
@@ -49,6 +50,8 @@ export interface GatewayDeps {
   usage?: UsageRecorder | undefined;
   /** Ask vLLM for usage on every stream chunk (`continuous_usage_stats`), so a cut stream is charged exactly. */
   continuousUsage: boolean;
+  /** OpenTelemetry: a server span per request, parenting the client's span; undefined: off. */
+  telemetry?: GatewayTelemetry | undefined;
 }
 
 interface Route {
@@ -181,6 +184,8 @@ class Exchange implements AbortSignalLike {
   meter: UsageMeter | undefined = undefined;
   /** Usage recorded and charged (once, whichever way the response ends). */
   settled = false;
+  /** The request's server span, with telemetry on. */
+  span: RequestSpan | undefined = undefined;
   private listeners: (() => void)[] | undefined = undefined;
   private settlePipe: ((error?: Error) => void) | undefined = undefined;
 
@@ -291,7 +296,9 @@ function pathOf(url: string): string {
 
 export function createGateway(deps: GatewayDeps) {
   const { client, tokens, rateLimiter, limiter, logger, metrics, budgets } = deps;
-  const routesByBody = client.baseUrls.length > 1;
+  const telemetry = deps.telemetry;
+  // The parsed body is kept for the client when it routes by it, or describes the call on its span.
+  const keepsParsedBody = client.baseUrls.length > 1 || telemetry !== undefined;
 
   async function authenticate(req: IncomingMessage): Promise<ApiKey> {
     const header = req.headers.authorization;
@@ -346,9 +353,10 @@ export function createGateway(deps: GatewayDeps) {
       if (valid) {
         try {
           const parsed = JSON.parse(body.toString('utf8'));
-          // Parsed once: with several replicas the client routes by it (prompt prefix, `prompt_cache_key`, `user`)
-          // without parsing again. Kept only then: a parsed body held for the whole request costs GC time.
-          if (routesByBody) exchange.parsedBody = parsed;
+          // Parsed once: with several replicas the client routes by it (prompt prefix, `prompt_cache_key`, `user`),
+          // and with telemetry its span reads the model from it, without parsing again. Kept only then: a parsed
+          // body held for the whole request costs GC time.
+          if (keepsParsedBody) exchange.parsedBody = parsed;
           if (exchange.principal !== undefined) body = askForUsage(exchange, body, parsed);
         } catch {
           valid = false;
@@ -428,6 +436,7 @@ export function createGateway(deps: GatewayDeps) {
       routingBody: exchange.parsedBody,
       // X-Session-Id, when the client sends one, keeps a conversation on one replica whatever its prompt.
       routingKey: exchange.sessionId,
+      traceContext: exchange.span?.context,
     });
     if (upstream.status === 401) {
       // Client keys never reach the upstream: a 401 there means the gateway's own VLLM_API_KEY is wrong.
@@ -499,6 +508,11 @@ export function createGateway(deps: GatewayDeps) {
     metrics?.observeRequest(exchange.routeLabel, status, ms / 1000);
     // Not settled yet: the client left, the upstream failed, or the request never went upstream.
     if (exchange.principal !== undefined) void settleUsage(exchange);
+    // The span tells what went out, and why the exchange failed: a cut upstream, or a client that left.
+    exchange.span?.end(
+      this.headersSent ? this.statusCode : undefined,
+      exchange.upstreamFailure ?? (exchange.aborted ? 'client_closed' : undefined),
+    );
     // One line per request; no per-request child logger (it would serialise its bindings every time).
     logger.info(
       {
@@ -524,6 +538,8 @@ export function createGateway(deps: GatewayDeps) {
     const sessionId = req.headers['x-session-id'];
     if (typeof sessionId === 'string' && sessionId !== '' && sessionId.length <= 256)
       exchange.sessionId = sessionId;
+    if (telemetry !== undefined)
+      exchange.span = telemetry.startRequest(req, path, route ? path : undefined, requestId);
     res[kExchange] = exchange;
     res.on('close', onResponseClose);
     try {

@@ -2,8 +2,9 @@
 // safe retries within a budget, and errors from one mapping function.
 import { EventEmitter } from 'node:events';
 import type { Readable } from 'node:stream';
-import { type Dispatcher, fetch as undiciFetch } from 'undici';
+import { Dispatcher, Headers, fetch as undiciFetch } from 'undici';
 import {
+  ClosedError,
   InvalidOptionError,
   isVllmKitError,
   RequestAbortedError,
@@ -18,6 +19,7 @@ import { type ResolvedClientOptions, resolveClientOptions, type VllmClientOption
 import { backoffDelay, isRetryableStatus, parseRetryAfter, RetryBudget } from './retry.js';
 import { isReplayableBody, ReplayDispatcher, type RoutedOptions, Router, SocketTracker } from './router.js';
 import { SseParser } from './sse.js';
+import { type CallTelemetry, ClientTelemetry } from './telemetry.js';
 import type {
   ChatCompletion,
   ChatCompletionChunk,
@@ -47,6 +49,11 @@ export interface CallOptions {
    * while it is up and under its load bound. Takes precedence over the body's `prompt_cache_key`, `user` and prompt.
    */
   routingKey?: string | undefined;
+  /**
+   * The OpenTelemetry `Context` to parent this call's span (a server span's context, say); the active context when
+   * omitted. Passing it spares the caller an `AsyncLocalStorage` context manager on its hot path.
+   */
+  traceContext?: unknown;
 }
 
 export interface RawRequest extends CallOptions {
@@ -56,8 +63,9 @@ export interface RawRequest extends CallOptions {
   /** A string or bytes can be retried; a stream is sent once. */
   body?: string | Uint8Array | Readable | null;
   /**
-   * The request body as already parsed, for prefix routing (its prompt's leading characters, `prompt_cache_key` or
-   * `user` form the routing key), so that a gateway that parsed the body to validate it does not parse it twice.
+   * The request body as already parsed, so that a gateway that parsed it to validate it does not parse it twice: for
+   * prefix routing (its prompt's leading characters, `prompt_cache_key` or `user` form the routing key) and for the
+   * call's span (model, `max_tokens`, `stream`).
    */
   routingBody?: unknown;
 }
@@ -164,10 +172,14 @@ interface Sent {
     };
   /** Aborts the call's own controller (timeouts, the caller's signal, early exit). */
   abort(reason: Error): void;
-  /** Clears the call's timers and signal listener. */
+  /** Clears the call's timers and signal listener, returns its permit and ends its span: once, when it is over. */
   done(): void;
   signal: CallSignal;
   startedAt: number;
+  /** The call's span, for inference calls with telemetry on. */
+  call: CallTelemetry | undefined;
+  /** The replica that answered. */
+  upstream: string;
 }
 
 /**
@@ -259,6 +271,7 @@ class Client implements VllmClient {
   private readonly streamHeaders: string[];
   private readonly mergedHeaders = new WeakMap<object, { base: string[]; merged: string[] }>();
   private readonly origin: string;
+  private readonly telemetry: ClientTelemetry | undefined;
   private requests = 0;
   private retries = 0;
   private readonly errors: Record<string, number> = {};
@@ -278,6 +291,7 @@ class Client implements VllmClient {
       maxReplays,
     );
     this.budget = new RetryBudget({ ...options.retryBudget, now: options.now });
+    this.telemetry = ClientTelemetry.create(options.telemetry);
     const base: Record<string, string> = {};
     for (const [name, value] of Object.entries(options.headers)) base[name.toLowerCase()] = value;
     if (options.apiKey !== undefined) base.authorization = `Bearer ${options.apiKey}`;
@@ -289,8 +303,11 @@ class Client implements VllmClient {
       accept: 'text/event-stream',
     }).flat();
     const dispatcher = this.dispatcher;
-    this.fetch = ((input: Parameters<typeof undiciFetch>[0], init?: Parameters<typeof undiciFetch>[1]) =>
-      undiciFetch(input, { ...init, dispatcher })) as unknown as typeof globalThis.fetch;
+    const telemetry = this.telemetry;
+    this.fetch = (telemetry === undefined
+      ? (input: FetchInput, init?: FetchInit) => undiciFetch(input, { ...init, dispatcher })
+      : (input: FetchInput, init?: FetchInit) =>
+          tracedFetch(telemetry, dispatcher, this.origin, input, init)) as unknown as typeof globalThis.fetch;
   }
 
   // ── typed calls ──────────────────────────────────────────────────────────────────────────────────────────────
@@ -432,7 +449,7 @@ class Client implements VllmClient {
     try {
       return await sent.body.json();
     } catch (error) {
-      throw this.fail(this.mapError(error, sent.signal, options));
+      throw this.fail(this.mapError(error, sent.signal, options, sent.upstream), sent.call);
     } finally {
       sent.done();
     }
@@ -458,7 +475,7 @@ class Client implements VllmClient {
       options,
     );
     const { firstByteTimeoutMs, idleTimeoutMs } = this.options;
-    const context = { requestId: options?.requestId, upstream: undefined };
+    const context = { requestId: options?.requestId, upstream: sent.upstream };
     // vLLM sends a stream's headers at once; the first event comes with the first token. Until then the first-byte
     // timeout applies (what is left of it), then the idle timeout between chunks.
     let timer: NodeJS.Timeout | undefined;
@@ -511,7 +528,7 @@ class Client implements VllmClient {
       ended = true;
       if (!sawDone) throw new UpstreamConnectionError('The upstream stream ended before [DONE]', context);
     } catch (error) {
-      throw this.fail(this.mapError(error, sent.signal, options));
+      throw this.fail(this.mapError(error, sent.signal, options, sent.upstream), sent.call);
     } finally {
       if (timer) clearTimeout(timer);
       // An early exit (break, return, an error) destroys the body: undici aborts the upstream request at once.
@@ -520,18 +537,24 @@ class Client implements VllmClient {
     }
   }
 
-  /** Counts a failed call by code and hands the error back for throwing. */
-  private fail(error: VllmKitError): VllmKitError {
+  /** Counts a failed call by code (and tells its span) and hands the error back for throwing. */
+  private fail(error: VllmKitError, call?: CallTelemetry): VllmKitError {
     this.errors[error.code] = (this.errors[error.code] ?? 0) + 1;
+    call?.fail(error);
     return error;
   }
 
-  private mapError(error: unknown, signal: CallSignal, options?: CallOptions): VllmKitError {
+  private mapError(
+    error: unknown,
+    signal: CallSignal,
+    options: CallOptions | undefined,
+    upstream: string | undefined,
+  ): VllmKitError {
     // Whatever undici surfaced, an aborted call fails with the abort's own reason (a timeout or the caller).
     if (signal.aborted && isVllmKitError(signal.reason)) return signal.reason;
     return errorFromTransport(error, {
       requestId: options?.requestId,
-      upstream: undefined,
+      upstream,
       timeouts: this.options,
     });
   }
@@ -565,7 +588,7 @@ class Client implements VllmClient {
 
   /** One call: attempts with retries, a total timeout, the caller's signal, and status errors mapped. */
   private async send(spec: SendSpec, options?: CallOptions): Promise<Sent> {
-    if (this.closed) throw new UpstreamConnectionError('The client is closed');
+    if (this.closed) throw new ClosedError('client');
     const replica = options?.replica === undefined ? undefined : this.replicaOf(options.replica);
     // Only a policy that uses it pays for the key (a short prefix of the prompt).
     const router = this.router;
@@ -583,10 +606,25 @@ class Client implements VllmClient {
       throw this.fail(new RequestAbortedError({ requestId, cause: userSignal.reason }));
     const signal = new CallSignal(requestId, userSignal, options?.timeoutMs ?? this.options.totalTimeoutMs);
     const abort = signal.abort;
-    let done = signal.done;
+    let target = replica;
+    // A span for an inference call (telemetry on): it ends with the call, and its context goes upstream.
+    const call = this.telemetry?.start({
+      path: spec.path,
+      body: spec.routeBody,
+      stream: spec.stream || (spec.routeBody as { stream?: unknown } | undefined)?.stream === true,
+      parent: options?.traceContext,
+      requestId,
+      origin: target ?? (this.router === undefined ? this.origin : undefined),
+    });
+    let done =
+      call === undefined
+        ? signal.done
+        : () => {
+            signal.done();
+            call.end(signal.aborted ? signal.reason : undefined);
+          };
     // A permit for the replica first, when the client shares a limit per replica: the replica is chosen now, and
     // the permit goes back when the call is over, whichever way.
-    let target = replica;
     // Only work takes a permit (POST: generations, embeddings); probes (GET /health, /v1/models) never wait for one.
     const permits = spec.method === 'POST' ? this.options.permits : undefined;
     if (permits !== undefined) {
@@ -596,51 +634,66 @@ class Client implements VllmClient {
         const timeoutMs = this.options.permitTimeoutMs;
         permit = await permits.acquire(target, timeoutMs > 0 ? { signal, timeoutMs } : { signal });
       } catch (error) {
-        signal.done();
-        throw signal.aborted ? this.fail(this.mapError(signal.reason, signal, options)) : error;
+        const failure = signal.aborted
+          ? this.fail(this.mapError(signal.reason, signal, options, target), call)
+          : error;
+        call?.fail(failure);
+        done();
+        throw failure;
       }
+      const finish = done;
       done = () => {
-        signal.done();
+        finish();
         permit.release();
       };
     }
-    const headers = this.buildHeaders(spec, options);
+    let headers = this.buildHeaders(spec, options);
+    if (call !== undefined) headers = withTraceHeaders(headers, call.traceHeaders());
     const startedAt = performance.now();
     const replayable = spec.retry !== false && isReplayableBody(spec.body);
 
     for (let attempt = 0; ; attempt++) {
       let response: Dispatcher.ResponseData;
+      call?.attempt();
+      const request: Dispatcher.RequestOptions & RoutedOptions = {
+        origin: target ?? this.origin,
+        // The router sends a request that names its replica there (an injected dispatcher goes by origin).
+        replica: target,
+        routeKey,
+        telemetry: call,
+        path: spec.path,
+        method: spec.method,
+        headers,
+        body: spec.body ?? null,
+        signal,
+        headersTimeout: this.options.firstByteTimeoutMs,
+        // Streams get their own first-event and idle timers; undici's body timer would count the queue wait.
+        bodyTimeout: spec.stream ? 0 : this.options.idleTimeoutMs,
+      };
+      // The replica this attempt went to (the router sets it), named by the call's errors.
+      const upstream = () => request.servedBy ?? target ?? this.origin;
       try {
-        const request: Dispatcher.RequestOptions & RoutedOptions = {
-          origin: target ?? this.origin,
-          // The router sends a request that names its replica there (an injected dispatcher goes by origin).
-          replica: target,
-          routeKey,
-          path: spec.path,
-          method: spec.method,
-          headers,
-          body: spec.body ?? null,
-          signal,
-          headersTimeout: this.options.firstByteTimeoutMs,
-          // Streams get their own first-event and idle timers; undici's body timer would count the queue wait.
-          bodyTimeout: spec.stream ? 0 : this.options.idleTimeoutMs,
-        };
         response = await this.dispatcher.request(request);
       } catch (error) {
-        const mapped = this.mapError(error, signal, options);
+        const mapped = this.mapError(error, signal, options, upstream());
         const retryable =
           (mapped instanceof UpstreamConnectionError ||
             (mapped instanceof UpstreamTimeoutError && mapped.timeout === 'connect')) &&
           replayable;
         if (retryable && this.takeRetry(attempt, signal)) {
+          call?.retried(attempt, mapped);
           await sleep(
             backoffDelay(attempt, this.options.retryBaseDelayMs, this.options.retryMaxDelayMs, Math.random),
             signal,
           );
           if (!signal.aborted) continue;
         }
+        const failure = this.fail(
+          signal.aborted ? this.mapError(error, signal, options, upstream()) : mapped,
+          call,
+        );
         done();
-        throw this.fail(signal.aborted ? this.mapError(error, signal, options) : mapped);
+        throw failure;
       }
 
       const status = response.statusCode;
@@ -651,11 +704,13 @@ class Client implements VllmClient {
         replayable &&
         this.takeRetry(attempt, signal)
       ) {
+        call?.retried(attempt, status);
         await response.body.dump().catch(() => {});
         await sleep(this.retryDelay(attempt, response.headers), signal);
         if (!signal.aborted) continue;
+        const failure = this.fail(this.mapError(signal.reason, signal, options, upstream()), call);
         done();
-        throw this.fail(this.mapError(signal.reason, signal, options));
+        throw failure;
       }
       if (status >= 400 && !spec.passErrors) {
         let text = '';
@@ -664,8 +719,12 @@ class Client implements VllmClient {
         } catch {
           // The status is what matters; a broken error body is not.
         }
+        const failure = this.fail(
+          errorFromStatus(status, response.headers, text, { requestId, upstream: upstream() }),
+          call,
+        );
         done();
-        throw this.fail(errorFromStatus(status, response.headers, text, { requestId }));
+        throw failure;
       }
       return {
         status,
@@ -675,6 +734,8 @@ class Client implements VllmClient {
         done,
         signal,
         startedAt,
+        call,
+        upstream: upstream(),
       };
     }
   }
@@ -710,6 +771,82 @@ function mergeHeaders(base: string[], extra: Record<string, string>): string[] {
   for (let i = 0; i < base.length; i += 2) merged[base[i]!] = base[i + 1]!;
   for (const [name, value] of Object.entries(extra)) merged[name.toLowerCase()] = value;
   return Object.entries(merged).flat();
+}
+
+/** The headers with the call's `traceparent` (and `tracestate`) in place of any the caller set. */
+function withTraceHeaders(headers: string[], trace: string[] | undefined): string[] {
+  if (trace === undefined) return headers;
+  const kept: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i]!;
+    if (name !== 'traceparent' && name !== 'tracestate') kept.push(name, headers[i + 1]!);
+  }
+  return kept.concat(trace);
+}
+
+type FetchInput = Parameters<typeof undiciFetch>[0];
+type FetchInit = NonNullable<Parameters<typeof undiciFetch>[1]>;
+
+/**
+ * `fetch` with a span for inference calls: the body (a JSON string, as SDKs send) gives the request attributes, the
+ * call's own dispatcher tells the span of each attempt, and the span ends with the response body (or its failure).
+ */
+function tracedFetch(
+  telemetry: ClientTelemetry,
+  dispatcher: Dispatcher,
+  origin: string,
+  input: FetchInput,
+  init: FetchInit | undefined,
+): ReturnType<typeof undiciFetch> {
+  const url =
+    typeof input === 'string' ? input : input instanceof URL ? input.href : (input as { url: string }).url;
+  let path: string;
+  try {
+    path = new URL(url).pathname;
+  } catch {
+    path = '';
+  }
+  let body: unknown;
+  if (typeof init?.body === 'string') {
+    try {
+      body = JSON.parse(init.body);
+    } catch {
+      body = undefined;
+    }
+  }
+  const call = telemetry.start({
+    path,
+    body,
+    stream: (body as { stream?: unknown } | undefined)?.stream === true,
+    parent: undefined,
+    requestId: undefined,
+    origin,
+  });
+  if (call === undefined) return undiciFetch(input, { ...init, dispatcher });
+  const headers = new Headers(init?.headers as ConstructorParameters<typeof Headers>[0]);
+  const trace = call.traceHeaders();
+  if (trace !== undefined) for (let i = 0; i < trace.length; i += 2) headers.set(trace[i]!, trace[i + 1]!);
+  // The span ends with the transport: the response's last byte, or its failure.
+  call.endWithTransport();
+  const traced = new CallDispatcher(dispatcher, call);
+  return undiciFetch(input, { ...init, headers, dispatcher: traced }).catch((error: unknown) => {
+    call.end(error);
+    throw error;
+  });
+}
+
+/** One `fetch` call's dispatcher: its requests carry the call's span. */
+class CallDispatcher extends Dispatcher {
+  constructor(
+    private readonly inner: Dispatcher,
+    private readonly call: CallTelemetry,
+  ) {
+    super();
+  }
+
+  override dispatch(opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+    return this.inner.dispatch({ ...opts, telemetry: this.call } as Dispatcher.DispatchOptions, handler);
+  }
 }
 
 /** The body as is unless it asks for a stream (a copy then says `stream: false`): no copy on the hot path. */

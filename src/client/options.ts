@@ -6,11 +6,13 @@ import {
   invalid,
   numberOption,
   objectOption,
+  oneOfOption,
   optionalStringOption,
   rejectUnknownKeys,
 } from '../internal/validate.js';
 import type { PermitPool } from '../upstream-permits/index.js';
 import type { RoutingPolicy } from './routing.js';
+import type { ResolvedTelemetryOptions, TelemetryOptions } from './telemetry.js';
 
 function permitsOption(value: unknown): PermitPool | undefined {
   if (value === undefined) return undefined;
@@ -108,6 +110,14 @@ export interface VllmClientOptions {
   probeIntervalMs?: number;
   /** Probe every replica's `/health` this often, ms, ejecting failures (active checks); `0` = passive only. @default 0 */
   healthCheckIntervalMs?: number;
+  /**
+   * OpenTelemetry: a span per inference call (chat, completion, embeddings) following the GenAI semantic
+   * conventions, the `gen_ai.client.*` metrics, and `traceparent` sent upstream. On when `@opentelemetry/api` is
+   * installed (an optional peer dependency); spans and metrics go where its SDK sends them. `false` turns it off
+   * (nothing is loaded). Prompts and completions are never recorded unless `captureContent` says so.
+   * @default true
+   */
+  telemetry?: boolean | TelemetryOptions;
   /** Clock for the retry budget (tests). @default Date.now */
   now?: () => number;
 }
@@ -140,6 +150,7 @@ export interface ResolvedClientOptions {
   loadSignalsIntervalMs: number;
   permits: PermitPool | undefined;
   permitTimeoutMs: number;
+  telemetry: ResolvedTelemetryOptions | undefined;
   now: () => number;
 }
 
@@ -172,8 +183,9 @@ const KEYS = [
   'loadSignalsIntervalMs',
   'permits',
   'permitTimeoutMs',
+  'telemetry',
   'now',
-] as const;
+] as const satisfies readonly (keyof VllmClientOptions)[];
 
 const MAX_MS = 2_147_483_647; // setTimeout's limit
 const ms = (min: number) => ({ min, max: MAX_MS });
@@ -203,6 +215,52 @@ function baseUrlOption(option: string, value: unknown): string {
     );
   }
   return url.origin;
+}
+
+const TELEMETRY_KEYS = [
+  'api',
+  'tracerProvider',
+  'meterProvider',
+  'providerName',
+  'captureContent',
+  'chunkTiming',
+] as const;
+
+function telemetryOption(value: unknown): ResolvedTelemetryOptions | undefined {
+  if (value === false) return undefined;
+  if (
+    value !== undefined &&
+    value !== true &&
+    (typeof value !== 'object' || value === null || Array.isArray(value))
+  )
+    throw invalid('telemetry', 'a boolean or an object', value);
+  const options = (value === undefined || value === true ? {} : value) as Record<string, unknown>;
+  rejectUnknownKeys('telemetry', options, TELEMETRY_KEYS);
+  const provider = (name: string, method: string): object | undefined => {
+    const provided = options[name];
+    if (provided === undefined) return undefined;
+    if (
+      typeof provided !== 'object' ||
+      provided === null ||
+      typeof (provided as Record<string, unknown>)[method] !== 'function'
+    )
+      throw invalid(`telemetry.${name}`, `an OpenTelemetry ${name} (with ${method}())`, provided);
+    return provided;
+  };
+  const api = options.api;
+  if (
+    api !== undefined &&
+    (typeof api !== 'object' || api === null || !('trace' in api) || !('metrics' in api))
+  )
+    throw invalid('telemetry.api', 'the @opentelemetry/api module', api);
+  return {
+    api: api as object | undefined,
+    tracerProvider: provider('tracerProvider', 'getTracer'),
+    meterProvider: provider('meterProvider', 'getMeter'),
+    providerName: optionalStringOption('telemetry.providerName', options.providerName) ?? 'vllm',
+    captureContent: booleanOption('telemetry.captureContent', options.captureContent, false),
+    chunkTiming: oneOfOption('telemetry.chunkTiming', options.chunkTiming, ['each', 'mean', 'off'], 'each'),
+  };
 }
 
 function routingOption(value: unknown, replicas: number): RoutingPolicy {
@@ -324,6 +382,7 @@ export function resolveClientOptions(input: VllmClientOptions): ResolvedClientOp
     loadSignalsIntervalMs: numberOption('loadSignalsIntervalMs', options.loadSignalsIntervalMs, 0, ms(0)),
     permits: permitsOption(options.permits),
     permitTimeoutMs: numberOption('permitTimeoutMs', options.permitTimeoutMs, 0, ms(0)),
+    telemetry: telemetryOption(options.telemetry),
     now: (options.now as (() => number) | undefined) ?? Date.now,
   };
 }

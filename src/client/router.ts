@@ -5,6 +5,7 @@ import type { Socket } from 'node:net';
 import { Dispatcher, Pool } from 'undici';
 import type { ResolvedClientOptions } from './options.js';
 import { HashRing, hash32, loadBound, type RoutingCandidate, routingKeyOf } from './routing.js';
+import type { CallTelemetry } from './telemetry.js';
 
 type Handler = Dispatcher.DispatchHandler;
 
@@ -115,6 +116,7 @@ export class ReplayHandler implements Handler {
 
   bindUpstream(upstream: Upstream): void {
     this.upstream = upstream;
+    (this.opts as RoutedOptions).telemetry?.setOrigin(upstream.origin);
   }
 
   onConnect(abort: Abort, context?: unknown): void {
@@ -148,15 +150,18 @@ export class ReplayHandler implements Handler {
   onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
     this.responded = true;
     this.upstream?.recordSuccess();
+    (this.opts as RoutedOptions).telemetry?.onHeaders(statusCode);
     return this.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true;
   }
 
   onData(chunk: Buffer): boolean {
+    (this.opts as RoutedOptions).telemetry?.onData(chunk);
     return this.handler.onData?.(chunk) ?? true;
   }
 
   onComplete(trailers: string[] | null): void {
     if (this.upstream) this.upstream.outstanding--;
+    (this.opts as RoutedOptions).telemetry?.onComplete();
     this.handler.onComplete?.(trailers);
   }
 
@@ -178,12 +183,15 @@ export class ReplayHandler implements Handler {
       upstream.outstanding--;
       if (!this.responded) upstream.recordFailure(error);
     }
+    const telemetry = (this.opts as RoutedOptions).telemetry;
     if (this.shouldReplay(error)) {
       this.replays++;
       this.stats.replays++;
+      telemetry?.replayed(error);
       this.dispatch(this.opts, this);
       return;
     }
+    telemetry?.onTransportError(error);
     this.handler.onError?.(error);
   }
 
@@ -375,6 +383,10 @@ export interface RoutedOptions {
   replica?: string | undefined;
   /** The call's routing key (affinity key or prompt prefix), when it has one and the policy uses it. */
   routeKey?: string | undefined;
+  /** The call's span, told of each attempt's replica, status and bytes. */
+  telemetry?: CallTelemetry | undefined;
+  /** Set by the router: the replica the request went to (errors name it). */
+  servedBy?: string | undefined;
 }
 
 /**
@@ -489,6 +501,7 @@ export class Router extends Dispatcher {
 
   override dispatch(opts: Dispatcher.DispatchOptions, handler: Handler): boolean {
     const upstream = this.choose(opts as RoutedOptions);
+    (opts as RoutedOptions).servedBy = upstream.origin;
     // The replay handler (every request of the client goes through one) does the replica's accounting itself.
     if (handler instanceof ReplayHandler) {
       upstream.outstanding++;

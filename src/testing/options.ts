@@ -101,6 +101,18 @@ export interface VllmSimulatorOptions {
   version?: string;
   /** Faults active from the start; change them later with `setFaults`. */
   faults?: SimulatorFaults;
+  /**
+   * Called as each request arrives, with its method, path and headers (to check what a client sent upstream: a
+   * `traceparent`, a request id). It must not throw.
+   */
+  onRequest?: (request: SimulatorRequest) => void;
+}
+
+/** What `onRequest` is told of a request. */
+export interface SimulatorRequest {
+  method: string;
+  path: string;
+  headers: Readonly<Record<string, string | string[] | undefined>>;
 }
 
 export interface ResolvedOptions {
@@ -125,6 +137,7 @@ export interface ResolvedOptions {
   embeddingDimensions: number;
   version: string;
   faults: SimulatorFaults;
+  onRequest: ((request: SimulatorRequest) => void) | undefined;
 }
 
 const OPTION_KEYS = [
@@ -149,7 +162,8 @@ const OPTION_KEYS = [
   'embeddingDimensions',
   'version',
   'faults',
-] as const;
+  'onRequest',
+] as const satisfies readonly (keyof VllmSimulatorOptions)[];
 
 const ms = { min: 0, max: 86_400_000 };
 
@@ -194,7 +208,13 @@ export function resolveOptions(input: VllmSimulatorOptions = {}): ResolvedOption
     }),
     version: stringOption('version', options.version, '0.11.0'),
     faults: resolveFaults(options.faults),
+    onRequest: functionOption('onRequest', options.onRequest),
   };
+}
+
+function functionOption<T>(option: string, value: unknown): T | undefined {
+  if (value !== undefined && typeof value !== 'function') throw invalid(option, 'a function', value);
+  return value as T | undefined;
 }
 
 function resolveOutputTokens(value: unknown, maxModelLen: number): ResolvedOptions['outputTokens'] {

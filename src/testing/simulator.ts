@@ -316,6 +316,7 @@ class Simulator implements VllmSimulator {
     const query = url.indexOf('?');
     const path = query === -1 ? url : url.slice(0, query);
     const method = req.method ?? 'GET';
+    this.options.onRequest?.({ method, path, headers: req.headers });
 
     if (this.options.apiKey !== undefined && path.startsWith('/v1')) {
       if (req.headers.authorization !== `Bearer ${this.options.apiKey}`) {

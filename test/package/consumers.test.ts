@@ -17,11 +17,15 @@ const node = (args: string[], cwd = consumer) => run(process.execPath, args, cwd
 
 // Every public name of `vllm-kit`, sorted: an export added or lost by accident fails here.
 const SERVER_NAMES = [
+  'ClosedError',
+  'ERROR_CODES',
   'InvalidOptionError',
+  'NotClusterPrimaryError',
   'PermitTimeoutError',
   'QueueFullError',
   'QueueTimeoutError',
   'RequestAbortedError',
+  'StoreUnavailableError',
   'TokenVerificationError',
   'UpstreamAuthenticationError',
   'UpstreamBadRequestError',
@@ -42,6 +46,7 @@ const SERVER_NAMES = [
   'createVllmClient',
   'estimatePromptTokens',
   'formatResetDuration',
+  'isClosedError',
   'isInvalidOptionError',
   'isPermitTimeoutError',
   'isQueueFullError',
@@ -107,7 +112,7 @@ const res = await fetch(sim.url + '/v1/chat/completions', {
 const body = await res.json();
 await sim.close();
 console.log(JSON.stringify({ names: Object.keys(kit).sort(), browser: Object.keys(browser), name: pkg.name,
-  status: res.status, tokens: body.usage.completion_tokens, isError: kit.isVllmKitError(new kit.VllmKitError('x', 'ERR_X')) }));
+  status: res.status, tokens: body.usage.completion_tokens, isError: kit.isVllmKitError(new kit.VllmKitError('x', 'ERR_VK_CLOSED')) }));
 `,
     );
     const out = JSON.parse(node(['esm.mjs']));
@@ -223,6 +228,78 @@ void wrong;
     };
     visit('browser.js');
     expect(seen.size).toBeGreaterThanOrEqual(1);
+  });
+
+  // The client looks up @opentelemetry/api (an optional peer) from its own location: by `require` in the CommonJS
+  // build, by a require made from import.meta.url in the ESM one. Absent, calls work and nothing is traced.
+  const tracedCall = (format: 'esm' | 'cjs') => `${
+    format === 'esm'
+      ? "import { createVllmClient } from 'vllm-kit'; import { startVllmSimulator } from 'vllm-kit/testing';"
+      : "const { createVllmClient } = require('vllm-kit'); const { startVllmSimulator } = require('vllm-kit/testing');"
+  }
+let provider, exporter;
+try {
+  const base = require('@opentelemetry/sdk-trace-base');
+  exporter = new base.InMemorySpanExporter();
+  provider = new base.BasicTracerProvider({ spanProcessors: [new base.SimpleSpanProcessor(exporter)] });
+  require('@opentelemetry/api').trace.setGlobalTracerProvider(provider);
+} catch {}
+(async () => {
+  const traceparents = [];
+  const sim = await startVllmSimulator({ onRequest: (r) => traceparents.push(r.headers.traceparent ?? null) });
+  const client = createVllmClient({ baseUrl: sim.url });
+  const reply = await client.chatCompletion({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 });
+  await client.close(); await sim.close();
+  const spans = exporter ? exporter.getFinishedSpans().map((s) => s.name + ':' + s.attributes['gen_ai.usage.output_tokens']) : null;
+  console.log(JSON.stringify({ tokens: reply.usage.completion_tokens, traceparent: traceparents[0], spans }));
+})();
+`;
+  const writeTracedCall = (format: 'esm' | 'cjs') => {
+    const file = format === 'esm' ? 'traced.mjs' : 'traced.cjs';
+    const source = tracedCall(format);
+    writeFileSync(
+      join(consumer, file),
+      format === 'esm'
+        ? `import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);\n${source}`
+        : source,
+    );
+    return file;
+  };
+
+  it.each(['esm', 'cjs'] as const)(
+    'works without @opentelemetry/api installed (%s): no spans, no traceparent',
+    (format) => {
+      const out = JSON.parse(node([writeTracedCall(format)]));
+      expect(out).toEqual({ tokens: 2, traceparent: null, spans: null });
+    },
+  );
+
+  it('finds @opentelemetry/api once installed, from the ESM and the CommonJS build', () => {
+    run(
+      'npm',
+      [
+        'install',
+        '--no-audit',
+        '--no-fund',
+        '--prefer-offline',
+        '@opentelemetry/api@1',
+        '@opentelemetry/sdk-trace-base@~2.12.0',
+      ],
+      consumer,
+    );
+    try {
+      for (const format of ['esm', 'cjs'] as const) {
+        const out = JSON.parse(node([writeTracedCall(format)]));
+        expect(out.spans, format).toEqual(['chat:2']);
+        expect(out.traceparent, format).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+      }
+    } finally {
+      run(
+        'npm',
+        ['uninstall', '--no-audit', '--no-fund', '@opentelemetry/api', '@opentelemetry/sdk-trace-base'],
+        consumer,
+      );
+    }
   });
 
   it('installs the vllm-kit-sim bin', () => {

@@ -1,0 +1,260 @@
+// OpenTelemetry end to end: the gateway (a real process, two workers) exports OTLP/HTTP to a receiver started here;
+// the decoded spans and metrics are checked against what the simulator served.
+import { randomBytes } from 'node:crypto';
+import { createServer, request, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { describe, expect, it } from 'vitest';
+import { startVllmSimulator } from '../../src/testing/index.js';
+import { post, trackGateways } from '../helpers/gateway.js';
+import { trackGatewayProcesses } from '../helpers/gateway-process.js';
+
+const processes = trackGatewayProcesses();
+const gateways = trackGateways();
+
+interface OtlpValue {
+  stringValue?: string;
+  intValue?: number | string;
+  doubleValue?: number;
+  boolValue?: boolean;
+  arrayValue?: { values?: OtlpValue[] };
+}
+interface OtlpAttribute {
+  key: string;
+  value: OtlpValue;
+}
+interface OtlpSpan {
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  kind: number;
+  attributes?: OtlpAttribute[];
+  events?: { name: string; attributes?: OtlpAttribute[] }[];
+  status?: { code?: number };
+}
+interface Span {
+  traceId: string;
+  spanId: string;
+  parentSpanId: string | undefined;
+  name: string;
+  kind: number;
+  attributes: Record<string, unknown>;
+  status: number;
+  resource: Record<string, unknown>;
+}
+
+function decodeValue(value: OtlpValue): unknown {
+  if (value.stringValue !== undefined) return value.stringValue;
+  if (value.intValue !== undefined) return Number(value.intValue);
+  if (value.doubleValue !== undefined) return value.doubleValue;
+  if (value.boolValue !== undefined) return value.boolValue;
+  if (value.arrayValue !== undefined) return (value.arrayValue.values ?? []).map(decodeValue);
+  return undefined;
+}
+
+const decodeAttributes = (attributes: OtlpAttribute[] = []) =>
+  Object.fromEntries(attributes.map((a) => [a.key, decodeValue(a.value)]));
+
+/** A minimal OTLP/HTTP (JSON) receiver: keeps the spans and the names of the metrics it is sent. */
+async function startReceiver() {
+  const spans: Span[] = [];
+  const metrics = new Map<string, number>();
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk) => chunks.push(chunk));
+    req.on('end', () => {
+      const body = JSON.parse(Buffer.concat(chunks).toString() || '{}');
+      if (req.url === '/v1/traces') {
+        for (const resourceSpans of body.resourceSpans ?? []) {
+          const resource = decodeAttributes(resourceSpans.resource?.attributes);
+          for (const scope of resourceSpans.scopeSpans ?? []) {
+            for (const span of scope.spans as OtlpSpan[]) {
+              spans.push({
+                traceId: span.traceId,
+                spanId: span.spanId,
+                parentSpanId: span.parentSpanId || undefined,
+                name: span.name,
+                kind: span.kind,
+                attributes: decodeAttributes(span.attributes),
+                status: span.status?.code ?? 0,
+                resource,
+              });
+            }
+          }
+        }
+      }
+      if (req.url === '/v1/metrics') {
+        for (const resourceMetrics of body.resourceMetrics ?? []) {
+          for (const scope of resourceMetrics.scopeMetrics ?? []) {
+            for (const metric of scope.metrics ?? []) {
+              const points = metric.histogram?.dataPoints ?? [];
+              const count = points.reduce(
+                (sum: number, p: { count?: number | string }) => sum + Number(p.count ?? 0),
+                0,
+              );
+              metrics.set(metric.name, Math.max(metrics.get(metric.name) ?? 0, count));
+            }
+          }
+        }
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return { url, spans, metrics, close: () => new Promise((resolve) => server.close(resolve)) };
+}
+
+/** Streams a chat completion and leaves after the first chunk of its body. */
+function abandonStream(url: string, key: string): Promise<void> {
+  return new Promise((done, fail) => {
+    const req = request(`${url}/v1/chat/completions`, {
+      method: 'POST',
+      agent: false,
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    });
+    req.on('response', (res) => {
+      res.once('data', () => {
+        req.destroy();
+        done();
+      });
+    });
+    req.on('error', (error) => (req.destroyed ? done() : fail(error)));
+    req.end(
+      JSON.stringify({
+        messages: [{ role: 'user', content: 'a long story' }],
+        max_tokens: 500,
+        stream: true,
+      }),
+    );
+  });
+}
+
+describe('OpenTelemetry export', () => {
+  it('exports a server span per request parenting the GenAI client span, and the metrics, flushed on SIGTERM', async () => {
+    const receiver = await startReceiver();
+    processes.onCleanup(receiver.close);
+    const traceparents: string[] = [];
+    const sim = await startVllmSimulator({
+      model: 'm',
+      itlMs: 4,
+      onRequest: (r) => {
+        if (r.path === '/v1/chat/completions') traceparents.push(String(r.headers.traceparent));
+      },
+    });
+    processes.onCleanup(() => sim.close());
+    const gw = await processes.start(sim.url, {
+      env: {
+        WORKERS: '2',
+        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+        OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+        // Nothing is exported on a schedule during the test: what arrives was flushed by the drain.
+        OTEL_BSP_SCHEDULE_DELAY: '600000',
+        OTEL_METRIC_EXPORT_INTERVAL: '600000',
+        RATE_LIMIT_POINTS: '1000',
+      },
+    });
+    const callerTrace = randomBytes(16).toString('hex');
+    const callerSpan = randomBytes(8).toString('hex');
+    const json = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${gw.key}`,
+        'content-type': 'application/json',
+        traceparent: `00-${callerTrace}-${callerSpan}-01`,
+      },
+      body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }], max_tokens: 6 }),
+    });
+    const jsonRequestId = json.headers.get('x-request-id');
+    const reply = (await json.json()) as { usage: { prompt_tokens: number; completion_tokens: number } };
+    const streamed = await post(gw.url, '/v1/chat/completions', {
+      key: gw.key,
+      body: JSON.stringify({
+        messages: [{ role: 'user', content: 'tell me more' }],
+        max_tokens: 9,
+        stream: true,
+        stream_options: { include_usage: true },
+      }),
+    });
+    const events = (await streamed.text()).split('\n').filter((l) => l.startsWith('data: {'));
+    const streamUsage = JSON.parse(events.at(-1)!.slice(6)).usage;
+    await abandonStream(gw.url, gw.key);
+    // The abandoned request has reached the simulator and been cancelled there.
+    await expect.poll(() => sim.stats().aborted, { timeout: 5000 }).toBe(1);
+    // Prometheus is untouched.
+    const prometheus = await fetch(`${gw.url}/metrics`);
+    expect(prometheus.status).toBe(200);
+    expect(await prometheus.text()).toContain('gateway_requests_total');
+
+    gw.child.kill('SIGTERM');
+    expect(await gw.exited).toBe(0);
+
+    const servers = receiver.spans.filter((s) => s.kind === 2);
+    const clients = receiver.spans.filter((s) => s.kind === 3);
+    expect(servers).toHaveLength(4); // three chats and the /metrics scrape
+    expect(clients).toHaveLength(3);
+    expect(servers[0]!.resource['service.name']).toBe('vllm-kit-gateway');
+
+    // The JSON call: the caller's trace continued, the request id on the server span, the client span its child.
+    const server = servers.find((s) => s.traceId === callerTrace)!;
+    expect(server.parentSpanId).toBe(callerSpan);
+    expect(server.name).toBe('POST /v1/chat/completions');
+    expect(server.attributes).toMatchObject({
+      'http.request.method': 'POST',
+      'http.route': '/v1/chat/completions',
+      'http.response.status_code': 200,
+      'url.path': '/v1/chat/completions',
+      'vllm_kit.request_id': jsonRequestId,
+    });
+    const client = clients.find((s) => s.parentSpanId === server.spanId)!;
+    expect(client.traceId).toBe(callerTrace);
+    expect(client.name).toBe('chat m');
+    expect(client.attributes).toMatchObject({
+      'gen_ai.operation.name': 'chat',
+      'gen_ai.provider.name': 'vllm',
+      'gen_ai.request.model': 'm',
+      'gen_ai.request.max_tokens': 6,
+      'gen_ai.response.model': 'm',
+      'gen_ai.usage.input_tokens': reply.usage.prompt_tokens,
+      'gen_ai.usage.output_tokens': reply.usage.completion_tokens,
+      'vllm_kit.request_id': jsonRequestId,
+    });
+    // vLLM got the client span's context.
+    expect(traceparents).toContain(`00-${callerTrace}-${client.spanId}-01`);
+
+    // The stream: its usage (asked for by the caller) on the client span.
+    const streamClient = clients.find(
+      (s) => s.attributes['gen_ai.request.max_tokens'] === 9 && s.attributes['error.type'] === undefined,
+    )!;
+    expect(streamClient.attributes['gen_ai.usage.output_tokens']).toBe(streamUsage.completion_tokens);
+    expect(streamClient.attributes['gen_ai.usage.input_tokens']).toBe(streamUsage.prompt_tokens);
+    expect(streamClient.attributes['gen_ai.response.time_to_first_chunk']).toBeGreaterThan(0);
+
+    // The abandoned stream: the client span ends with the abort, the server span says the client left.
+    const aborted = clients.find((s) => s.attributes['gen_ai.request.max_tokens'] === 500)!;
+    expect(aborted.attributes['error.type']).toBe('ERR_VK_ABORTED');
+    expect(aborted.status).toBe(2);
+    const abortedServer = servers.find((s) => s.spanId === aborted.parentSpanId)!;
+    expect(abortedServer.attributes['error.type']).toBe('client_closed');
+
+    // Metrics, from both workers, flushed by the drain.
+    expect(receiver.metrics.get('gen_ai.client.operation.duration')).toBeGreaterThanOrEqual(1);
+    expect(receiver.metrics.get('gen_ai.client.token.usage')).toBeGreaterThanOrEqual(1);
+    expect(receiver.metrics.get('gen_ai.client.operation.time_to_first_chunk')).toBeGreaterThanOrEqual(1);
+    expect(receiver.metrics.get('gen_ai.client.operation.time_per_output_chunk')).toBeGreaterThanOrEqual(1);
+    expect(receiver.metrics.get('http.server.request.duration')).toBeGreaterThanOrEqual(1);
+  });
+
+  it('is off without an OTLP endpoint: nothing sent upstream, an incoming traceparent not passed on', async () => {
+    const traceparents: unknown[] = [];
+    const sim = await gateways.simulator({ onRequest: (r) => traceparents.push(r.headers.traceparent) });
+    const { url, key } = await gateways.setup({}, sim);
+    const reply = await post(url, '/v1/chat/completions', {
+      key,
+      headers: { traceparent: `00-${'1'.repeat(32)}-${'2'.repeat(16)}-01` },
+    });
+    expect(reply.status).toBe(200);
+    expect(traceparents).toEqual([undefined]);
+  });
+});
