@@ -28,6 +28,7 @@ export default defineConfig({
           ],
           testTimeout: 20_000,
           hookTimeout: 20_000,
+          setupFiles: ['test/helpers/no-warnings.ts'],
         },
       },
       {

@@ -39,7 +39,10 @@ export {
   type TaskContext,
 } from './concurrency/index.js';
 export {
+  ClosedError,
+  ERROR_CODES,
   InvalidOptionError,
+  isClosedError,
   isInvalidOptionError,
   isRequestAbortedError,
   isTokenVerificationError,
@@ -47,7 +50,9 @@ export {
   isUpstreamHttpError,
   isUpstreamTimeoutError,
   isVllmKitError,
+  NotClusterPrimaryError,
   RequestAbortedError,
+  StoreUnavailableError,
   type TimeoutKind,
   TokenVerificationError,
   UpstreamAuthenticationError,

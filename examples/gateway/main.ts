@@ -55,6 +55,18 @@ function fail(error: unknown): never {
   process.exit(2);
 }
 
+/** What to do next, printed once the gateway listens: a key, then a request (the README's quick start). */
+function nextSteps(url: string): string {
+  const shownUrl = url.replace('://0.0.0.0:', '://127.0.0.1:');
+  return [
+    'gateway: next steps, in another terminal:',
+    '  KEY=$(npm run -s keys -- create --name me | tail -n 1)',
+    `  curl -s ${shownUrl}/v1/chat/completions -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\`,
+    `    -d '{"messages":[{"role":"user","content":"Hello"}],"max_tokens":32}'`,
+    '',
+  ].join('\n');
+}
+
 let config: ReturnType<typeof loadConfig>;
 try {
   config = loadConfig();
@@ -81,7 +93,9 @@ async function primary(): Promise<void> {
   }
   if (config.workers === 1 && config.env === 'development') {
     const worker = await startWorker(config, { upstreams });
-    process.stdout.write(`gateway: listening on ${worker.url} (1 worker, development)\n`);
+    process.stdout.write(
+      `gateway: listening on ${worker.url} (1 worker, development)\n${nextSteps(worker.url)}`,
+    );
     const stop = async () => {
       await worker.close(GRACE_MS);
       await sim?.close();
@@ -103,7 +117,9 @@ async function primary(): Promise<void> {
       if (message?.type === 'vllm-kit:gateway:listening') {
         listeningWorkers.add(worker.id);
         if (listeningWorkers.size === config.workers) {
-          process.stdout.write(`gateway: listening on ${message.url} (${config.workers} workers)\n`);
+          process.stdout.write(
+            `gateway: listening on ${message.url} (${config.workers} workers)\n${nextSteps(message.url!)}`,
+          );
         }
       }
       if (message?.type === 'vllm-kit:gateway:metrics-request') {

@@ -2,9 +2,22 @@
 // and an adaptive limit (Envoy's gradient controller) that finds the upstream's capacity instead of trusting a
 // hand-set number.
 import pLimit, { type LimitFunction } from 'p-limit';
-import { InvalidOptionError, isVllmKitError, RequestAbortedError, VllmKitError } from '../errors/index.js';
+import {
+  ClosedError,
+  InvalidOptionError,
+  isVllmKitError,
+  RequestAbortedError,
+  VllmKitError,
+} from '../errors/index.js';
 import { type AbortSignalLike, toAbortSignal } from '../internal/abort.js';
-import { invalid, numberOption, objectOption, oneOfOption, rejectUnknownKeys } from '../internal/validate.js';
+import {
+  clockOption,
+  invalid,
+  numberOption,
+  objectOption,
+  oneOfOption,
+  rejectUnknownKeys,
+} from '../internal/validate.js';
 import { FairQueue } from './fair-queue.js';
 
 export interface AdaptiveOptions {
@@ -107,6 +120,18 @@ export interface ConcurrencyLimiter {
   /** Rejects every queued task with a closed error; running tasks finish. */
   close(): Promise<void>;
 }
+
+/** Every option, tied to the type: an option added to one and not the other fails to compile. */
+const KEYS = [
+  'concurrency',
+  'maxQueue',
+  'queueTimeoutMs',
+  'perKeyConcurrency',
+  'queuePolicy',
+  'maxQueuePerKey',
+  'adaptive',
+  'now',
+] as const satisfies readonly (keyof ConcurrencyLimiterOptions)[];
 
 /** The queue is full: answer 503 with `Retry-After: retryAfterSec`. */
 export class QueueFullError extends VllmKitError {
@@ -227,16 +252,7 @@ class Limiter implements ConcurrencyLimiter {
 
   constructor(input: ConcurrencyLimiterOptions) {
     const options = objectOption('options', input) ?? {};
-    rejectUnknownKeys('', options, [
-      'concurrency',
-      'maxQueue',
-      'queueTimeoutMs',
-      'perKeyConcurrency',
-      'queuePolicy',
-      'maxQueuePerKey',
-      'adaptive',
-      'now',
-    ]);
+    rejectUnknownKeys('', options, KEYS);
     const concurrency = numberOption('concurrency', options.concurrency, 200, {
       min: 1,
       max: 1_000_000,
@@ -261,9 +277,7 @@ class Limiter implements ConcurrencyLimiter {
         allowInfinity: true,
       },
     );
-    if (options.now !== undefined && typeof options.now !== 'function')
-      throw invalid('now', 'a function', options.now);
-    this.now = (options.now as (() => number) | undefined) ?? (() => performance.now());
+    this.now = clockOption(options.now, () => performance.now());
 
     let initial = concurrency;
     if (options.adaptive !== undefined && options.adaptive !== false) {
@@ -375,8 +389,7 @@ class Limiter implements ConcurrencyLimiter {
   }
 
   run<T>(fn: (context: TaskContext) => Promise<T> | T, options?: RunOptions): Promise<T> {
-    if (this.closed)
-      return Promise.reject(new VllmKitError('The concurrency limiter is closed', 'ERR_VK_CLOSED'));
+    if (this.closed) return Promise.reject(new ClosedError('concurrency limiter'));
     const signal = options?.signal;
     if (signal?.aborted) return Promise.reject(new RequestAbortedError({ cause: signal.reason }));
     if (this.fair !== undefined) return this.runFair(fn, signal, options);
@@ -631,7 +644,7 @@ class Limiter implements ConcurrencyLimiter {
   async close(): Promise<void> {
     this.closed = true;
     for (const waiter of [...this.waiters]) {
-      this.cancel(waiter, new VllmKitError('The concurrency limiter is closed', 'ERR_VK_CLOSED'));
+      this.cancel(waiter, new ClosedError('concurrency limiter'));
     }
   }
 }

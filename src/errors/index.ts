@@ -3,14 +3,36 @@
 /** Brand shared by every copy of this module (ESM, CJS, another realm), so guards never rely on `instanceof`. */
 const BRAND = Symbol.for('vllm-kit.error');
 
-/** Stable machine-readable codes, in the style of undici's `UND_ERR_*`. */
-export type VllmKitErrorCode =
-  | 'ERR_VK_INVALID_OPTION'
-  | UpstreamHttpErrorCode
-  | UpstreamTimeoutErrorCode
-  | 'ERR_VK_UPSTREAM_CONNECTION'
-  | 'ERR_VK_ABORTED'
-  | (string & {});
+/** Every code a vllm-kit error can carry, in the style of undici's `UND_ERR_*`, with the class that carries it. */
+const CLASS_OF_CODE = {
+  ERR_VK_INVALID_OPTION: 'InvalidOptionError',
+  ERR_VK_CLOSED: 'ClosedError',
+  ERR_VK_NOT_CLUSTER_PRIMARY: 'NotClusterPrimaryError',
+  ERR_VK_STORE_UNAVAILABLE: 'StoreUnavailableError',
+  ERR_VK_UPSTREAM_BAD_REQUEST: 'UpstreamBadRequestError',
+  ERR_VK_UPSTREAM_AUTHENTICATION: 'UpstreamAuthenticationError',
+  ERR_VK_UPSTREAM_NOT_FOUND: 'UpstreamNotFoundError',
+  ERR_VK_UPSTREAM_RATE_LIMITED: 'UpstreamRateLimitError',
+  ERR_VK_UPSTREAM_OVERLOADED: 'UpstreamOverloadedError',
+  ERR_VK_UPSTREAM_SERVER: 'UpstreamServerError',
+  ERR_VK_UPSTREAM_HTTP: 'UpstreamHttpError',
+  ERR_VK_CONNECT_TIMEOUT: 'UpstreamTimeoutError',
+  ERR_VK_FIRST_BYTE_TIMEOUT: 'UpstreamTimeoutError',
+  ERR_VK_IDLE_TIMEOUT: 'UpstreamTimeoutError',
+  ERR_VK_TOTAL_TIMEOUT: 'UpstreamTimeoutError',
+  ERR_VK_UPSTREAM_CONNECTION: 'UpstreamConnectionError',
+  ERR_VK_ABORTED: 'RequestAbortedError',
+  ERR_VK_TOKEN_LOOKUP_FAILED: 'TokenVerificationError',
+  ERR_VK_QUEUE_FULL: 'QueueFullError',
+  ERR_VK_QUEUE_TIMEOUT: 'QueueTimeoutError',
+  ERR_VK_PERMIT_TIMEOUT: 'PermitTimeoutError',
+} as const;
+
+/** Stable machine-readable codes: the closed list of every code vllm-kit throws. */
+export type VllmKitErrorCode = keyof typeof CLASS_OF_CODE;
+
+/** Every code, for exhaustive handling and tests. */
+export const ERROR_CODES = Object.freeze(Object.keys(CLASS_OF_CODE)) as readonly VllmKitErrorCode[];
 
 export interface VllmKitErrorOptions {
   cause?: unknown;
@@ -24,11 +46,52 @@ export class VllmKitError extends Error {
   constructor(message: string, code: VllmKitErrorCode, options?: VllmKitErrorOptions) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
+    // An own property, from the code (a minifier renames classes, never strings): the class that carries the code.
+    Object.defineProperty(this, 'name', {
+      value: CLASS_OF_CODE[code] ?? 'VllmKitError',
+      writable: true,
+      configurable: true,
+      enumerable: false,
+    });
     Object.defineProperty(this, BRAND, { value: true });
   }
+}
 
-  override get name(): string {
-    return this.constructor.name;
+/** True when `value` is a vllm-kit error whose code is one of `codes`. */
+function hasCode(value: unknown, codes: readonly VllmKitErrorCode[]): boolean {
+  return isVllmKitError(value) && codes.includes(value.code);
+}
+
+/** The piece was closed: no new work is taken (and work still waiting is refused with this). */
+export class ClosedError extends VllmKitError {
+  /** Which piece: `client`, `token cache`, `concurrency limiter`, `permit pool`, `cluster channel`. */
+  readonly piece: string;
+
+  constructor(piece: string) {
+    super(`The ${piece} is closed`, 'ERR_VK_CLOSED');
+    this.piece = piece;
+  }
+}
+
+/** True for {@link ClosedError}. */
+export function isClosedError(value: unknown): value is ClosedError {
+  return hasCode(value, ['ERR_VK_CLOSED']);
+}
+
+/** A `serveCluster…()` function was called outside the node:cluster primary. */
+export class NotClusterPrimaryError extends VllmKitError {
+  constructor(fn: string) {
+    super(
+      `${fn}() runs in the cluster primary (node:cluster); call it there, before forking`,
+      'ERR_VK_NOT_CLUSTER_PRIMARY',
+    );
+  }
+}
+
+/** A shared store (the cluster primary, Redis) did not answer; the pieces' `onStoreError` policy decides what follows. */
+export class StoreUnavailableError extends VllmKitError {
+  constructor(message: string, options?: VllmKitErrorOptions) {
+    super(message, 'ERR_VK_STORE_UNAVAILABLE', options);
   }
 }
 
@@ -50,7 +113,7 @@ export function isVllmKitError(value: unknown): value is VllmKitError {
 
 /** True for {@link InvalidOptionError}. */
 export function isInvalidOptionError(value: unknown): value is InvalidOptionError {
-  return isVllmKitError(value) && value.code === 'ERR_VK_INVALID_OPTION';
+  return hasCode(value, ['ERR_VK_INVALID_OPTION']);
 }
 
 // ── upstream errors (the pooled client) ─────────────────────────────────────────────────────────────────────────
@@ -186,26 +249,32 @@ export class RequestAbortedError extends VllmKitError {
 
 /** True for any {@link UpstreamHttpError} (an error status from the upstream), from any copy of the package. */
 export function isUpstreamHttpError(value: unknown): value is UpstreamHttpError {
-  return (
-    isVllmKitError(value) &&
-    value.code.startsWith('ERR_VK_UPSTREAM_') &&
-    value.code !== 'ERR_VK_UPSTREAM_CONNECTION'
-  );
+  return hasCode(value, UPSTREAM_HTTP_CODES);
 }
+
+const UPSTREAM_HTTP_CODES: readonly UpstreamHttpErrorCode[] = [
+  'ERR_VK_UPSTREAM_BAD_REQUEST',
+  'ERR_VK_UPSTREAM_AUTHENTICATION',
+  'ERR_VK_UPSTREAM_NOT_FOUND',
+  'ERR_VK_UPSTREAM_RATE_LIMITED',
+  'ERR_VK_UPSTREAM_OVERLOADED',
+  'ERR_VK_UPSTREAM_SERVER',
+  'ERR_VK_UPSTREAM_HTTP',
+];
 
 /** True for {@link UpstreamTimeoutError}. */
 export function isUpstreamTimeoutError(value: unknown): value is UpstreamTimeoutError {
-  return isVllmKitError(value) && (Object.values(TIMEOUT_CODES) as string[]).includes(value.code);
+  return hasCode(value, Object.values(TIMEOUT_CODES));
 }
 
 /** True for {@link UpstreamConnectionError}. */
 export function isUpstreamConnectionError(value: unknown): value is UpstreamConnectionError {
-  return isVllmKitError(value) && value.code === 'ERR_VK_UPSTREAM_CONNECTION';
+  return hasCode(value, ['ERR_VK_UPSTREAM_CONNECTION']);
 }
 
 /** True for {@link RequestAbortedError}. */
 export function isRequestAbortedError(value: unknown): value is RequestAbortedError {
-  return isVllmKitError(value) && value.code === 'ERR_VK_ABORTED';
+  return hasCode(value, ['ERR_VK_ABORTED']);
 }
 
 /** A token lookup threw (e.g. the key store is down): the token could be valid or not. `cause` is the lookup's error. */
@@ -217,5 +286,5 @@ export class TokenVerificationError extends VllmKitError {
 
 /** True for {@link TokenVerificationError}. */
 export function isTokenVerificationError(value: unknown): value is TokenVerificationError {
-  return isVllmKitError(value) && value.code === 'ERR_VK_TOKEN_LOOKUP_FAILED';
+  return hasCode(value, ['ERR_VK_TOKEN_LOOKUP_FAILED']);
 }

@@ -1,7 +1,9 @@
 // Calls from cluster workers to the primary over IPC, batched: every call a worker makes in one event-loop turn
 // travels as one message and comes back as one (under load many requests arrive per turn, so one round trip serves
 // them all). The rate limiter's and the key budgets' `store: 'cluster'` both use it; each names its own channel.
+
 import cluster, { type Worker } from 'node:cluster';
+import { ClosedError, StoreUnavailableError } from '../errors/index.js';
 
 /** One batch: `[id, payload]` per call. */
 interface Batch<P> {
@@ -76,7 +78,7 @@ export class ClusterCaller<P, R> {
       }
     };
     const timer = setTimeout(
-      () => fail(new Error(`the cluster primary did not answer within ${this.timeoutMs} ms`)),
+      () => fail(new StoreUnavailableError(`The cluster primary did not answer within ${this.timeoutMs} ms`)),
       this.timeoutMs,
     );
     timer.unref();
@@ -86,19 +88,20 @@ export class ClusterCaller<P, R> {
     process.send!(message, undefined, undefined, (error) => {
       if (error) {
         clearTimeout(timer);
-        fail(error);
+        fail(new StoreUnavailableError('The cluster primary could not be reached', { cause: error }));
       }
     });
   };
 
-  close(reason: string): void {
+  /** Rejects every call still waiting with a ClosedError naming `piece`. */
+  close(piece: string): void {
     process.off('message', this.onMessage);
     if (this.flushing !== undefined) clearImmediate(this.flushing);
     this.flushing = undefined;
     this.queue = [];
     for (const [id, waiter] of this.pending) {
       if (waiter.batch !== undefined) clearTimeout(waiter.batch.timer);
-      waiter.reject(new Error(reason));
+      waiter.reject(new ClosedError(piece));
       this.pending.delete(id);
     }
   }

@@ -123,9 +123,10 @@ export function rejectUnknownKeys(
 }
 
 /** A clock option: a function returning epoch ms, `Date.now` when absent. */
-export function clockOption(value: unknown): () => number {
+/** The `now` option of every piece: a clock in ms, `fallback` (Date.now) when absent. */
+export function clockOption(value: unknown, fallback: () => number = Date.now): () => number {
   if (value !== undefined && typeof value !== 'function') throw invalid('now', 'a function', value);
-  return (value as (() => number) | undefined) ?? Date.now;
+  return (value as (() => number) | undefined) ?? fallback;
 }
 
 /**

@@ -118,7 +118,14 @@ export interface KeyBudgets {
   close(): Promise<void>;
 }
 
-const KEYS = ['store', 'name', 'windowSec', 'onStoreError', 'storeTimeoutMs', 'now'] as const;
+const KEYS = [
+  'store',
+  'name',
+  'windowSec',
+  'onStoreError',
+  'storeTimeoutMs',
+  'now',
+] as const satisfies readonly (keyof KeyBudgetsOptions)[];
 
 /** Formats a duration as OpenAI's rate-limit headers do (Go's `time.Duration`): `500ms`, `1.5s`, `6m0s`, `1h2m3s`. */
 export function formatResetDuration(ms: number): string {

@@ -2,7 +2,7 @@
 // budget for all hosts, one Lua script per decision). Every store decides admission and records a charge atomically,
 // so N processes admit exactly what one would.
 import cluster from 'node:cluster';
-import { InvalidOptionError } from '../errors/index.js';
+import { InvalidOptionError, NotClusterPrimaryError } from '../errors/index.js';
 import { ClusterCaller, serveClusterChannel } from '../internal/cluster-rpc.js';
 import { RedisScript, type RedisScriptClient } from '../internal/redis-script.js';
 
@@ -142,7 +142,7 @@ export class ClusterBudgetStore implements BudgetStore {
   }
 
   async close(): Promise<void> {
-    this.caller.close('the key budgets were closed');
+    this.caller.close('key budgets');
   }
 }
 
@@ -151,7 +151,7 @@ export class ClusterBudgetStore implements BudgetStore {
  * all workers share one budget per key. Call it once in the primary, before or after forking.
  */
 export function serveClusterBudgets(options: { now?: () => number } = {}): { close(): void } {
-  if (!cluster.isPrimary) throw new Error('serveClusterBudgets() runs in the cluster primary');
+  if (!cluster.isPrimary) throw new NotClusterPrimaryError('serveClusterBudgets');
   const now = options.now ?? Date.now;
   const stores = new Map<string, MemoryBudgetStore>();
   const channel = serveClusterChannel<ClusterCall, ClusterResult>(

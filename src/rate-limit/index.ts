@@ -134,7 +134,7 @@ const KEYS = [
   'standardHeaders',
   'legacyHeaders',
   'now',
-] as const;
+] as const satisfies readonly (keyof IpRateLimiterOptions)[];
 
 /**
  * Creates a per-IP rate limiter.

@@ -2,7 +2,7 @@
 // (one budget for all hosts, through rate-limiter-flexible).
 import cluster from 'node:cluster';
 import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
-import { InvalidOptionError } from '../errors/index.js';
+import { InvalidOptionError, NotClusterPrimaryError } from '../errors/index.js';
 import { ClusterCaller, serveClusterChannel } from '../internal/cluster-rpc.js';
 import { MemoryStore, type WindowState } from './memory-store.js';
 
@@ -63,7 +63,7 @@ export class ClusterStore implements Store {
   }
 
   async close(): Promise<void> {
-    this.caller.close('the rate limiter was closed');
+    this.caller.close('rate limiter');
   }
 }
 
@@ -72,7 +72,7 @@ export class ClusterStore implements Store {
  * workers share one budget. Call it once in the primary, before or after forking.
  */
 export function serveClusterRateLimits(options: { now?: () => number } = {}): { close(): void } {
-  if (!cluster.isPrimary) throw new Error('serveClusterRateLimits() runs in the cluster primary');
+  if (!cluster.isPrimary) throw new NotClusterPrimaryError('serveClusterRateLimits');
   const now = options.now ?? Date.now;
   const stores = new Map<string, MemoryStore>();
   const channel = serveClusterChannel<ClusterCall, [number, number]>(

@@ -2,8 +2,14 @@
 // token's hash, with a TTL, a periodic sweep, single-flight lookups, negative caching and cross-process revocation.
 import * as crypto from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import { InvalidOptionError, TokenVerificationError, VllmKitError } from '../errors/index.js';
 import {
+  ClosedError,
+  InvalidOptionError,
+  RequestAbortedError,
+  TokenVerificationError,
+} from '../errors/index.js';
+import {
+  clockOption,
   invalid,
   numberOption,
   objectOption,
@@ -79,7 +85,11 @@ export interface TokenCacheStats {
 }
 
 export interface TokenCache<P> {
-  /** The principal for a valid token, `null` for an invalid one; throws {@link TokenVerificationError} when it cannot tell. */
+  /**
+   * The principal for a valid token, `null` for an invalid one. Rejects with {@link TokenVerificationError} when the
+   * lookup fails (it cannot tell), with `RequestAbortedError` when `signal` aborts (the shared lookup goes on for the
+   * others; the signal's reason is the error's `cause`), and with `ClosedError` after `close()`.
+   */
   verify(token: string, options?: { signal?: AbortSignal }): Promise<P | null>;
   /** Forgets a token here and, with `redis`, in every process sharing the channel. */
   invalidate(token: string): Promise<void>;
@@ -114,7 +124,7 @@ const KEYS = [
   'staleIfErrorMs',
   'redis',
   'now',
-] as const;
+] as const satisfies readonly (keyof TokenCacheOptions<unknown>)[];
 
 /** The cache key: SHA-256 of the token. The raw token is never stored, logged or published. */
 export function hashToken(token: string): string {
@@ -211,9 +221,7 @@ class Cache<P> implements TokenCache<P> {
       throw invalid('expiresAt', 'a function (principal) => epoch ms | Date | undefined', options.expiresAt);
     }
     this.expiresAt = options.expiresAt as TokenCacheOptions<P>['expiresAt'];
-    if (options.now !== undefined && typeof options.now !== 'function')
-      throw invalid('now', 'a function', options.now);
-    this.now = (options.now as (() => number) | undefined) ?? Date.now;
+    this.now = clockOption(options.now);
 
     this.cache = new LRUCache<string, Entry<P>>({
       max,
@@ -275,6 +283,7 @@ class Cache<P> implements TokenCache<P> {
   }
 
   async verify(token: string, options?: { signal?: AbortSignal }): Promise<P | null> {
+    if (this.closed) throw new ClosedError('token cache');
     if (typeof token !== 'string' || token === '') return null;
     const key = hashToken(token);
     const entry = this.cache.get(key, { allowStale: true });
@@ -298,7 +307,7 @@ class Cache<P> implements TokenCache<P> {
     // The caller may stop waiting; the shared lookup carries on for the others (and fills the cache).
     signal.throwIfAborted();
     return new Promise<P | null>((resolve, reject) => {
-      const onAbort = () => reject(signal.reason);
+      const onAbort = () => reject(new RequestAbortedError({ cause: signal.reason }));
       signal.addEventListener('abort', onAbort, { once: true });
       lookup.promise.then(
         (value) => {
@@ -416,7 +425,7 @@ class Cache<P> implements TokenCache<P> {
     this.closed = true;
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
-    this.closing.abort(new VllmKitError('The token cache was closed', 'ERR_VK_CLOSED'));
+    this.closing.abort(new ClosedError('token cache'));
     this.clear();
     await this.subscriber?.quit().catch(() => undefined);
   }

@@ -2,7 +2,7 @@
 // a host (the cluster primary) and every host (Redis). Permits are leases: renewed while held, returned on release,
 // and — should a process die holding them — expired by Redis within the lease time (the primary returns a dead
 // worker's at once). A store outage falls back to a local share of the limit instead of failing requests.
-import { isVllmKitError, RequestAbortedError, VllmKitError } from '../errors/index.js';
+import { ClosedError, isVllmKitError, RequestAbortedError, VllmKitError } from '../errors/index.js';
 import type { AbortSignalLike } from '../internal/abort.js';
 import {
   invalid,
@@ -100,7 +100,15 @@ export function isPermitTimeoutError(value: unknown): value is PermitTimeoutErro
   return isVllmKitError(value) && value.code === 'ERR_VK_PERMIT_TIMEOUT';
 }
 
-const KEYS = ['permits', 'store', 'name', 'leaseMs', 'pollMs', 'onStoreError', 'storeTimeoutMs'] as const;
+const KEYS = [
+  'permits',
+  'store',
+  'name',
+  'leaseMs',
+  'pollMs',
+  'onStoreError',
+  'storeTimeoutMs',
+] as const satisfies readonly (keyof PermitPoolOptions)[];
 
 /**
  * Creates a pool of permits for in-flight upstream requests, one limit per resource.
@@ -192,7 +200,7 @@ class Pool implements PermitPool {
   }
 
   acquire(name: string, options?: AcquireOptions): Promise<Permit> {
-    if (this.closed) return Promise.reject(new VllmKitError('The permit pool is closed', 'ERR_VK_CLOSED'));
+    if (this.closed) return Promise.reject(new ClosedError('permit pool'));
     const signal = options?.signal;
     if (signal?.aborted) return Promise.reject(new RequestAbortedError({ cause: signal.reason }));
     const resource = this.resource(name);
@@ -363,7 +371,7 @@ class Pool implements PermitPool {
       if (resource.poll !== undefined) clearTimeout(resource.poll);
       for (const waiter of resource.waiters.splice(0)) {
         this.settle(waiter);
-        waiter.reject(new VllmKitError('The permit pool is closed', 'ERR_VK_CLOSED'));
+        waiter.reject(new ClosedError('permit pool'));
       }
     }
     await this.store.close();

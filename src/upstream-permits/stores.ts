@@ -2,7 +2,7 @@
 // host: one sorted set of leases per resource, scored by expiry on Redis's own clock).
 import cluster, { type Worker } from 'node:cluster';
 import { randomBytes } from 'node:crypto';
-import { InvalidOptionError } from '../errors/index.js';
+import { InvalidOptionError, NotClusterPrimaryError } from '../errors/index.js';
 import { ClusterCaller, serveClusterChannel } from '../internal/cluster-rpc.js';
 import { RedisScript, type RedisScriptClient } from '../internal/redis-script.js';
 
@@ -72,7 +72,7 @@ export class ClusterPermitStore implements PermitStore {
   }
 
   async close(): Promise<void> {
-    this.caller.close('the permit pool was closed');
+    this.caller.close('permit pool');
   }
 }
 
@@ -81,7 +81,7 @@ export class ClusterPermitStore implements PermitStore {
  * the host share one limit per resource. A worker that exits (crash, SIGKILL) has its permits returned at once.
  */
 export function serveClusterPermits(): { close(): void } {
-  if (!cluster.isPrimary) throw new Error('serveClusterPermits() runs in the cluster primary');
+  if (!cluster.isPrimary) throw new NotClusterPrimaryError('serveClusterPermits');
   /** Leases held, by pool and resource: lease → worker id. */
   const pools = new Map<string, Map<string, Map<string, number>>>();
   const leasesOf = (name: string, resource: string) => {

@@ -1,7 +1,7 @@
 // request(): the unparsed passthrough gateways use; plus the injected dispatcher and the client's lifecycle.
 import { Agent } from 'undici';
 import { describe, expect, it } from 'vitest';
-import { isUpstreamConnectionError } from '../../src/index.js';
+import { isClosedError } from '../../src/index.js';
 import { messages, trackResources } from '../helpers/fixtures.js';
 import { sseData } from '../helpers/http.js';
 
@@ -106,8 +106,8 @@ describe('lifecycle', () => {
     await client.models();
     await client.close();
     const error = await client.models().catch((e: unknown) => e);
-    expect(isUpstreamConnectionError(error)).toBe(true);
-    expect((error as Error).message).toContain('closed');
+    expect(isClosedError(error)).toBe(true);
+    expect((error as Error).message).toBe('The client is closed');
     await expect.poll(() => sim.stats().connectionsOpen).toBe(0);
   });
 });

@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   createTokenCache,
   isInvalidOptionError,
+  isRequestAbortedError,
   isTokenVerificationError,
   type TokenCache,
   type TokenCacheOptions,
@@ -220,7 +221,9 @@ describe('createTokenCache', () => {
     const impatient = cache.verify(TOKEN, { signal: controller.signal });
     const patient = cache.verify(TOKEN);
     controller.abort(new Error('client left'));
-    await expect(impatient).rejects.toThrow('client left');
+    const error = await impatient.catch((e: unknown) => e);
+    expect(isRequestAbortedError(error)).toBe(true);
+    expect(((error as Error).cause as Error).message).toBe('client left');
     release();
     expect(await patient).toEqual({ id: 'k1' });
     expect(cache.stats().size).toBe(1);
