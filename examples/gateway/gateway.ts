@@ -56,10 +56,8 @@ export interface GatewayDeps {
 
 interface Route {
   method: 'GET' | 'POST';
-  /** Forwarded to the upstream (under the concurrency limit when `limited`). */
-  upstream: boolean;
+  /** A generation route: its key's budget applies, and it runs under the concurrency limit. */
   limited: boolean;
-  auth: boolean;
 }
 
 /** The `Allow` header of a route: its method, HEAD beside GET, and OPTIONS. */
@@ -68,13 +66,13 @@ function allowed(route: Route): string {
 }
 
 const ROUTES: Record<string, Route> = {
-  '/v1/chat/completions': { method: 'POST', upstream: true, limited: true, auth: true },
-  '/v1/completions': { method: 'POST', upstream: true, limited: true, auth: true },
-  '/v1/embeddings': { method: 'POST', upstream: true, limited: true, auth: true },
-  '/v1/models': { method: 'GET', upstream: true, limited: false, auth: true },
-  '/auth/verify': { method: 'GET', upstream: false, limited: false, auth: true },
-  '/health': { method: 'GET', upstream: false, limited: false, auth: false },
-  '/metrics': { method: 'GET', upstream: false, limited: false, auth: false },
+  '/v1/chat/completions': { method: 'POST', limited: true },
+  '/v1/completions': { method: 'POST', limited: true },
+  '/v1/embeddings': { method: 'POST', limited: true },
+  '/v1/models': { method: 'GET', limited: false },
+  '/auth/verify': { method: 'GET', limited: false },
+  '/health': { method: 'GET', limited: false },
+  '/metrics': { method: 'GET', limited: false },
 };
 
 /** An OpenAI-style error. */

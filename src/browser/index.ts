@@ -7,7 +7,7 @@ import { InvalidOptionError } from '../errors/index.js';
 export interface BrowserTokenCacheOptions<P> {
   /** Asks the backend, e.g. `GET /auth/verify` with the token: the principal when valid, `null` when not; throws when it cannot tell. */
   verify: (token: string) => Promise<P | null>;
-  /** How long a positive answer is reused, ms. @default 300000 (5 min, the seed's) */
+  /** How long a positive answer is reused, ms. @default 300000 (5 min) */
   ttlMs?: number;
   /** Where the answer is kept. Falls back to memory when unavailable (private mode, quota, disabled). @default localStorage */
   storage?: Storage | null;

@@ -16,8 +16,10 @@ import type { AbortSignalLike } from '../internal/abort.js';
 import type { Permit } from '../upstream-permits/index.js';
 import { errorFromStatus, errorFromStreamEvent, errorFromTransport } from './map-error.js';
 import { type ResolvedClientOptions, resolveClientOptions, type VllmClientOptions } from './options.js';
+import { isReplayableBody, ReplayDispatcher } from './replay.js';
 import { backoffDelay, isRetryableStatus, parseRetryAfter, RetryBudget } from './retry.js';
-import { isReplayableBody, ReplayDispatcher, type RoutedOptions, Router, SocketTracker } from './router.js';
+import { type RoutedOptions, Router } from './router.js';
+import { SocketTracker } from './socket-tracker.js';
 import { SseParser } from './sse.js';
 import { type CallTelemetry, ClientTelemetry } from './telemetry.js';
 import type {

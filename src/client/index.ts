@@ -10,6 +10,7 @@ export {
 } from './client.js';
 export type { VllmClientOptions } from './options.js';
 export type { RoutingCandidate, RoutingFunction, RoutingPolicy } from './routing.js';
+export type { TelemetryOptions } from './telemetry.js';
 export type {
   ChatCompletion,
   ChatCompletionChunk,
@@ -22,6 +23,7 @@ export type {
   EmbeddingRequest,
   FinishReason,
   ModelList,
+  Role,
   ToolCall,
   Usage,
 } from './types.js';

@@ -23,11 +23,6 @@ export class SseParser {
     return events;
   }
 
-  /** Whatever was left unterminated when the stream ended (used to tell a cut stream from a finished one). */
-  get pending(): string {
-    return this.tail;
-  }
-
   private line(input: string, start: number, end: number, events: string[]): void {
     if (end === start) {
       // A blank line dispatches the event.

@@ -2,74 +2,13 @@
 // and an adaptive limit (Envoy's gradient controller) that finds the upstream's capacity instead of trusting a
 // hand-set number.
 import pLimit, { type LimitFunction } from 'p-limit';
-import {
-  ClosedError,
-  InvalidOptionError,
-  isVllmKitError,
-  RequestAbortedError,
-  VllmKitError,
-} from '../errors/index.js';
+import { ClosedError, isVllmKitError, RequestAbortedError, VllmKitError } from '../errors/index.js';
 import { type AbortSignalLike, toAbortSignal } from '../internal/abort.js';
-import {
-  clockOption,
-  invalid,
-  numberOption,
-  objectOption,
-  oneOfOption,
-  rejectUnknownKeys,
-} from '../internal/validate.js';
+import { numberOption } from '../internal/validate.js';
 import { FairQueue } from './fair-queue.js';
+import { type ConcurrencyLimiterOptions, type ResolvedAdaptiveOptions, resolveOptions } from './options.js';
 
-export interface AdaptiveOptions {
-  /** Lowest limit. @default 1 */
-  min?: number;
-  /** Highest limit. @default 1000 */
-  max?: number;
-  /** Starting limit. @default `concurrency` */
-  initial?: number;
-  /** Multiplicative decrease on an overload error (429/503), 0–1. @default 0.9 */
-  backoffRatio?: number;
-  /** Latency allowed above the no-load minimum before the limit shrinks, as a fraction. @default 0.1 */
-  buffer?: number;
-  /** Samples per window; the limit moves once per window, on the window's p90 latency. @default 32 */
-  window?: number;
-  /** Samples taken at the minimum concurrency to measure the no-load latency (minRTT). @default 32 */
-  minRttSamples?: number;
-  /** Samples between two minRTT measurements (the upstream may change). @default 2000 */
-  minRttInterval?: number;
-  /** Which failures mean "the upstream is overloaded". @default upstream 429/503 errors */
-  isOverload?: (error: unknown) => boolean;
-}
-
-export interface ConcurrencyLimiterOptions {
-  /** Tasks running at once (fixed mode), or the adaptive mode's starting point. @default 200 (the seed's) */
-  concurrency?: number;
-  /** Tasks waiting at most; beyond it `run` rejects with QueueFullError. 0 = no queue. @default 2 × concurrency */
-  maxQueue?: number;
-  /** Longest wait in the queue, ms; then QueueTimeoutError. 0 = no limit. @default 0 */
-  queueTimeoutMs?: number;
-  /** Tasks of one key (e.g. one API key) running at once, inside the global limit. @default Infinity */
-  perKeyConcurrency?: number;
-  /**
-   * Who starts next when a slot frees: `'fifo'`, the longest waiting; `'fair'`, round robin across the tasks' `key`s
-   * (deficit round robin by `weight`), higher `priority` bands first — one key flooding the queue no longer delays
-   * everyone else's work behind its own. @default 'fifo'
-   */
-  queuePolicy?: 'fifo' | 'fair';
-  /**
-   * Fair policy: tasks of one key waiting at most; beyond it that key's `run` rejects with QueueFullError while other
-   * keys still queue. And when the whole queue is full, a key with fewer waiting takes the place of the newest task
-   * of the key with the most. @default Infinity
-   */
-  maxQueuePerKey?: number;
-  /**
-   * Find the limit from latency and overload signals between `min` and `max`, with Envoy's adaptive-concurrency
-   * gradient controller: limit ← limit × clamp(minRTT × (1 + buffer) / p90 latency, 0.5, 2) + √limit.
-   */
-  adaptive?: AdaptiveOptions | boolean;
-  /** Clock for latency samples, ms. @default performance.now */
-  now?: () => number;
-}
+export type { AdaptiveOptions, ConcurrencyLimiterOptions } from './options.js';
 
 /** What `fn` receives. */
 export interface TaskContext {
@@ -120,18 +59,6 @@ export interface ConcurrencyLimiter {
   /** Rejects every queued task with a closed error; running tasks finish. */
   close(): Promise<void>;
 }
-
-/** Every option, tied to the type: an option added to one and not the other fails to compile. */
-const KEYS = [
-  'concurrency',
-  'maxQueue',
-  'queueTimeoutMs',
-  'perKeyConcurrency',
-  'queuePolicy',
-  'maxQueuePerKey',
-  'adaptive',
-  'now',
-] as const satisfies readonly (keyof ConcurrencyLimiterOptions)[];
 
 /** The queue is full: answer 503 with `Retry-After: retryAfterSec`. */
 export class QueueFullError extends VllmKitError {
@@ -185,11 +112,6 @@ function percentileOf(samples: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
 }
 
-function defaultIsOverload(error: unknown): boolean {
-  if (!isVllmKitError(error)) return false;
-  return error.code === 'ERR_VK_UPSTREAM_OVERLOADED' || error.code === 'ERR_VK_UPSTREAM_RATE_LIMITED';
-}
-
 interface Waiter {
   cancelled: boolean;
   enqueuedAt: number;
@@ -219,7 +141,7 @@ class Limiter implements ConcurrencyLimiter {
   private readonly queueTimeoutMs: number;
   private readonly perKeyConcurrency: number;
   private readonly keyLimits = new Map<string, LimitFunction>();
-  private readonly adaptive: Required<Omit<AdaptiveOptions, 'initial'>> | undefined;
+  private readonly adaptive: ResolvedAdaptiveOptions | undefined;
   private readonly now: () => number;
   /** Fair policy: the waiting room, the limit, each key's running tasks and its queue cap. */
   private readonly fair: FairQueue<Waiter> | undefined;
@@ -251,101 +173,17 @@ class Limiter implements ConcurrencyLimiter {
   };
 
   constructor(input: ConcurrencyLimiterOptions) {
-    const options = objectOption('options', input) ?? {};
-    rejectUnknownKeys('', options, KEYS);
-    const concurrency = numberOption('concurrency', options.concurrency, 200, {
-      min: 1,
-      max: 1_000_000,
-      integer: true,
-    });
-    this.maxQueue = numberOption('maxQueue', options.maxQueue, 2 * concurrency, {
-      min: 0,
-      integer: true,
-      allowInfinity: true,
-    });
-    this.queueTimeoutMs = numberOption('queueTimeoutMs', options.queueTimeoutMs, 0, {
-      min: 0,
-      max: 2_147_483_647,
-    });
-    this.perKeyConcurrency = numberOption(
-      'perKeyConcurrency',
-      options.perKeyConcurrency,
-      Number.POSITIVE_INFINITY,
-      {
-        min: 1,
-        integer: true,
-        allowInfinity: true,
-      },
-    );
-    this.now = clockOption(options.now, () => performance.now());
-
-    let initial = concurrency;
-    if (options.adaptive !== undefined && options.adaptive !== false) {
-      const adaptive = options.adaptive === true ? {} : objectOption('adaptive', options.adaptive);
-      if (adaptive === undefined) throw invalid('adaptive', 'a boolean or an object', options.adaptive);
-      rejectUnknownKeys('adaptive', adaptive, [
-        'min',
-        'max',
-        'initial',
-        'backoffRatio',
-        'buffer',
-        'window',
-        'minRttSamples',
-        'minRttInterval',
-        'isOverload',
-      ]);
-      const min = numberOption('adaptive.min', adaptive.min, 1, { min: 1, integer: true });
-      const max = numberOption('adaptive.max', adaptive.max, 1000, { min: 1, integer: true });
-      if (max < min)
-        throw new InvalidOptionError(
-          'adaptive.max',
-          `Expected \`adaptive.max\` (${max}) >= \`adaptive.min\` (${min})`,
-        );
-      initial = numberOption(
-        'adaptive.initial',
-        adaptive.initial,
-        Math.min(Math.max(concurrency, min), max),
-        {
-          min,
-          max,
-          integer: true,
-        },
-      );
-      if (adaptive.isOverload !== undefined && typeof adaptive.isOverload !== 'function') {
-        throw invalid('adaptive.isOverload', 'a function', adaptive.isOverload);
-      }
-      this.adaptive = {
-        min,
-        max,
-        backoffRatio: numberOption('adaptive.backoffRatio', adaptive.backoffRatio, 0.9, {
-          min: 0.01,
-          max: 0.99,
-        }),
-        buffer: numberOption('adaptive.buffer', adaptive.buffer, 0.1, { min: 0, max: 10 }),
-        window: numberOption('adaptive.window', adaptive.window, 32, { min: 1, max: 100_000, integer: true }),
-        minRttSamples: numberOption('adaptive.minRttSamples', adaptive.minRttSamples, 32, {
-          min: 1,
-          max: 100_000,
-          integer: true,
-        }),
-        minRttInterval: numberOption('adaptive.minRttInterval', adaptive.minRttInterval, 2000, {
-          min: 1,
-          max: 100_000_000,
-          integer: true,
-        }),
-        isOverload: (adaptive.isOverload as AdaptiveOptions['isOverload']) ?? defaultIsOverload,
-      };
-    }
-    this.limit = pLimit(initial);
-    const policy = oneOfOption('queuePolicy', options.queuePolicy, ['fifo', 'fair'], 'fifo');
-    this.maxQueuePerKey = numberOption('maxQueuePerKey', options.maxQueuePerKey, Number.POSITIVE_INFINITY, {
-      min: 1,
-      integer: true,
-      allowInfinity: true,
-    });
-    if (policy === 'fair') {
+    const options = resolveOptions(input);
+    this.maxQueue = options.maxQueue;
+    this.queueTimeoutMs = options.queueTimeoutMs;
+    this.perKeyConcurrency = options.perKeyConcurrency;
+    this.now = options.now;
+    this.adaptive = options.adaptive;
+    this.limit = pLimit(options.initial);
+    this.maxQueuePerKey = options.maxQueuePerKey;
+    if (options.queuePolicy === 'fair') {
       this.fair = new FairQueue<Waiter>();
-      this.fairConcurrency = initial;
+      this.fairConcurrency = options.initial;
     }
   }
 

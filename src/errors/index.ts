@@ -3,8 +3,23 @@
 /** Brand shared by every copy of this module (ESM, CJS, another realm), so guards never rely on `instanceof`. */
 const BRAND = Symbol.for('vllm-kit.error');
 
-/** Every code a vllm-kit error can carry, in the style of undici's `UND_ERR_*`, with the class that carries it. */
-const CLASS_OF_CODE = {
+/** Stable machine-readable codes, in the style of undici's `UND_ERR_*`: the closed list of every code vllm-kit throws. */
+export type VllmKitErrorCode =
+  | 'ERR_VK_INVALID_OPTION'
+  | 'ERR_VK_CLOSED'
+  | 'ERR_VK_NOT_CLUSTER_PRIMARY'
+  | 'ERR_VK_STORE_UNAVAILABLE'
+  | UpstreamHttpErrorCode
+  | UpstreamTimeoutErrorCode
+  | 'ERR_VK_UPSTREAM_CONNECTION'
+  | 'ERR_VK_ABORTED'
+  | 'ERR_VK_TOKEN_LOOKUP_FAILED'
+  | 'ERR_VK_QUEUE_FULL'
+  | 'ERR_VK_QUEUE_TIMEOUT'
+  | 'ERR_VK_PERMIT_TIMEOUT';
+
+/** The class that carries each code (its `name`): every code once, checked against the union both ways. */
+const CLASS_OF_CODE: Record<VllmKitErrorCode, string> = {
   ERR_VK_INVALID_OPTION: 'InvalidOptionError',
   ERR_VK_CLOSED: 'ClosedError',
   ERR_VK_NOT_CLUSTER_PRIMARY: 'NotClusterPrimaryError',
@@ -26,10 +41,7 @@ const CLASS_OF_CODE = {
   ERR_VK_QUEUE_FULL: 'QueueFullError',
   ERR_VK_QUEUE_TIMEOUT: 'QueueTimeoutError',
   ERR_VK_PERMIT_TIMEOUT: 'PermitTimeoutError',
-} as const;
-
-/** Stable machine-readable codes: the closed list of every code vllm-kit throws. */
-export type VllmKitErrorCode = keyof typeof CLASS_OF_CODE;
+};
 
 /** Every code, for exhaustive handling and tests. */
 export const ERROR_CODES = Object.freeze(Object.keys(CLASS_OF_CODE)) as readonly VllmKitErrorCode[];

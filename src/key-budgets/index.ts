@@ -2,15 +2,9 @@
 // every host (Redis), with OpenAI's x-ratelimit-* headers and adapters for node:http, Express and Fastify. Tokens are
 // charged from the response's own usage, before its last byte goes out.
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import {
-  clockOption,
-  invalid,
-  numberOption,
-  objectOption,
-  rejectUnknownKeys,
-  sharedStoreOptions,
-} from '../internal/validate.js';
+import { invalid } from '../internal/validate.js';
 import type { FastifyReplyLike } from '../rate-limit/index.js';
+import { type KeyBudgetsOptions, resolveOptions } from './options.js';
 import {
   type BudgetState,
   type BudgetStore,
@@ -19,10 +13,10 @@ import {
   NO_LIMIT,
   Op,
   RedisBudgetStore,
-  type RedisScriptClient,
 } from './stores.js';
 import { estimatePromptTokens, type TokenUsage, UsageMeter } from './usage.js';
 
+export type { KeyBudgetsOptions } from './options.js';
 export { serveClusterBudgets } from './stores.js';
 export {
   estimatePromptTokens,
@@ -33,28 +27,6 @@ export {
   type UsageRequest,
   type UsageStrip,
 } from './usage.js';
-
-export interface KeyBudgetsOptions {
-  /**
-   * Where windows live: `'memory'` (this process), `'cluster'` (one budget per key for all workers, held by the
-   * primary, which must call `serveClusterBudgets()`), or an ioredis client (one budget per key for all hosts).
-   * @default 'memory'
-   */
-  store?: 'memory' | 'cluster' | object;
-  /** Names these budgets in Redis and the primary (two instances with one name share their windows). @default 'default' */
-  name?: string;
-  /** Window length, seconds: limits are per window. @default 60 (per minute, as OpenAI's RPM and TPM) */
-  windowSec?: number;
-  /**
-   * When the cluster primary or Redis fails: `'insurance'` counts in this process meanwhile, `'open'` admits,
-   * `'closed'` refuses. Never a 500. @default 'insurance'
-   */
-  onStoreError?: 'insurance' | 'open' | 'closed';
-  /** Longest wait for the cluster primary, ms, before `onStoreError` applies. @default 500 */
-  storeTimeoutMs?: number;
-  /** Clock, epoch ms. @default Date.now */
-  now?: () => number;
-}
 
 /** One key's limits, per window; a limit left out (or `null`) is no limit. */
 export interface BudgetLimits {
@@ -118,15 +90,6 @@ export interface KeyBudgets {
   close(): Promise<void>;
 }
 
-const KEYS = [
-  'store',
-  'name',
-  'windowSec',
-  'onStoreError',
-  'storeTimeoutMs',
-  'now',
-] as const satisfies readonly (keyof KeyBudgetsOptions)[];
-
 /** Formats a duration as OpenAI's rate-limit headers do (Go's `time.Duration`): `500ms`, `1.5s`, `6m0s`, `1h2m3s`. */
 export function formatResetDuration(ms: number): string {
   const total = Math.max(0, Math.round(ms));
@@ -171,20 +134,10 @@ class Budgets implements KeyBudgets {
   private readonly now: () => number;
 
   constructor(input: KeyBudgetsOptions) {
-    const options = objectOption('options', input) ?? {};
-    rejectUnknownKeys('', options, KEYS);
-    const { store, name, onStoreError, storeTimeoutMs } = sharedStoreOptions<RedisScriptClient>(
-      options,
-      'evalsha',
-    );
+    const { store, name, onStoreError, storeTimeoutMs, windowSec, now } = resolveOptions(input);
     this.onStoreError = onStoreError;
-    const windowSec = numberOption('windowSec', options.windowSec, 60, {
-      min: 1,
-      max: 86_400,
-      integer: true,
-    });
     this.windowMs = windowSec * 1000;
-    this.now = clockOption(options.now);
+    this.now = now;
     this.store =
       store === 'memory'
         ? new MemoryBudgetStore(this.windowMs, this.now)

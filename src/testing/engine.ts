@@ -52,14 +52,6 @@ export class Engine {
     }
   }
 
-  /** Jobs still queued, oldest first (for shutdown). */
-  *pending(): Iterable<EngineJob> {
-    for (let i = this.head; i < this.queue.length; i++) {
-      const job = this.queue[i];
-      if (job !== undefined && job.state === 'waiting') yield job;
-    }
-  }
-
   private drain(): void {
     while (this.running < this.maxNumSeqs && this.waiting > 0) {
       const job = this.queue[this.head];

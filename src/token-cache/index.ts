@@ -2,65 +2,15 @@
 // token's hash, with a TTL, a periodic sweep, single-flight lookups, negative caching and cross-process revocation.
 import * as crypto from 'node:crypto';
 import { LRUCache } from 'lru-cache';
+import { ClosedError, RequestAbortedError, TokenVerificationError } from '../errors/index.js';
 import {
-  ClosedError,
-  InvalidOptionError,
-  RequestAbortedError,
-  TokenVerificationError,
-} from '../errors/index.js';
-import {
-  clockOption,
-  invalid,
-  numberOption,
-  objectOption,
-  rejectUnknownKeys,
-  stringOption,
-} from '../internal/validate.js';
+  type RedisLike,
+  type RedisSubscriberLike,
+  resolveOptions,
+  type TokenCacheOptions,
+} from './options.js';
 
-/** The slice of an ioredis client the cache uses (structural, so ioredis stays an optional peer). */
-export interface RedisLike {
-  publish(channel: string, message: string): Promise<unknown>;
-  /** A second connection for subscribing (a subscribed ioredis connection cannot publish). */
-  duplicate(): RedisSubscriberLike;
-}
-
-export interface RedisSubscriberLike {
-  subscribe(channel: string): Promise<unknown>;
-  on(event: 'message', listener: (channel: string, message: string) => void): unknown;
-  quit(): Promise<unknown>;
-}
-
-export interface TokenCacheOptions<P> {
-  /**
-   * The lookup: resolves the principal for a valid token, `null` for an invalid one, and throws when it could not
-   * check (database down). The signal fires when the cache closes.
-   */
-  verify: (token: string, signal: AbortSignal) => Promise<P | null>;
-  /** How long a valid answer is served from the cache, ms. @default 300000 (5 min, the seed's) */
-  ttlMs?: number;
-  /** How long an "invalid" answer is cached, ms, so floods of bad tokens don't reach the database. 0 = never. @default 30000 */
-  negativeTtlMs?: number;
-  /** How often stale entries are purged, ms (one unref()ed interval). 0 = only lazily. @default 60000 (the seed's) */
-  sweepIntervalMs?: number;
-  /** Most valid tokens kept (least recently used go first). A bound is required. @default 10000 */
-  max?: number;
-  /**
-   * Most "invalid" answers kept, in a cache of their own: a flood of distinct bad tokens then never evicts valid
-   * ones, and repeats of a bad token stay off the database. @default 1000
-   */
-  negativeMax?: number;
-  /** The credential's own expiry (epoch ms or a Date): an entry never outlives it. */
-  expiresAt?: (principal: P) => number | Date | undefined;
-  /**
-   * While the lookup throws, keep serving a positive answer up to this long past its TTL, ms. 0 = off (a failed
-   * lookup always fails the check). @default 0
-   */
-  staleIfErrorMs?: number;
-  /** Revocation across processes and hosts: `invalidate()` publishes the token's hash, every cache drops it. */
-  redis?: { client: RedisLike; channel?: string };
-  /** Clock, epoch ms (for tests and `expiresAt`). @default Date.now */
-  now?: () => number;
-}
+export type { RedisLike, RedisSubscriberLike, TokenCacheOptions } from './options.js';
 
 export interface TokenCacheStats {
   hits: number;
@@ -112,19 +62,6 @@ interface Lookup<P> {
   /** Set when the token was invalidated while the lookup ran: its answer must not be cached. */
   revoked: boolean;
 }
-
-const KEYS = [
-  'verify',
-  'ttlMs',
-  'negativeTtlMs',
-  'sweepIntervalMs',
-  'max',
-  'negativeMax',
-  'expiresAt',
-  'staleIfErrorMs',
-  'redis',
-  'now',
-] as const satisfies readonly (keyof TokenCacheOptions<unknown>)[];
 
 /** The cache key: SHA-256 of the token. The raw token is never stored, logged or published. */
 export function hashToken(token: string): string {
@@ -180,48 +117,14 @@ class Cache<P> implements TokenCache<P> {
   };
 
   constructor(input: TokenCacheOptions<P>) {
-    const options = objectOption('options', input);
-    if (options === undefined) throw invalid('options', 'an object', input);
-    rejectUnknownKeys('', options, KEYS);
-    if (typeof options.verify !== 'function')
-      throw invalid('verify', 'a function (token, signal) => Promise<principal | null>', options.verify);
-    if (options.max === Number.POSITIVE_INFINITY) {
-      throw new InvalidOptionError(
-        'max',
-        'Expected `max` to be a finite bound: an unbounded cache can exhaust memory',
-      );
-    }
-    this.lookupFn = options.verify as TokenCacheOptions<P>['verify'];
-    this.ttlMs = numberOption('ttlMs', options.ttlMs, 300_000, { min: 1, max: 2_147_483_647 });
-    this.negativeTtlMs = numberOption('negativeTtlMs', options.negativeTtlMs, 30_000, {
-      min: 0,
-      max: 2_147_483_647,
-    });
-    this.staleIfErrorMs = numberOption('staleIfErrorMs', options.staleIfErrorMs, 0, {
-      min: 0,
-      max: 2_147_483_647,
-    });
-    const sweepIntervalMs = numberOption('sweepIntervalMs', options.sweepIntervalMs, 60_000, {
-      min: 0,
-      max: 2_147_483_647,
-    });
-    const max = numberOption('max', options.max, 10_000, { min: 1, max: 100_000_000, integer: true });
-    if (options.negativeMax === Number.POSITIVE_INFINITY) {
-      throw new InvalidOptionError(
-        'negativeMax',
-        'Expected `negativeMax` to be a finite bound: an unbounded cache can exhaust memory',
-      );
-    }
-    const negativeMax = numberOption('negativeMax', options.negativeMax, 1000, {
-      min: 1,
-      max: 100_000_000,
-      integer: true,
-    });
-    if (options.expiresAt !== undefined && typeof options.expiresAt !== 'function') {
-      throw invalid('expiresAt', 'a function (principal) => epoch ms | Date | undefined', options.expiresAt);
-    }
-    this.expiresAt = options.expiresAt as TokenCacheOptions<P>['expiresAt'];
-    this.now = clockOption(options.now);
+    const options = resolveOptions(input);
+    this.lookupFn = options.verify;
+    this.ttlMs = options.ttlMs;
+    this.negativeTtlMs = options.negativeTtlMs;
+    this.staleIfErrorMs = options.staleIfErrorMs;
+    this.expiresAt = options.expiresAt;
+    this.now = options.now;
+    const { max, negativeMax, sweepIntervalMs } = options;
 
     this.cache = new LRUCache<string, Entry<P>>({
       max,
@@ -250,14 +153,10 @@ class Cache<P> implements TokenCache<P> {
       this.sweepTimer.unref();
     }
 
-    const redis = objectOption('redis', options.redis);
+    const redis = options.redis;
     if (redis !== undefined) {
-      rejectUnknownKeys('redis', redis, ['client', 'channel']);
-      const client = redis.client as RedisLike | undefined;
-      if (typeof client?.publish !== 'function' || typeof client?.duplicate !== 'function') {
-        throw invalid('redis.client', 'an ioredis client', client);
-      }
-      this.channel = stringOption('redis.channel', redis.channel, 'vllm-kit:token-revocations');
+      const client = redis.client;
+      this.channel = redis.channel;
       this.publisher = client;
       this.subscriber = client.duplicate();
       this.subscriber.on('message', (channel, hash) => {

@@ -4,46 +4,11 @@
 // worker's at once). A store outage falls back to a local share of the limit instead of failing requests.
 import { ClosedError, isVllmKitError, RequestAbortedError, VllmKitError } from '../errors/index.js';
 import type { AbortSignalLike } from '../internal/abort.js';
-import {
-  invalid,
-  numberOption,
-  objectOption,
-  rejectUnknownKeys,
-  sharedStoreOptions,
-} from '../internal/validate.js';
-import {
-  ClusterPermitStore,
-  MemoryPermitStore,
-  type PermitStore,
-  type RedisPermitClient,
-  RedisPermitStore,
-} from './stores.js';
+import { type PermitPoolOptions, resolveOptions } from './options.js';
+import { ClusterPermitStore, MemoryPermitStore, type PermitStore, RedisPermitStore } from './stores.js';
 
+export type { PermitPoolOptions } from './options.js';
 export { serveClusterPermits } from './stores.js';
-
-export interface PermitPoolOptions {
-  /** Permits per resource (in-flight requests per replica), across every process sharing the store. */
-  permits: number;
-  /**
-   * `'memory'` (this process), `'cluster'` (every worker of the host, through the primary, which must call
-   * `serveClusterPermits()`), or an ioredis client (every host). @default 'memory'
-   */
-  store?: 'memory' | 'cluster' | object;
-  /** Names the pool in Redis and the primary. @default 'default' */
-  name?: string;
-  /** Redis: how long a lease lives unless renewed (renewed every third of it while held). @default 5000 */
-  leaseMs?: number;
-  /** Cluster and Redis: how often a process with waiting requests asks again for a permit, ms. @default 5 */
-  pollMs?: number;
-  /**
-   * The store failing (Redis down, the primary not answering): `'insurance'` lets each process hold its share of the
-   * limit meanwhile (permits ÷ the processes last seen sharing the pool, at least 1); `'open'` grants every request;
-   * `'closed'` grants none (requests wait for the store or their timeout). Never a 500. @default 'insurance'
-   */
-  onStoreError?: 'insurance' | 'open' | 'closed';
-  /** Longest wait for the cluster primary, ms. @default 500 */
-  storeTimeoutMs?: number;
-}
 
 export interface AcquireOptions {
   /** Gives up waiting (RequestAbortedError). */
@@ -100,16 +65,6 @@ export function isPermitTimeoutError(value: unknown): value is PermitTimeoutErro
   return isVllmKitError(value) && value.code === 'ERR_VK_PERMIT_TIMEOUT';
 }
 
-const KEYS = [
-  'permits',
-  'store',
-  'name',
-  'leaseMs',
-  'pollMs',
-  'onStoreError',
-  'storeTimeoutMs',
-] as const satisfies readonly (keyof PermitPoolOptions)[];
-
 /**
  * Creates a pool of permits for in-flight upstream requests, one limit per resource.
  *
@@ -155,22 +110,10 @@ class Pool implements PermitPool {
   private readonly counts = { acquired: 0, fallbackAcquired: 0, timedOut: 0, aborted: 0 };
 
   constructor(input: PermitPoolOptions) {
-    const options = objectOption('options', input);
-    if (options === undefined) throw invalid('options', 'an object with `permits`', input);
-    rejectUnknownKeys('', options, KEYS);
-    if (options.permits === undefined) throw invalid('permits', 'an integer >= 1', options.permits);
-    this.permits = numberOption('permits', options.permits, 1, { min: 1, max: 1_000_000, integer: true });
-    const { store, name, onStoreError, storeTimeoutMs } = sharedStoreOptions<RedisPermitClient>(
-      options,
-      'zrem',
-    );
+    const { permits, store, name, onStoreError, storeTimeoutMs, leaseMs, pollMs } = resolveOptions(input);
+    this.permits = permits;
     this.onStoreError = onStoreError;
-    const leaseMs = numberOption('leaseMs', options.leaseMs, 5000, {
-      min: 100,
-      max: 3_600_000,
-      integer: true,
-    });
-    this.pollMs = numberOption('pollMs', options.pollMs, 5, { min: 1, max: 10_000 });
+    this.pollMs = pollMs;
     this.store =
       store === 'memory'
         ? new MemoryPermitStore()

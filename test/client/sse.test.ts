@@ -9,7 +9,6 @@ describe('SseParser', () => {
     expect(parser.push('ta: {"a"')).toEqual([]);
     expect(parser.push(':1}\n')).toEqual([]);
     expect(parser.push('\ndata: [DONE]\n\n')).toEqual(['{"a":1}', '[DONE]']);
-    expect(parser.pending).toBe('');
   });
 
   it('returns several events from one chunk, with CRLF line ends', () => {
@@ -26,9 +25,9 @@ describe('SseParser', () => {
     expect(parser.push('data:no-space\n\n')).toEqual(['no-space']);
   });
 
-  it('keeps an unterminated tail as pending (a cut stream)', () => {
+  it('never emits an unterminated event (a cut stream), and completes it when the rest comes', () => {
     const parser = new SseParser();
-    parser.push('data: {"partial"');
-    expect(parser.pending).toBe('data: {"partial"');
+    expect(parser.push('data: {"partial"')).toEqual([]);
+    expect(parser.push('}\n\n')).toEqual(['{"partial"}']);
   });
 });
