@@ -37,6 +37,18 @@ export function median(values: number[]): number {
   );
 }
 
+/** µs per call of `fn`: a warm-up of `iterations` / 10 calls, then the median of 5 timed batches of `iterations`. */
+export function microsPerCall(fn: () => void, iterations: number): number {
+  for (let i = 0; i < iterations / 10; i++) fn();
+  const batches: number[] = [];
+  for (let b = 0; b < 5; b++) {
+    const started = process.hrtime.bigint();
+    for (let i = 0; i < iterations; i++) fn();
+    batches.push(Number(process.hrtime.bigint() - started) / iterations / 1000);
+  }
+  return median(batches);
+}
+
 /** p50/p90/p99/max of a list of milliseconds (the list is sorted in place). */
 export function summarize(values: number[]): { p50: number; p90: number; p99: number; max: number } {
   values.sort((a, b) => a - b);

@@ -10,7 +10,7 @@ import { runAutocannon } from '../lib/autocannon.js';
 import { type ChildServer, startChild } from '../lib/child.js';
 import { startGateway } from '../lib/gateway.js';
 import { kit, testing } from '../lib/kit.js';
-import { median } from '../lib/load.js';
+import { median, microsPerCall } from '../lib/load.js';
 
 const quick = process.argv.includes('--quick');
 const rounds = quick ? 1 : 8;
@@ -43,17 +43,7 @@ const continuous = await capture({
 const finalOnly = await capture({ stream: true, stream_options: { include_usage: true } });
 await sim.close();
 
-/** µs per call of `fn`, the median of 5 timed batches. */
-function micros(fn: () => void): number {
-  for (let i = 0; i < iterations / 10; i++) fn();
-  const batches: number[] = [];
-  for (let b = 0; b < 5; b++) {
-    const started = process.hrtime.bigint();
-    for (let i = 0; i < iterations; i++) fn();
-    batches.push(Number(process.hrtime.bigint() - started) / iterations / 1000);
-  }
-  return median(batches);
-}
+const micros = (fn: () => void) => microsPerCall(fn, iterations);
 const meterOver = (chunks: Buffer[], options: ConstructorParameters<typeof kit.UsageMeter>[0]) => () => {
   const meter = new kit.UsageMeter(options);
   for (const chunk of chunks) meter.write(chunk);

@@ -17,7 +17,7 @@ import { runAutocannon } from '../lib/autocannon.js';
 import { type ChildServer, startChild } from '../lib/child.js';
 import { startGateway } from '../lib/gateway.js';
 import { kit } from '../lib/kit.js';
-import { median } from '../lib/load.js';
+import { median, microsPerCall } from '../lib/load.js';
 
 const quick = process.argv.includes('--quick');
 const rounds = quick ? 1 : 6;
@@ -104,16 +104,7 @@ console.table(client);
 // measured from the sources.
 const { ClientTelemetry } = await import('../../src/client/telemetry.js');
 const microIterations = quick ? 2000 : 100_000;
-function microseconds(fn: () => void): number {
-  for (let i = 0; i < microIterations / 5; i++) fn();
-  const batches: number[] = [];
-  for (let b = 0; b < 5; b++) {
-    const started = process.hrtime.bigint();
-    for (let i = 0; i < microIterations; i++) fn();
-    batches.push(Number(process.hrtime.bigint() - started) / microIterations / 1000);
-  }
-  return median(batches);
-}
+const microseconds = (fn: () => void) => microsPerCall(fn, microIterations);
 const microTracer = new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor(dropSpans)] });
 const microMeter = new MeterProvider({
   readers: [new PeriodicExportingMetricReader({ exporter: dropMetrics, exportIntervalMillis: 60_000 })],

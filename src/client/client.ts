@@ -637,7 +637,7 @@ class Client implements VllmClient {
         permit = await permits.acquire(target, timeoutMs > 0 ? { signal, timeoutMs } : { signal });
       } catch (error) {
         const failure = signal.aborted
-          ? this.fail(this.mapError(signal.reason, signal, options, target), call)
+          ? this.fail(this.mapError(signal.reason, signal, options, target))
           : error;
         call?.fail(failure);
         done();
@@ -672,12 +672,10 @@ class Client implements VllmClient {
         // Streams get their own first-event and idle timers; undici's body timer would count the queue wait.
         bodyTimeout: spec.stream ? 0 : this.options.idleTimeoutMs,
       };
-      // The replica this attempt went to (the router sets it), named by the call's errors.
-      const upstream = () => request.servedBy ?? target ?? this.origin;
       try {
         response = await this.dispatcher.request(request);
       } catch (error) {
-        const mapped = this.mapError(error, signal, options, upstream());
+        const mapped = this.mapError(error, signal, options, servedBy(request));
         const retryable =
           (mapped instanceof UpstreamConnectionError ||
             (mapped instanceof UpstreamTimeoutError && mapped.timeout === 'connect')) &&
@@ -691,7 +689,7 @@ class Client implements VllmClient {
           if (!signal.aborted) continue;
         }
         const failure = this.fail(
-          signal.aborted ? this.mapError(error, signal, options, upstream()) : mapped,
+          signal.aborted ? this.mapError(error, signal, options, servedBy(request)) : mapped,
           call,
         );
         done();
@@ -710,7 +708,7 @@ class Client implements VllmClient {
         await response.body.dump().catch(() => {});
         await sleep(this.retryDelay(attempt, response.headers), signal);
         if (!signal.aborted) continue;
-        const failure = this.fail(this.mapError(signal.reason, signal, options, upstream()), call);
+        const failure = this.fail(this.mapError(signal.reason, signal, options, servedBy(request)), call);
         done();
         throw failure;
       }
@@ -722,7 +720,7 @@ class Client implements VllmClient {
           // The status is what matters; a broken error body is not.
         }
         const failure = this.fail(
-          errorFromStatus(status, response.headers, text, { requestId, upstream: upstream() }),
+          errorFromStatus(status, response.headers, text, { requestId, upstream: servedBy(request) }),
           call,
         );
         done();
@@ -737,7 +735,7 @@ class Client implements VllmClient {
         signal,
         startedAt,
         call,
-        upstream: upstream(),
+        upstream: servedBy(request),
       };
     }
   }
@@ -773,6 +771,11 @@ function mergeHeaders(base: string[], extra: Record<string, string>): string[] {
   for (let i = 0; i < base.length; i += 2) merged[base[i]!] = base[i + 1]!;
   for (const [name, value] of Object.entries(extra)) merged[name.toLowerCase()] = value;
   return Object.entries(merged).flat();
+}
+
+/** The replica an attempt went to: the router records it; otherwise the origin it was sent to. */
+function servedBy(request: Dispatcher.RequestOptions & RoutedOptions): string {
+  return request.servedBy ?? String(request.origin);
 }
 
 /** The headers with the call's `traceparent` (and `tracestate`) in place of any the caller set. */

@@ -6,6 +6,7 @@
 import { Dispatcher } from 'undici';
 import type { RoutedOptions, Upstream } from './router.js';
 import type { Attempt, SocketTracker } from './socket-tracker.js';
+import type { CallTelemetry } from './telemetry.js';
 
 type Handler = Dispatcher.DispatchHandler;
 
@@ -39,6 +40,8 @@ export class ReplayHandler implements Handler {
   private started = false;
   private responded = false;
   private replays = 0;
+  /** The call's span, told of each attempt's status and bytes (the router tells it the replica). */
+  private readonly telemetry: CallTelemetry | undefined;
   /** What the downstream handler calls to abort: it reaches whichever attempt is live. */
   private readonly abort: Abort = (reason) => {
     this.abortReason = reason ?? new Error('aborted');
@@ -52,11 +55,12 @@ export class ReplayHandler implements Handler {
     private readonly tracker: SocketTracker,
     private readonly stats: ReplayStats,
     private readonly maxReplays: number,
-  ) {}
+  ) {
+    this.telemetry = (opts as RoutedOptions).telemetry;
+  }
 
   bindUpstream(upstream: Upstream): void {
     this.upstream = upstream;
-    (this.opts as RoutedOptions).telemetry?.setOrigin(upstream.origin);
   }
 
   onConnect(abort: Abort, context?: unknown): void {
@@ -90,18 +94,18 @@ export class ReplayHandler implements Handler {
   onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
     this.responded = true;
     this.upstream?.recordSuccess();
-    (this.opts as RoutedOptions).telemetry?.onHeaders(statusCode);
+    this.telemetry?.onHeaders(statusCode);
     return this.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true;
   }
 
   onData(chunk: Buffer): boolean {
-    (this.opts as RoutedOptions).telemetry?.onData(chunk);
+    this.telemetry?.onData(chunk);
     return this.handler.onData?.(chunk) ?? true;
   }
 
   onComplete(trailers: string[] | null): void {
     if (this.upstream) this.upstream.outstanding--;
-    (this.opts as RoutedOptions).telemetry?.onComplete();
+    this.telemetry?.onComplete();
     this.handler.onComplete?.(trailers);
   }
 
@@ -123,7 +127,7 @@ export class ReplayHandler implements Handler {
       upstream.outstanding--;
       if (!this.responded) upstream.recordFailure(error);
     }
-    const telemetry = (this.opts as RoutedOptions).telemetry;
+    const telemetry = this.telemetry;
     if (this.shouldReplay(error)) {
       this.replays++;
       this.stats.replays++;

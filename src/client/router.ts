@@ -277,8 +277,11 @@ export class Router extends Dispatcher {
   }
 
   override dispatch(opts: Dispatcher.DispatchOptions, handler: Handler): boolean {
-    const upstream = this.choose(opts as RoutedOptions);
-    (opts as RoutedOptions).servedBy = upstream.origin;
+    const routed = opts as RoutedOptions;
+    const upstream = this.choose(routed);
+    // The replica this attempt goes to: named by the call's errors and on its span.
+    routed.servedBy = upstream.origin;
+    routed.telemetry?.setOrigin(upstream.origin);
     // The replay handler (every request of the client goes through one) does the replica's accounting itself.
     if (handler instanceof ReplayHandler) {
       upstream.outstanding++;

@@ -4,6 +4,7 @@
 import { createRequire } from 'node:module';
 import type * as OpenTelemetryApi from '@opentelemetry/api';
 import { isVllmKitError, UpstreamHttpError } from '../errors/index.js';
+import { lastUsageText, parseUsage, USAGE_KEY } from '../internal/usage-json.js';
 
 type Api = typeof OpenTelemetryApi;
 type Span = OpenTelemetryApi.Span;
@@ -520,11 +521,13 @@ export class CallTelemetry {
     let tail = chunks[chunks.length - 1]!;
     for (
       let i = chunks.length - 2;
-      i >= 0 && (tail.lastIndexOf(USAGE_KEY) === -1 || tail.lastIndexOf(FINISH_REASON_KEY) === -1);
+      i >= 0 && (tail.lastIndexOf(USAGE_BYTES) === -1 || tail.lastIndexOf(FINISH_REASON_KEY) === -1);
       i--
     )
       tail = Buffer.concat([chunks[i]!, tail]);
-    fields.usage = lastUsage(tail.toString('latin1'));
+    const usageText = lastUsageText(tail.toString('latin1'));
+    const usage = usageText === undefined ? undefined : parseUsage(usageText);
+    if (usage !== undefined) fields.usage = { input: usage.prompt, output: usage.completion };
     const reasons = finishReasons(tail);
     if (reasons !== undefined) fields.finishReasons = reasons;
     return fields;
@@ -598,7 +601,7 @@ interface ResponseFields {
 
 const MODEL_KEY = Buffer.from('"model":');
 const ID_KEY = Buffer.from('"id":');
-const USAGE_KEY = Buffer.from('"usage"');
+const USAGE_BYTES = Buffer.from(USAGE_KEY);
 const FINISH_REASON_KEY = Buffer.from('"finish_reason":');
 
 /** The string value of the first `"key": "…"` in the bytes (a top-level field, given the response's field order). */
@@ -637,45 +640,6 @@ function unescapeJson(text: string): string {
   } catch {
     return text;
   }
-}
-
-/**
- * The last `"usage": {…}` object in the text: a JSON body's usage, a stream's final usage chunk, or the last of
- * vLLM's continuous usage (the running total). Undefined when there is none or it is malformed.
- */
-export function lastUsage(text: string): { input?: number; output?: number } | undefined {
-  let at = text.length;
-  for (;;) {
-    at = text.lastIndexOf('"usage"', at - 1);
-    // A key, not the text `\"usage\"` inside a string.
-    if (at === -1) return undefined;
-    if (at === 0 || text.charCodeAt(at - 1) !== 92 /* \ */) break;
-  }
-  let start = at + 7;
-  while (start < text.length && (text[start] === ' ' || text[start] === ':')) start++;
-  if (text[start] !== '{') return undefined;
-  let depth = 0;
-  let end = start;
-  for (; end < text.length; end++) {
-    const c = text.charCodeAt(end);
-    if (c === 123 /* { */) depth++;
-    else if (c === 125 /* } */ && --depth === 0) break;
-  }
-  if (depth !== 0) return undefined;
-  let usage: { prompt_tokens?: unknown; completion_tokens?: unknown };
-  try {
-    usage = JSON.parse(text.slice(start, end + 1));
-  } catch {
-    return undefined;
-  }
-  const result: { input?: number; output?: number } = {};
-  if (isCount(usage.prompt_tokens)) result.input = usage.prompt_tokens;
-  if (isCount(usage.completion_tokens)) result.output = usage.completion_tokens;
-  return result.input === undefined && result.output === undefined ? undefined : result;
-}
-
-function isCount(value: unknown): value is number {
-  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 }
 
 interface MessagePart {

@@ -3,6 +3,8 @@
 // by either side, what it had delivered so far. Also asks the upstream for usage and removes from the stream what the
 // client did not ask for, byte for byte.
 
+import { jsonValueEnd, lastUsageText, parseUsage, USAGE_KEY } from '../internal/usage-json.js';
+
 /** Tokens a response used. */
 export interface TokenUsage {
   promptTokens: number;
@@ -34,55 +36,11 @@ export interface UsageMeterOptions {
 
 // Searched in the latin1 text of the bytes: one character per byte, so a text offset is a byte offset, and V8's string
 // search runs without a native call per needle (a Buffer search per needle and event cost ~3 µs a token).
-const USAGE = '"usage":';
 const CHOICES = '"choices":[';
 const EMPTY_VALUE = ':""';
 const DONE = 'data: [DONE]';
 const INDEX = /"choices":\[\{"index":(\d+)/;
 const EMPTY = Buffer.alloc(0);
-
-/** Where the JSON value starting at `start` ends (an object or a literal), or -1 when it is cut. */
-function valueEnd(text: string, start: number): number {
-  if (text.charCodeAt(start) !== 0x7b /* { */) {
-    let i = start;
-    while (i < text.length && text.charCodeAt(i) !== 0x2c /* , */ && text.charCodeAt(i) !== 0x7d /* } */) i++;
-    return i < text.length ? i : -1;
-  }
-  let depth = 0;
-  let inString = false;
-  for (let i = start; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (inString) {
-      if (c === 0x5c /* \ */) i++;
-      else if (c === 0x22) inString = false;
-    } else if (c === 0x22 /* " */) inString = true;
-    else if (c === 0x7b) depth++;
-    else if (c === 0x7d && --depth === 0) return i + 1;
-  }
-  return -1;
-}
-
-/** A non-negative safe integer, or undefined: a malformed usage object is ignored, never trusted or thrown on. */
-function count(value: unknown): number | undefined {
-  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 ? value : undefined;
-}
-
-/** Reads `prompt_tokens`/`completion_tokens` from a usage value's text; undefined when absent or malformed. */
-function parseUsage(text: string): { prompt: number; completion: number } | undefined {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-  if (typeof value !== 'object' || value === null) return undefined;
-  const usage = value as Record<string, unknown>;
-  const prompt = count(usage.prompt_tokens);
-  // Embeddings report no completion tokens.
-  const completion = usage.completion_tokens === undefined ? 0 : count(usage.completion_tokens);
-  if (prompt === undefined || completion === undefined) return undefined;
-  return { prompt, completion };
-}
 
 /** What to do with one event: forward it, drop it, or cut `[cutFrom, cutTo)` out of it. */
 const KEEP = 0;
@@ -191,10 +149,10 @@ export class UsageMeter {
         this.contentChunks++;
       }
     }
-    const at = event.lastIndexOf(USAGE);
+    const at = event.lastIndexOf(USAGE_KEY);
     if (at === -1) return KEEP;
-    const valueStart = at + USAGE.length;
-    const valueStop = valueEnd(event, valueStart);
+    const valueStart = at + USAGE_KEY.length;
+    const valueStop = jsonValueEnd(event, valueStart);
     if (valueStop === -1) {
       this.malformed = true;
       return KEEP;
@@ -236,16 +194,10 @@ export class UsageMeter {
       this.held.length === 0 ? EMPTY : this.held.length === 1 ? this.held[0]! : Buffer.concat(this.held);
     this.held = [];
     if (!this.stream && rest.length > 0) {
-      // The top-level usage comes after the choices, and a quote inside a string is escaped: the last `"usage":`
-      // of the body is its own.
-      const text = rest.toString('latin1');
-      const at = text.lastIndexOf(USAGE);
-      if (at !== -1 && text.charCodeAt(at + USAGE.length) === 0x7b) {
-        const stop = valueEnd(text, at + USAGE.length);
-        if (stop !== -1) {
-          this.lastUsage = text.slice(at + USAGE.length, stop);
-          this.finalUsage = true;
-        }
+      const usage = lastUsageText(rest.toString('latin1'));
+      if (usage !== undefined) {
+        this.lastUsage = usage;
+        this.finalUsage = true;
       }
     }
     return rest;
