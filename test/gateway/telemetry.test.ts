@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { startVllmSimulator } from '../../src/testing/index.js';
 import { post, trackGateways } from '../helpers/gateway.js';
-import { trackGatewayProcesses } from '../helpers/gateway-process.js';
+import { chat, trackGatewayProcesses } from '../helpers/gateway-process.js';
 
 const processes = trackGatewayProcesses();
 const gateways = trackGateways();
@@ -245,6 +245,38 @@ describe('OpenTelemetry export', () => {
     expect(receiver.metrics.get('gen_ai.client.operation.time_per_output_chunk')).toBeGreaterThanOrEqual(1);
     expect(receiver.metrics.get('http.server.request.duration')).toBeGreaterThanOrEqual(1);
   });
+
+  it('flushes on Ctrl-C as production delivers it: npm in front, SIGINT to the whole group, a stream open', async () => {
+    const receiver = await startReceiver();
+    processes.onCleanup(receiver.close);
+    const sim = await startVllmSimulator({ model: 'm', itlMs: 25 });
+    processes.onCleanup(() => sim.close());
+    const gw = await processes.start(sim.url, {
+      via: 'npm',
+      detached: true,
+      env: {
+        WORKERS: '2',
+        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+        OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+        OTEL_BSP_SCHEDULE_DELAY: '600000',
+        OTEL_METRIC_EXPORT_INTERVAL: '600000',
+      },
+    });
+    const stream = chat(gw.url, gw.key, {
+      messages: [{ role: 'user', content: 'hi' }],
+      max_tokens: 20,
+      stream: true,
+    });
+    await expect.poll(() => sim.stats().running).toBe(1);
+    process.kill(-gw.child.pid!, 'SIGINT');
+    const result = await stream;
+    expect(result.text.trimEnd().endsWith('data: [DONE]')).toBe(true);
+    expect(await gw.exited).toBe(0);
+    // The drained stream's spans went out with the workers' last flush.
+    const client = receiver.spans.find((span) => span.kind === 3)!;
+    expect(client.attributes['gen_ai.usage.output_tokens']).toBe(20);
+    expect(receiver.spans.find((span) => span.spanId === client.parentSpanId)?.kind).toBe(2);
+  }, 60_000);
 
   it('is off without an OTLP endpoint: nothing sent upstream, an incoming traceparent not passed on', async () => {
     const traceparents: unknown[] = [];
