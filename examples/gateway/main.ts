@@ -4,7 +4,8 @@
 // Signals, however they arrive (to the primary, to one worker, to the whole process group as systemd and Ctrl-C send
 // them, repeated): SIGTERM and SIGINT drain — stop accepting, let in-flight requests and open streams finish within
 // SHUTDOWN_GRACE_MS, exit 0. Draining is idempotent: a worker signalled by the group and again by the primary keeps
-// draining. A second SIGINT to the primary (a second Ctrl-C) forces an immediate exit: workers are killed, exit 130.
+// draining. A second SIGINT to the primary (a second Ctrl-C) forces an immediate exit: workers are killed, exit 130
+// (under npm, which forwards the group's SIGINT once more, only one coming half a second or more after the first).
 import cluster from 'node:cluster';
 import client from 'prom-client';
 import { serveClusterBudgets, serveClusterPermits, serveClusterRateLimits } from 'vllm-kit';
@@ -17,17 +18,25 @@ const GRACE_MS = Number(process.env.SHUTDOWN_GRACE_MS ?? 30_000);
 const FORCED_EXIT_CODE = 130;
 
 /**
+ * Under npm, one Ctrl-C arrives twice: the terminal signals the whole process group, and npm forwards its own SIGINT to
+ * the gateway. A SIGINT this soon after the first is that same Ctrl-C, not a second one.
+ */
+const sameCtrlCMs = process.env.npm_lifecycle_event === undefined ? 0 : 500;
+
+/**
  * Calls `drain` on the first SIGTERM or SIGINT and ignores repeats, except that a SIGINT once draining has begun
- * calls `force` (when given). Handlers stay registered (`on`, not `once`): a repeated signal must never fall through
+ * calls `force` (when given) — unless it is the same Ctrl-C delivered again (`sameCtrlCMs`). Handlers stay registered (`on`, not `once`): a repeated signal must never fall through
  * to Node's default action, which kills the process mid-stream.
  */
 function onStopSignals(drain: () => void, force?: () => void): void {
   let draining = false;
+  let firstAt = 0;
   const handle = (signal: NodeJS.Signals) => {
     if (!draining) {
       draining = true;
+      firstAt = performance.now();
       drain();
-    } else if (signal === 'SIGINT') force?.();
+    } else if (signal === 'SIGINT' && performance.now() - firstAt >= sameCtrlCMs) force?.();
   };
   process.on('SIGTERM', handle);
   process.on('SIGINT', handle);

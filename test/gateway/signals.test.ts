@@ -63,6 +63,30 @@ describe('stopping by process group', () => {
     await expect.poll(() => groupMembers(gateway.child.pid!)).toEqual([]);
   }, 60_000);
 
+  it('Ctrl-C with npm in front (npm forwards the SIGINT the group already got): a drain, not a forced exit', async () => {
+    const sim = await resources.simulator({ itlMs: 25 });
+    const gateway = await start(sim.url, { via: 'npm', detached: true, env: { WORKERS: '2' } });
+    const stream = chat(gateway.url, gateway.key, streamBody);
+    await expect.poll(() => sim.stats().running).toBe(1);
+    process.kill(-gateway.child.pid!, 'SIGINT');
+    expect(await gateway.exited).toBe(0);
+    expect(completed((await stream).text)).toBe(true);
+    await expect.poll(() => groupMembers(gateway.child.pid!)).toEqual([]);
+  }, 60_000);
+
+  it('with npm in front, a second Ctrl-C (a second later) still exits at once with 130', async () => {
+    const sim = await resources.simulator({ itlMs: 50 });
+    const gateway = await start(sim.url, { via: 'npm', detached: true, env: { WORKERS: '2' } });
+    const stream = chat(gateway.url, gateway.key, { ...streamBody, max_tokens: 2000 });
+    await expect.poll(() => sim.stats().running).toBe(1);
+    process.kill(-gateway.child.pid!, 'SIGINT');
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    process.kill(-gateway.child.pid!, 'SIGINT');
+    expect(await gateway.exited).toBe(130);
+    expect(completed((await stream).text)).toBe(false);
+    await expect.poll(() => groupMembers(gateway.child.pid!)).toEqual([]);
+  }, 60_000);
+
   it('SIGTERM to one worker: it drains its streams and the primary replaces it', async () => {
     const sim = await resources.simulator({ itlMs: 25 });
     const gateway = await start(sim.url, { detached: true, env: { WORKERS: '2' } });

@@ -270,8 +270,9 @@ describe('OpenTelemetry export', () => {
     await expect.poll(() => sim.stats().running).toBe(1);
     process.kill(-gw.child.pid!, 'SIGINT');
     const result = await stream;
+    const code = await gw.exited;
+    expect({ code, output: gw.output().slice(-400) }).toMatchObject({ code: 0 });
     expect(result.text.trimEnd().endsWith('data: [DONE]')).toBe(true);
-    expect(await gw.exited).toBe(0);
     // The drained stream's spans went out with the workers' last flush.
     const client = receiver.spans.find((span) => span.kind === 3)!;
     expect(client.attributes['gen_ai.usage.output_tokens']).toBe(20);

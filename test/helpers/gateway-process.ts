@@ -77,11 +77,17 @@ export function trackGatewayProcesses() {
     creating.stdout.on('data', (chunk) => (keyOut += chunk));
     await new Promise((done) => creating.once('exit', done));
     const key = keyOut.trim().split('\n').at(-1)!;
+    // Started by node directly (systemd, a container's CMD), the gateway has no npm around it: none of the npm_*
+    // variables the test runner itself inherited from `npm test`.
+    const gatewayEnv =
+      options.via === 'npm'
+        ? env
+        : Object.fromEntries(Object.entries(env).filter(([name]) => !name.startsWith('npm_')));
     const [command, args] =
       options.via === 'npm'
         ? ['npm', ['start', '--silent']]
         : [process.execPath, ['--import', 'tsx', 'examples/gateway/main.ts']];
-    const child = spawn(command, args, { cwd: root, env, detached: options.detached ?? false });
+    const child = spawn(command, args, { cwd: root, env: gatewayEnv, detached: options.detached ?? false });
     let out = '';
     child.stdout!.on('data', (chunk) => (out += chunk));
     child.stderr!.on('data', (chunk) => (out += chunk));
