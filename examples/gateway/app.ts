@@ -18,7 +18,14 @@ import {
 import type { GatewayConfig } from './config.js';
 import { createCors } from './cors.js';
 import { createGateway } from './gateway.js';
-import { type ApiKey, hashKey, type KeyStore, openKeyStore, REVOCATION_CHANNEL } from './key-store.js';
+import {
+  type ApiKey,
+  describeDatabaseError,
+  hashKey,
+  type KeyStore,
+  openKeyStore,
+  REVOCATION_CHANNEL,
+} from './key-store.js';
 import { createMetrics } from './metrics.js';
 import { startTelemetry } from './telemetry.js';
 import { UsageRecorder } from './usage-recorder.js';
@@ -71,7 +78,17 @@ export async function startWorker(
 ): Promise<GatewayWorker> {
   const logging = options.logger ? { logger: options.logger, close() {} } : createLogger(config);
   const logger = logging.logger;
-  const keyStore = await openKeyStore(config.databaseUrl);
+  // A worker of main.ts finds the schema migrated by the primary: it connects on first use, so it starts (and serves
+  // keys already cached) while the database is down, and reconnects by itself.
+  const keyStore = await openKeyStore(config.databaseUrl, {
+    migrate: !cluster.isWorker,
+    connectTimeoutMs: config.databaseConnectTimeoutMs,
+    onError: (error) =>
+      logger.warn(
+        { err: { message: describeDatabaseError(error) } },
+        'key store connection lost; reconnecting on next use',
+      ),
+  });
   const redis = config.redisUrl
     ? new Redis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1 })
     : undefined;
@@ -109,6 +126,8 @@ export async function startWorker(
     // The database stores SHA-256 of each key (hex); the cache keys by the same digest.
     verify: async (token) => (await keyStore.findActiveByHash(hashKey(token))) ?? null,
     ttlMs: config.tokenCacheTtlSec * 1000,
+    // The key store down (a restart, a failover): keys already verified keep working meanwhile.
+    staleIfErrorMs: config.tokenCacheStaleIfErrorSec * 1000,
     sweepIntervalMs: config.tokenCacheSweepSec * 1000,
     ...(redis ? { redis: { client: redis, channel: REVOCATION_CHANNEL } } : {}),
   });

@@ -28,6 +28,10 @@ export interface GatewayConfig {
   tokenCacheTtlSec: number;
   tokenCacheSweepSec: number;
   databaseUrl: string;
+  /** PostgreSQL: the longest wait for a connection or a query's answer, ms. */
+  databaseConnectTimeoutMs: number;
+  /** A cached key keeps working this long past its TTL while the key store is unreachable, s. */
+  tokenCacheStaleIfErrorSec: number;
   maxBodyBytes: number;
   metrics: boolean;
   /** Longest wait for the upstream's first byte (a non-streamed answer comes whole), ms. */
@@ -223,6 +227,8 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     tokenCacheTtlSec: integer(env, 'TOKEN_CACHE_TTL_SEC', 300, 1, 86_400),
     tokenCacheSweepSec: integer(env, 'TOKEN_CACHE_SWEEP_SEC', 60, 0, 86_400),
     databaseUrl,
+    databaseConnectTimeoutMs: integer(env, 'DATABASE_CONNECT_TIMEOUT_MS', 5000, 100, 120_000),
+    tokenCacheStaleIfErrorSec: integer(env, 'TOKEN_CACHE_STALE_IF_ERROR_SEC', 3600, 0, 7 * 86_400),
     maxBodyBytes: integer(env, 'MAX_BODY_BYTES', 1_048_576, 1, 1_073_741_824),
     metrics: metrics === 'true',
     upstreamTimeoutMs: integer(env, 'UPSTREAM_TIMEOUT_MS', 600_000, 1, 86_400_000),

@@ -48,8 +48,11 @@ export interface KeyStore {
   update(idOrName: string, limits: Partial<KeyLimits>): Promise<(ApiKey & { keyHash: string }) | undefined>;
   /** The active key with this SHA-256 hash, if any. */
   findActiveByHash(hash: string): Promise<ApiKey | undefined>;
-  /** Adds a batch of usage in one transaction. */
-  addUsage(batch: UsageDelta[]): Promise<void>;
+  /**
+   * Adds a batch of usage in one transaction, once: the batch's id is recorded with it, so a batch retried after a
+   * commit whose answer was lost (the connection cut) is not added twice.
+   */
+  addUsage(batch: UsageDelta[], batchId: string): Promise<void>;
   /** Lifetime usage of every key (or of the one with this id or name), oldest key first. */
   usage(idOrName?: string): Promise<KeyUsage[]>;
   close(): Promise<void>;
@@ -80,7 +83,52 @@ const MIGRATIONS = [
      updated_at TEXT NOT NULL
    )`,
   'ALTER TABLE api_keys ADD COLUMN priority INTEGER NOT NULL DEFAULT 0',
+  // Usage batches already applied, by id (kept a day): a retried batch is applied once.
+  'CREATE TABLE IF NOT EXISTS usage_batches (id TEXT PRIMARY KEY, applied_at TEXT NOT NULL)',
 ];
+
+/** How long an applied batch's id is remembered (a retry comes within one outage of the database). */
+const BATCH_ID_RETENTION_MS = 24 * 3600_000;
+/** Old batch ids are pruned at most this often per process. */
+const BATCH_PRUNE_INTERVAL_MS = 3600_000;
+
+/** The key store cannot be reached (at start: the message names DATABASE_URL, its password hidden). */
+export class KeyStoreUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'KeyStoreUnavailableError';
+  }
+}
+
+/** DATABASE_URL as it may be shown: without its password. */
+export function redactDatabaseUrl(databaseUrl: string): string {
+  try {
+    const url = new URL(databaseUrl);
+    if (url.password !== '') url.password = '***';
+    return url.toString();
+  } catch {
+    return databaseUrl.startsWith('sqlite:') ? databaseUrl : '(unparseable)';
+  }
+}
+
+/** One line for a database error: its code and message, never the driver's internals (pg's keys and pids). */
+export function describeDatabaseError(error: unknown): string {
+  const e = error as { code?: unknown; message?: unknown };
+  const message = typeof e?.message === 'string' && e.message !== '' ? e.message : String(error);
+  return typeof e?.code === 'string' && !message.includes(e.code) ? `${message} (${e.code})` : message;
+}
+
+export interface OpenKeyStoreOptions {
+  /**
+   * Apply pending migrations now (and so connect now, failing with {@link KeyStoreUnavailableError} naming
+   * DATABASE_URL). False: connect on first use, so a process starts while the database is down. @default true
+   */
+  migrate?: boolean;
+  /** PostgreSQL: the longest wait for a connection, and for a query's answer, ms. @default 5000 */
+  connectTimeoutMs?: number;
+  /** A fault of a pooled connection while idle (the database restarted): reported here, never thrown. */
+  onError?: (error: Error) => void;
+}
 
 /** A key name already in use (names are unique, revoked keys' included). */
 export class KeyNameTakenError extends Error {
@@ -138,9 +186,17 @@ const toKey = (row: Row): ApiKey => ({
 /** What the store needs of a database: queries with `?` placeholders, and several writes as one transaction. */
 interface Sql {
   all(sql: string, params?: unknown[]): Promise<Record<string, unknown>[]>;
-  transaction(statements: [sql: string, params: unknown[]][]): Promise<void>;
+  transaction(statements: [sql: string, params: unknown[]][], once?: OnceMarker): Promise<void>;
   close(): Promise<void>;
 }
+
+/** Makes a transaction apply once: it first inserts this row, and does nothing more when it was already there. */
+interface OnceMarker {
+  sql: string;
+  params: unknown[];
+}
+
+const BATCH_MARK = 'INSERT INTO usage_batches (id, applied_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING';
 
 const USAGE_UPSERT = `INSERT INTO key_usage (key_id, requests, prompt_tokens, completion_tokens, updated_at)
   VALUES (?, ?, ?, ?, ?)
@@ -151,6 +207,7 @@ const USAGE_UPSERT = `INSERT INTO key_usage (key_id, requests, prompt_tokens, co
     updated_at = excluded.updated_at`;
 
 function keyStoreOn(db: Sql): KeyStore {
+  let lastPrune = 0;
   const active = async (idOrName: string) =>
     (
       await db.all('SELECT * FROM api_keys WHERE (id = ? OR name = ?) AND revoked_at IS NULL', [
@@ -204,12 +261,22 @@ function keyStoreOn(db: Sql): KeyStore {
       )[0];
       return row === undefined ? undefined : toKey(row as unknown as Row);
     },
-    async addUsage(batch) {
+    async addUsage(batch, batchId) {
       if (batch.length === 0) return;
-      const at = new Date().toISOString();
-      await db.transaction(
-        batch.map((u) => [USAGE_UPSERT, [u.keyId, u.requests, u.promptTokens, u.completionTokens, at]]),
-      );
+      const now = Date.now();
+      const at = new Date(now).toISOString();
+      const statements: [string, unknown[]][] = batch.map((u) => [
+        USAGE_UPSERT,
+        [u.keyId, u.requests, u.promptTokens, u.completionTokens, at],
+      ]);
+      if (now - lastPrune >= BATCH_PRUNE_INTERVAL_MS) {
+        statements.push([
+          'DELETE FROM usage_batches WHERE applied_at < ?',
+          [new Date(now - BATCH_ID_RETENTION_MS).toISOString()],
+        ]);
+      }
+      await db.transaction(statements, { sql: BATCH_MARK, params: [batchId, at] });
+      if (statements.length > batch.length) lastPrune = now;
     },
     async usage(idOrName) {
       const where = idOrName === undefined ? '' : 'WHERE k.id = ? OR k.name = ?';
@@ -230,13 +297,20 @@ function keyStoreOn(db: Sql): KeyStore {
   };
 }
 
+/**
+ * How long a SQLite statement waits for another connection's lock. better-sqlite3 is synchronous: the wait blocks the
+ * worker's event loop, so it is short; a lookup that still finds the file locked answers 503 (key_store_unavailable)
+ * and a usage write is kept and retried.
+ */
+const SQLITE_BUSY_TIMEOUT_MS = 200;
+
 async function sqlite(path: string): Promise<KeyStore> {
   const { default: Database } = await import('better-sqlite3');
   if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
   const db = new Database(path);
-  db.pragma('journal_mode = WAL');
-  // Several workers write usage to one file: wait for another's write lock rather than fail.
+  // Workers starting together take turns applying migrations.
   db.pragma('busy_timeout = 5000');
+  db.pragma('journal_mode = WAL');
   db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)');
   db.transaction(() => {
     const applied = new Set(
@@ -250,6 +324,8 @@ async function sqlite(path: string): Promise<KeyStore> {
       db.prepare('INSERT INTO schema_migrations (version) VALUES (?)').run(i + 1);
     });
   }).immediate();
+  // Serving: several workers write usage to one file; wait a little for another's write lock rather than fail.
+  db.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
   const statements = new Map<string, ReturnType<typeof db.prepare<unknown[]>>>();
   const prepared = (sql: string) => {
     let statement = statements.get(sql);
@@ -263,8 +339,9 @@ async function sqlite(path: string): Promise<KeyStore> {
     async all(sql, params = []) {
       return prepared(sql).all(...params) as Record<string, unknown>[];
     },
-    async transaction(list) {
+    async transaction(list, once) {
       db.transaction(() => {
+        if (once !== undefined && prepared(once.sql).run(...once.params).changes === 0) return;
         for (const [sql, params] of list) prepared(sql).run(...params);
       }).immediate();
     },
@@ -280,10 +357,68 @@ const numbered = (sql: string): string => {
   return sql.replace(/\?/g, () => `$${++n}`);
 };
 
-async function postgres(connectionString: string): Promise<KeyStore> {
+async function postgres(connectionString: string, options: OpenKeyStoreOptions): Promise<KeyStore> {
   const { default: pg } = await import('pg');
-  const pool = new pg.Pool({ connectionString, max: 5 });
-  const client = await pool.connect();
+  const timeoutMs = options.connectTimeoutMs ?? 5000;
+  const pool = new pg.Pool({
+    connectionString,
+    max: 5,
+    // A database that never answers fails a connection attempt, and a query, within the timeout (not minutes).
+    connectionTimeoutMillis: timeoutMs,
+    query_timeout: timeoutMs,
+    keepAlive: true,
+  });
+  // An idle connection the server ended (a restart, a failover, pg_terminate_backend) is reported and dropped; the
+  // pool opens a new one on the next query. Never unhandled: that would kill the process.
+  pool.on('error', (error) => options.onError?.(error));
+  if (options.migrate ?? true) await migratePostgres(pool, connectionString, timeoutMs);
+  return keyStoreOn({
+    async all(sql, params = []) {
+      return (await pool.query(numbered(sql), params)).rows;
+    },
+    async transaction(list, once) {
+      const connection = await pool.connect();
+      let broken: Error | undefined;
+      try {
+        await connection.query('BEGIN');
+        if (once !== undefined && (await connection.query(numbered(once.sql), once.params)).rowCount === 0) {
+          await connection.query('ROLLBACK');
+          return;
+        }
+        for (const [sql, params] of list) await connection.query(numbered(sql), params);
+        await connection.query('COMMIT');
+      } catch (error) {
+        await connection.query('ROLLBACK').catch((rollback: Error) => {
+          broken = rollback;
+        });
+        throw error;
+      } finally {
+        // A connection that could not even roll back is closed, not returned to the pool.
+        connection.release(broken);
+      }
+    },
+    async close() {
+      await pool.end();
+    },
+  });
+}
+
+/** Applies PostgreSQL migrations, one process at a time; an unreachable database fails naming DATABASE_URL. */
+async function migratePostgres(pool: import('pg').Pool, connectionString: string, timeoutMs: number) {
+  let client: import('pg').PoolClient;
+  try {
+    client = await pool.connect();
+  } catch (error) {
+    await pool.end().catch(() => undefined);
+    const reason = /timeout/i.test(describeDatabaseError(error))
+      ? `no answer within ${timeoutMs} ms`
+      : describeDatabaseError(error);
+    throw new KeyStoreUnavailableError(
+      `DATABASE_URL (${redactDatabaseUrl(connectionString)}): cannot connect: ${reason}`,
+      { cause: error },
+    );
+  }
+  let failure: unknown;
   try {
     // One start-up at a time applies migrations (several workers may start together).
     await client.query('SELECT pg_advisory_lock(7261)');
@@ -298,35 +433,26 @@ async function postgres(connectionString: string): Promise<KeyStore> {
       await client.query('INSERT INTO schema_migrations (version) VALUES ($1)', [i + 1]);
       await client.query('COMMIT');
     }
-  } finally {
-    await client.query('SELECT pg_advisory_unlock(7261)').catch(() => undefined);
-    client.release();
+    await client.query('SELECT pg_advisory_unlock(7261)');
+  } catch (error) {
+    failure = error;
   }
-  return keyStoreOn({
-    async all(sql, params = []) {
-      return (await pool.query(numbered(sql), params)).rows;
-    },
-    async transaction(list) {
-      const connection = await pool.connect();
-      try {
-        await connection.query('BEGIN');
-        for (const [sql, params] of list) await connection.query(numbered(sql), params);
-        await connection.query('COMMIT');
-      } catch (error) {
-        await connection.query('ROLLBACK').catch(() => undefined);
-        throw error;
-      } finally {
-        connection.release();
-      }
-    },
-    async close() {
-      await pool.end();
-    },
-  });
+  // A connection that failed mid-way is closed (its session lock with it), not returned to the pool.
+  client.release(failure === undefined ? undefined : (failure as Error));
+  if (failure !== undefined) {
+    await pool.end().catch(() => undefined);
+    throw new KeyStoreUnavailableError(
+      `DATABASE_URL (${redactDatabaseUrl(connectionString)}): migrations failed: ${describeDatabaseError(failure)}`,
+      { cause: failure },
+    );
+  }
 }
 
-/** Opens the store named by DATABASE_URL (`sqlite:PATH` or `postgres://…`) and applies pending migrations. */
-export function openKeyStore(databaseUrl: string): Promise<KeyStore> {
+/**
+ * Opens the store named by DATABASE_URL (`sqlite:PATH` or `postgres://…`) and, unless `migrate: false`, applies
+ * pending migrations.
+ */
+export function openKeyStore(databaseUrl: string, options: OpenKeyStoreOptions = {}): Promise<KeyStore> {
   if (databaseUrl.startsWith('sqlite:')) return sqlite(databaseUrl.slice('sqlite:'.length) || ':memory:');
-  return postgres(databaseUrl);
+  return postgres(databaseUrl, options);
 }

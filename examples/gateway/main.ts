@@ -12,6 +12,7 @@ import { serveClusterBudgets, serveClusterPermits, serveClusterRateLimits } from
 import { startVllmSimulator, type VllmSimulator } from 'vllm-kit/testing';
 import { startWorker } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
+import { openKeyStore } from './key-store.js';
 
 const GRACE_MS = Number(process.env.SHUTDOWN_GRACE_MS ?? 30_000);
 /** 128 + SIGINT, as shells report a process ended by Ctrl-C. */
@@ -114,6 +115,13 @@ async function primary(): Promise<void> {
     drainWhenOrphaned(stop);
     return;
   }
+  // The schema is migrated once, here, before any worker starts: a wrong or unreachable DATABASE_URL stops the start
+  // with one line naming it. Workers then connect on first use, so a database that goes down later never stops them
+  // (nor their replacements) from starting.
+  const keyStore = await openKeyStore(config.databaseUrl, {
+    connectTimeoutMs: config.databaseConnectTimeoutMs,
+  });
+  await keyStore.close();
   serveClusterRateLimits();
   serveClusterBudgets();
   serveClusterPermits();

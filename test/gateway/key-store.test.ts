@@ -32,6 +32,13 @@ async function exercise(store: KeyStore) {
   expect(revoked?.revokedAt).toBeTypeOf('string');
   expect(await store.findActiveByHash(hashKey(key))).toBeUndefined();
   expect(await store.revoke(record.id)).toBeUndefined();
+  // A batch written twice under one id (a retry after a commit whose answer was lost) is added once.
+  const batch = [{ keyId: record.id, requests: 2, promptTokens: 10, completionTokens: 5 }];
+  const id = `batch-${name}`;
+  await store.addUsage(batch, id);
+  await store.addUsage(batch, id);
+  await store.addUsage([{ ...batch[0]!, requests: 1 }], `${id}-next`);
+  expect(await store.usage(name)).toEqual([{ name, requests: 3, promptTokens: 20, completionTokens: 10 }]);
   return key;
 }
 
@@ -49,7 +56,7 @@ describe('key store', () => {
     const rows = (await client.query('SELECT * FROM api_keys')).rows;
     expect(JSON.stringify(rows)).not.toContain(key);
     expect((await client.query('SELECT version FROM schema_migrations ORDER BY version')).rows).toEqual(
-      [1, 2, 3, 4, 5].map((version) => ({ version })),
+      [1, 2, 3, 4, 5, 6].map((version) => ({ version })),
     );
   });
 

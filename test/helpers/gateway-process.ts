@@ -193,3 +193,15 @@ export function alive(pid: number): boolean {
     return false;
   }
 }
+
+/** The pids of a gateway primary's live workers (its node children; tsx's esbuild service is not one). */
+export function workerPids(pid: number): number[] {
+  return execSync(`ps -o pid=,stat=,comm= --ppid ${pid} || true`)
+    .toString()
+    .trim()
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .filter(([p, stat, comm]) => p && !stat?.startsWith('Z') && comm === 'node')
+    .map(([p]) => Number(p))
+    .sort((a, b) => a - b);
+}
