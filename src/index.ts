@@ -76,6 +76,7 @@ export {
 } from './errors/index.js';
 // Shared by the client and the concurrency limiter.
 export type { AbortSignalLike } from './internal/abort.js';
+export { exceedsJsonDepth, MAX_JSON_DEPTH } from './json-depth/index.js';
 export {
   type BudgetDecision,
   type BudgetLimits,

@@ -171,6 +171,7 @@ export async function startWorker(
     metrics,
     renderMetrics,
     maxBodyBytes: config.maxBodyBytes,
+    maxJsonDepth: config.maxJsonDepth,
     budgets,
     usage,
     continuousUsage: config.streamUsage === 'continuous',

@@ -33,6 +33,8 @@ export interface GatewayConfig {
   /** A cached key keeps working this long past its TTL while the key store is unreachable, s. */
   tokenCacheStaleIfErrorSec: number;
   maxBodyBytes: number;
+  /** Request bodies nesting objects/arrays deeper than this are refused (400 json_too_deep). */
+  maxJsonDepth: number;
   metrics: boolean;
   /** Longest wait for the upstream's first byte (a non-streamed answer comes whole), ms. */
   upstreamTimeoutMs: number;
@@ -230,6 +232,7 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     databaseConnectTimeoutMs: integer(env, 'DATABASE_CONNECT_TIMEOUT_MS', 5000, 100, 120_000),
     tokenCacheStaleIfErrorSec: integer(env, 'TOKEN_CACHE_STALE_IF_ERROR_SEC', 3600, 0, 7 * 86_400),
     maxBodyBytes: integer(env, 'MAX_BODY_BYTES', 1_048_576, 1, 1_073_741_824),
+    maxJsonDepth: integer(env, 'MAX_JSON_DEPTH', 64, 2, 1000),
     metrics: metrics === 'true',
     upstreamTimeoutMs: integer(env, 'UPSTREAM_TIMEOUT_MS', 600_000, 1, 86_400_000),
     corsOrigins,

@@ -11,6 +11,7 @@ import {
   type AbortSignalLike,
   type ConcurrencyLimiter,
   estimatePromptTokens,
+  exceedsJsonDepth,
   type IpRateLimiter,
   isPermitTimeoutError,
   isQueueFullError,
@@ -42,6 +43,8 @@ export interface GatewayDeps {
   /** Renders /metrics (aggregated over workers when clustered). */
   renderMetrics: (() => Promise<{ contentType: string; body: string }>) | undefined;
   maxBodyBytes: number;
+  /** Request bodies nested deeper (objects and arrays) are refused with a 400. */
+  maxJsonDepth: number;
   /** Cross-origin access for browser front ends; undefined: no CORS headers (same-origin only). */
   cors?: Cors | undefined;
   /** Per-key request and token limits (keys with `rpm`/`tpm`). */
@@ -346,6 +349,15 @@ export function createGateway(deps: GatewayDeps) {
         );
       }
       body = await readBody(req, deps.maxBodyBytes);
+      // Nesting is bounded before anything parses or walks the body (a 200 KB body can nest 100k levels).
+      if (exceedsJsonDepth(body, deps.maxJsonDepth)) {
+        throw new HttpError(
+          400,
+          `The request body nests objects or arrays more than ${deps.maxJsonDepth} levels deep`,
+          'invalid_request_error',
+          'json_too_deep',
+        );
+      }
       // JSON is UTF-8 (RFC 8259 §8.1): invalid bytes would be decoded to U+FFFD and sent upstream as something else.
       let valid = isUtf8(body);
       if (valid) {
@@ -476,6 +488,7 @@ export function createGateway(deps: GatewayDeps) {
       strip: streaming ? exchange.strip : 'none',
       choices: exchange.choices,
       // Only when the upstream reports no usage (rare): the prompt's tokens estimated from the request.
+      // Parsed again only then (rare): the body was bounded in depth before the first parse.
       promptTokensEstimate: () =>
         body === null ? 0 : estimatePromptTokens(JSON.parse(body.toString('utf8'))),
     });
@@ -496,19 +509,33 @@ export function createGateway(deps: GatewayDeps) {
     );
   }
 
-  /** Logs and counts a finished request, and tells its exchange when the client left early. */
+  /**
+   * Logs and counts a finished request, and tells its exchange when the client left early. Runs in the response's
+   * 'close' event: nothing may throw out of it (that would kill the worker), so a bug here is logged instead.
+   */
   function onResponseClose(this: GatewayResponse): void {
-    const exchange = this[kExchange]!;
-    if (!this.writableFinished) exchange.clientClosed();
+    try {
+      closeExchange(this);
+    } catch (error) {
+      logger.error(
+        { requestId: this[kExchange]?.requestId, err: { message: (error as Error)?.message } },
+        'error while closing a request',
+      );
+    }
+  }
+
+  function closeExchange(res: GatewayResponse): void {
+    const exchange = res[kExchange]!;
+    if (!res.writableFinished) exchange.clientClosed();
     // A response cut by its upstream counts as the 502 it is, whatever status had already gone out.
-    const status = exchange.upstreamFailure !== undefined ? 502 : this.headersSent ? this.statusCode : 499;
+    const status = exchange.upstreamFailure !== undefined ? 502 : res.headersSent ? res.statusCode : 499;
     const ms = performance.now() - exchange.started;
     metrics?.observeRequest(exchange.routeLabel, status, ms / 1000);
     // Not settled yet: the client left, the upstream failed, or the request never went upstream.
     if (exchange.principal !== undefined) void settleUsage(exchange);
     // The span tells what went out, and why the exchange failed: a cut upstream, or a client that left.
     exchange.span?.end(
-      this.headersSent ? this.statusCode : undefined,
+      res.headersSent ? res.statusCode : undefined,
       exchange.upstreamFailure ?? (exchange.aborted ? 'client_closed' : undefined),
     );
     // One line per request; no per-request child logger (it would serialise its bindings every time).

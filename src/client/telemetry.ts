@@ -1,10 +1,12 @@
 // OpenTelemetry for the client: a span per inference call following the GenAI semantic conventions, their metrics,
 // and W3C trace context sent upstream. `@opentelemetry/api` is an optional peer dependency: looked up once when a
 // client is created with telemetry on, never loaded (and never costed) when absent or turned off.
+
 import { createRequire } from 'node:module';
 import type * as OpenTelemetryApi from '@opentelemetry/api';
 import { isVllmKitError, UpstreamHttpError } from '../errors/index.js';
 import { lastUsageText, parseUsage, USAGE_KEY } from '../internal/usage-json.js';
+import { safeJsonStringify } from '../json-depth/index.js';
 
 type Api = typeof OpenTelemetryApi;
 type Span = OpenTelemetryApi.Span;
@@ -536,10 +538,10 @@ export class CallTelemetry {
   /** `gen_ai.input.messages` / `gen_ai.output.messages` (only with `captureContent`). */
   private captureContent(attributes: Attributes): void {
     const input = inputMessages(this.input);
-    if (input !== undefined) attributes['gen_ai.input.messages'] = JSON.stringify(input);
+    if (input !== undefined) attributes['gen_ai.input.messages'] = safeJsonStringify(input);
     if (this.status < 200 || this.status >= 300 || this.all === undefined) return;
     const output = outputMessages(Buffer.concat(this.all).toString('utf8'), this.stream);
-    if (output !== undefined) attributes['gen_ai.output.messages'] = JSON.stringify(output);
+    if (output !== undefined) attributes['gen_ai.output.messages'] = safeJsonStringify(output);
   }
 }
 
@@ -668,12 +670,12 @@ function contentParts(content: unknown): MessagePart[] {
     return content.map((part: { type?: unknown; text?: unknown }) =>
       typeof part === 'string'
         ? { type: 'text', content: part }
-        : { type: 'text', content: typeof part?.text === 'string' ? part.text : JSON.stringify(part) },
+        : { type: 'text', content: typeof part?.text === 'string' ? part.text : safeJsonStringify(part) },
     );
   }
   return content === undefined || content === null
     ? []
-    : [{ type: 'text', content: JSON.stringify(content) }];
+    : [{ type: 'text', content: safeJsonStringify(content) }];
 }
 
 interface Choice {

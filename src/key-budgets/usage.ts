@@ -41,6 +41,23 @@ const EMPTY_VALUE = ':""';
 const DONE = 'data: [DONE]';
 const INDEX = /"choices":\[\{"index":(\d+)/;
 const EMPTY = Buffer.alloc(0);
+/** An SSE event larger than this without its end is forwarded as it comes, unstripped (a normal one is < 1 KB). */
+const MAX_EVENT_BYTES = 1 << 20;
+/** What is kept of a body or an oversized event to read usage from: it comes last, in well under this. */
+const TAIL_BYTES = 64 * 1024;
+
+/** Where the next event ends in `text` from `from` (`\n\n` or `\r\n\r\n`) and the separator's length; [-1, 0]. */
+function separatorAt(text: string, from: number): [end: number, length: number] {
+  const lf = text.indexOf('\n\n', from);
+  const crlf = text.indexOf('\r\n\r\n', from);
+  if (lf === -1 && crlf === -1) return [-1, 0];
+  // `\r\n\r\n` contains no `\n\n`: the first of the two found ends the event.
+  if (lf === -1 || (crlf !== -1 && crlf < lf)) return [crlf, 4];
+  return [lf, 2];
+}
+
+const concat = (a: Buffer, b: Buffer): Buffer =>
+  a.length === 0 ? b : b.length === 0 ? a : Buffer.concat([a, b]);
 
 /** What to do with one event: forward it, drop it, or cut `[cutFrom, cutTo)` out of it. */
 const KEEP = 0;
@@ -68,8 +85,15 @@ export class UsageMeter {
   private readonly strip: UsageStrip;
   private readonly choices: number;
   private readonly estimate: number | (() => number);
-  /** Stream: the start of an event not yet complete (or everything from `[DONE]` on). Body: every chunk so far. */
+  /**
+   * Stream: the start of an event not yet complete (or the last bytes from `[DONE]` on). Body: its last bytes (at most
+   * 2 × TAIL_BYTES).
+   */
   private held: Buffer[] = [];
+  private heldBytes = 0;
+  /** The last bytes (latin1) of an event too large to hold, forwarded as it came, until it ends. */
+  private oversized: string | undefined = undefined;
+
   /** `data: [DONE]` was seen: everything from it on is held for `end`. */
   private done = false;
   /** The last usage value seen (continuous or final), unparsed: only the last one is ever needed. */
@@ -94,12 +118,23 @@ export class UsageMeter {
 
   /** Takes the next chunk; returns the bytes to forward now (complete events, stripped as asked). */
   write(chunk: Buffer): Buffer {
-    if (!this.stream || this.done) {
-      this.held.push(chunk);
-      return EMPTY;
+    if (!this.stream || this.done) return this.holdTail(chunk);
+    if (this.oversized !== undefined) return this.passOversized(chunk);
+    if (this.held.length > 0) {
+      // The held event ends in this chunk, or it is held on (searched once per chunk: linear in the event's size).
+      const text = chunk.toString('latin1');
+      const lastHeld = this.held[this.held.length - 1]!;
+      const seam = lastHeld.subarray(Math.max(0, lastHeld.length - 3)).toString('latin1');
+      if (separatorAt(seam + text, 0)[0] === -1) {
+        this.held.push(Buffer.from(chunk));
+        this.heldBytes += chunk.length;
+        if (this.heldBytes > MAX_EVENT_BYTES) return this.becomeOversized();
+        return EMPTY;
+      }
     }
     const data = this.held.length === 0 ? chunk : Buffer.concat([...this.held, chunk]);
     this.held = [];
+    this.heldBytes = 0;
     const text = data.toString('latin1');
     let start = 0;
     // The text to forward when stripping changed something (one Buffer made of it at the end: cheaper than slicing
@@ -107,36 +142,83 @@ export class UsageMeter {
     let out: string | undefined;
     let copiedTo = 0;
     for (;;) {
-      let end = text.indexOf('\n\n', start);
-      let separator = 2;
-      if (end === -1) {
-        end = text.indexOf('\r\n\r\n', start);
-        separator = 4;
-        if (end === -1) break;
-      }
+      const [end, separator] = separatorAt(text, start);
+      if (end === -1) break;
       // A sliced string: no copy.
       const event = text.slice(start, end);
       if (event.startsWith(DONE)) {
         this.done = true;
         break;
       }
-      const action = this.inspect(event);
+      const action = this.inspect(event, true);
       if (action !== KEEP) {
         out = (out ?? '') + text.slice(copiedTo, action === DROP ? start : start + this.cutFrom);
         copiedTo = action === DROP ? end + separator : start + this.cutTo;
       }
       start = end + separator;
     }
+    let forward: Buffer;
+    if (out === undefined) forward = start === data.length ? data : data.subarray(0, start);
+    else forward = Buffer.from(out + text.slice(copiedTo, start), 'latin1');
     if (start < data.length) {
+      const rest = data.subarray(start);
+      if (this.done) return concat(forward, this.holdTail(rest));
       // Hold the incomplete event (copied: the chunk it came in is not ours to keep).
-      this.held.push(Buffer.from(data.subarray(start)));
+      this.held.push(Buffer.from(rest));
+      this.heldBytes = rest.length;
+      if (this.heldBytes > MAX_EVENT_BYTES) return concat(forward, this.becomeOversized());
     }
-    if (out === undefined) return start === data.length ? data : data.subarray(0, start);
-    return Buffer.from(out + text.slice(copiedTo, start), 'latin1');
+    return forward;
+  }
+
+  /**
+   * Holds the last TAIL_BYTES (a body's usage, or what follows `[DONE]`), forwarding anything before them: what the
+   * meter keeps is bounded however large the body, and each byte is copied at most twice.
+   */
+  private holdTail(chunk: Buffer): Buffer {
+    this.held.push(chunk);
+    this.heldBytes += chunk.length;
+    if (this.heldBytes <= 2 * TAIL_BYTES) return EMPTY;
+    const all = Buffer.concat(this.held);
+    this.held = [Buffer.from(all.subarray(all.length - TAIL_BYTES))];
+    this.heldBytes = TAIL_BYTES;
+    return all.subarray(0, all.length - TAIL_BYTES);
+  }
+
+  /**
+   * An event past MAX_EVENT_BYTES without its end: forwarded as it comes, unstripped, and only its last TAIL_BYTES kept
+   * to read usage from once it ends (a stream that never ends an event costs memory and time linear in nothing).
+   */
+  private becomeOversized(): Buffer {
+    const all = Buffer.concat(this.held);
+    this.held = [];
+    this.heldBytes = 0;
+    this.oversized = all.subarray(Math.max(0, all.length - TAIL_BYTES)).toString('latin1');
+    return all;
+  }
+
+  private passOversized(chunk: Buffer): Buffer {
+    const tail = this.oversized!;
+    const text = chunk.toString('latin1');
+    const seam = tail.slice(-3);
+    const [at, separator] = separatorAt(seam + text, 0);
+    if (at === -1) {
+      this.oversized =
+        tail.length + text.length <= TAIL_BYTES
+          ? tail + text
+          : (tail + text.slice(-TAIL_BYTES)).slice(-TAIL_BYTES);
+      return chunk;
+    }
+    // The event ends here: its usage, if any, is in its tail; the rest of the chunk is metered as usual.
+    const endInChunk = at - seam.length + separator;
+    this.inspect((tail + text.slice(0, Math.max(0, at - seam.length))).slice(-TAIL_BYTES), false);
+    this.oversized = undefined;
+    if (endInChunk >= chunk.length) return chunk;
+    return concat(chunk.subarray(0, endInChunk), this.write(chunk.subarray(endInChunk)));
   }
 
   /** Reads one event (its text, without the blank line); says whether to keep, drop or cut it. */
-  private inspect(event: string): number {
+  private inspect(event: string, mayStrip: boolean): number {
     // One search tells a chunk with choices (`[{`) from the usage-only chunk (`[]`).
     let choice = event.indexOf(CHOICES);
     const usageOnly = choice !== -1 && event.charCodeAt(choice + CHOICES.length) === 0x5d; /* ] */
@@ -172,7 +254,7 @@ export class UsageMeter {
         }
       }
     }
-    if (this.strip === 'none' || (usageOnly && this.strip === 'chunks')) return KEEP;
+    if (!mayStrip || this.strip === 'none' || (usageOnly && this.strip === 'chunks')) return KEEP;
     if (usageOnly) return DROP;
     // `,"usage":…` (or `"usage":…,` when it comes first in its object).
     if (event.charCodeAt(at - 1) === 0x2c /* , */) {
@@ -193,6 +275,12 @@ export class UsageMeter {
     const rest =
       this.held.length === 0 ? EMPTY : this.held.length === 1 ? this.held[0]! : Buffer.concat(this.held);
     this.held = [];
+    this.heldBytes = 0;
+    // A stream that ended inside an oversized event: its tail may hold usage.
+    if (this.oversized !== undefined) {
+      this.inspect(this.oversized + rest.toString('latin1'), false);
+      this.oversized = undefined;
+    }
     if (!this.stream && rest.length > 0) {
       const usage = lastUsageText(rest.toString('latin1'));
       if (usage !== undefined) {
@@ -278,10 +366,13 @@ export function estimatePromptTokens(parsed: unknown): number {
   const request = parsed as Record<string, unknown>;
   let chars = 0;
   let overhead = 0;
-  const add = (value: unknown): void => {
+  // Content is a string, or a list of parts (strings or `{text}`), or for completions a list of prompts: two levels
+  // at most are read, however deep a hostile body nests (no recursion to overflow).
+  const add = (value: unknown, depth = 0): void => {
     if (typeof value === 'string') chars += value.length;
-    else if (Array.isArray(value)) for (const item of value) add(item);
-    else if (typeof value === 'object' && value !== null) {
+    else if (Array.isArray(value)) {
+      if (depth < 2) for (const item of value) add(item, depth + 1);
+    } else if (typeof value === 'object' && value !== null) {
       const part = value as Record<string, unknown>;
       if (typeof part.text === 'string') chars += part.text.length;
     }

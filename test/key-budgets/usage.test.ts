@@ -200,3 +200,64 @@ describe('requestUsage', () => {
     expect(requestUsage(Buffer.from('{}'), all, { continuous: true }).strip).toBe('none');
   });
 });
+
+describe('UsageMeter on hostile upstream bodies', () => {
+  const MB = 1 << 20;
+  /** Feeds `total` bytes made by `fill` in 64 KB chunks; returns the bytes forwarded before end, and in all. */
+  function feed(meter: UsageMeter, total: number, fill: number, last: Buffer) {
+    const chunk = Buffer.alloc(64 * 1024, fill);
+    let forwardedBeforeEnd = 0;
+    let mostHeld = 0;
+    for (let written = 0; written < total; written += chunk.length) {
+      forwardedBeforeEnd += meter.write(chunk).length;
+      mostHeld = Math.max(mostHeld, written + chunk.length - forwardedBeforeEnd);
+    }
+    forwardedBeforeEnd += meter.write(last).length;
+    const rest = meter.end();
+    return { forwardedBeforeEnd, mostHeld, all: forwardedBeforeEnd + rest.length, rest };
+  }
+
+  it('holds at most a bounded tail of a 64 MB body, forwards the rest as it comes, and still reads its usage', () => {
+    const meter = new UsageMeter({ stream: false });
+    const usage = Buffer.from(',"usage":{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33}}');
+    const { mostHeld, all, rest } = feed(meter, 64 * MB, 0x20, usage);
+    expect(all).toBe(64 * MB + usage.length);
+    expect(mostHeld).toBeLessThanOrEqual(192 * 1024);
+    // The last bytes are still held for end(): the charge lands before the client has the end of the answer.
+    expect(rest.subarray(rest.length - usage.length).equals(usage)).toBe(true);
+    expect(meter.usage()).toEqual({ promptTokens: 11, completionTokens: 22, source: 'reported' });
+  });
+
+  it('forwards an SSE event that never ends in linear time, holding a bounded tail, and reads usage at its end', () => {
+    const meter = new UsageMeter({ stream: true, strip: 'all' });
+    const start = Buffer.from('data: {"choices":[{"index":0,"delta":{"content":"');
+    expect(meter.write(start).length).toBe(0);
+    // 64 MB without a blank line: before the fix each chunk re-joined everything held (13 minutes for this).
+    const end = Buffer.from(
+      '"}}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}\n\ndata: [DONE]\n\n',
+    );
+    const { mostHeld, all } = feed(meter, 64 * MB, 0x61, end);
+    expect(all).toBe(start.length + 64 * MB + end.length);
+    expect(mostHeld).toBeLessThanOrEqual(2 * MB);
+    expect(meter.usage()).toMatchObject({ promptTokens: 5, completionTokens: 7, source: 'reported' });
+  });
+
+  it('meters normal events again after an oversized one, stripping as asked', () => {
+    const meter = new UsageMeter({ stream: true, strip: 'all' });
+    const big = Buffer.concat([
+      Buffer.from('data: {"choices":[{"index":0,"delta":{"content":"'),
+      Buffer.alloc(2 * MB, 0x62),
+      Buffer.from('"}}]}\n\n'),
+    ]);
+    const small =
+      'data: {"choices":[{"index":0,"delta":{"content":"x"}}],"usage":{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12}}\n\n' +
+      'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":10,"total_tokens":13}}\n\ndata: [DONE]\n\n';
+    const out = through(meter, Buffer.concat([big, Buffer.from(small)]), 100_000).toString('latin1');
+    const expected = 'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\ndata: [DONE]\n\n';
+    expect(out.length).toBe(big.length + expected.length);
+    expect(out.slice(big.length)).toBe(expected);
+    expect(out).not.toContain('"usage"');
+    expect(out.endsWith('data: [DONE]\n\n')).toBe(true);
+    expect(meter.usage()).toMatchObject({ promptTokens: 3, completionTokens: 10, source: 'reported' });
+  });
+});
