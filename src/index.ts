@@ -78,15 +78,19 @@ export {
 export type { AbortSignalLike } from './internal/abort.js';
 export { exceedsJsonDepth, MAX_JSON_DEPTH } from './json-depth/index.js';
 export {
+  type AdmitOptions,
   type BudgetDecision,
   type BudgetLimits,
+  type BudgetReservation,
   type BudgetTarget,
   createKeyBudgets,
   estimatePromptTokens,
   formatResetDuration,
   type KeyBudgets,
   type KeyBudgetsOptions,
+  type RequestCost,
   requestUsage,
+  reservationFor,
   serveClusterBudgets,
   type TokenUsage,
   UsageMeter,

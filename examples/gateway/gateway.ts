@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import {
   type AbortSignalLike,
+  type BudgetReservation,
   type ConcurrencyLimiter,
   estimatePromptTokens,
   exceedsJsonDepth,
@@ -21,7 +22,9 @@ import {
   isUpstreamConnectionError,
   isUpstreamTimeoutError,
   type KeyBudgets,
+  type RequestCost,
   requestUsage,
+  reservationFor,
   type TokenCache,
   UsageMeter,
   type UsageStrip,
@@ -179,8 +182,15 @@ class Exchange implements AbortSignalLike {
   sentUpstream = false;
   /** What to strip from the stream (the usage the gateway asked for and the client did not). */
   strip: UsageStrip = 'none';
-  /** Choices per request (`n`), for continuous usage. */
+  /** Choices per request (prompts × `n`), for continuous usage. */
   choices = 1;
+  /** The request's worst case, read from its body (generation routes of a key). */
+  cost: RequestCost | undefined = undefined;
+  /** Tokens its admission reserved, settled to the actual usage. */
+  reservation: BudgetReservation | undefined = undefined;
+  /** When it was sent upstream, and the status the upstream answered (undefined: none yet). */
+  sentAt = 0;
+  upstreamStatus: number | undefined = undefined;
   /** Reads the usage of a 2xx answer as it passes. */
   meter: UsageMeter | undefined = undefined;
   /** Usage recorded and charged (once, whichever way the response ends). */
@@ -272,6 +282,28 @@ class Exchange implements AbortSignalLike {
 
 const noop = () => {};
 
+/**
+ * Tokens per second one choice is generated at, measured on this worker's completed responses (usage over time since
+ * sent: queueing and prefill included, so it errs low), for charging requests cut before their answer came. Starts at
+ * 100/s (a single sequence on a fast GPU) until it has measured; the mean of the first ten figures, then moves a
+ * tenth of the way to each new one.
+ */
+class DecodeRate {
+  private tokensPerSec = 100;
+  private samples = 0;
+
+  observe(tokensPerChoice: number, elapsedMs: number): void {
+    if (!(tokensPerChoice > 0) || !(elapsedMs > 0)) return;
+    this.samples = Math.min(this.samples + 1, 10);
+    this.tokensPerSec += (tokensPerChoice / (elapsedMs / 1000) - this.tokensPerSec) / this.samples;
+  }
+
+  estimate(elapsedMs: number, choices: number, maxTokens: number | undefined): number {
+    const perChoice = Math.floor((elapsedMs / 1000) * this.tokensPerSec);
+    return Math.max(0, Math.min(perChoice, maxTokens ?? perChoice)) * choices;
+  }
+}
+
 const kExchange = Symbol('exchange');
 type GatewayResponse = ServerResponse & { [kExchange]?: Exchange };
 
@@ -297,6 +329,7 @@ function pathOf(url: string): string {
 
 export function createGateway(deps: GatewayDeps) {
   const { client, tokens, rateLimiter, limiter, logger, metrics, budgets } = deps;
+  const decodeRate = new DecodeRate();
   const telemetry = deps.telemetry;
   // The parsed body is kept for the client when it routes by it, or describes the call on its span.
   const keepsParsedBody = client.baseUrls.length > 1 || telemetry !== undefined;
@@ -359,15 +392,11 @@ export function createGateway(deps: GatewayDeps) {
         );
       }
       // JSON is UTF-8 (RFC 8259 §8.1): invalid bytes would be decoded to U+FFFD and sent upstream as something else.
+      let parsed: unknown;
       let valid = isUtf8(body);
       if (valid) {
         try {
-          const parsed = JSON.parse(body.toString('utf8'));
-          // Parsed once: with several replicas the client routes by it (prompt prefix, `prompt_cache_key`, `user`),
-          // and with telemetry its span reads the model from it, without parsing again. Kept only then: a parsed
-          // body held for the whole request costs GC time.
-          if (keepsParsedBody) exchange.parsedBody = parsed;
-          if (exchange.principal !== undefined) body = askForUsage(exchange, body, parsed);
+          parsed = JSON.parse(body.toString('utf8'));
         } catch {
           valid = false;
         }
@@ -379,6 +408,14 @@ export function createGateway(deps: GatewayDeps) {
           'invalid_request_error',
           'invalid_json',
         );
+      }
+      // Parsed once: with several replicas the client routes by it (prompt prefix, `prompt_cache_key`, `user`), and
+      // with telemetry its span reads the model from it, without parsing again. Kept only then: a parsed body held
+      // for the whole request costs GC time.
+      if (keepsParsedBody) exchange.parsedBody = parsed;
+      if (exchange.principal !== undefined) {
+        await admit(res, exchange, exchange.principal, parsed);
+        body = askForUsage(exchange, body, parsed);
       }
     }
     if (!route.limited) return proxy(res, exchange, route, body);
@@ -399,8 +436,6 @@ export function createGateway(deps: GatewayDeps) {
    */
   function askForUsage(exchange: Exchange, body: Buffer, parsed: unknown): Buffer {
     if (typeof parsed !== 'object' || parsed === null) return body;
-    const n = (parsed as { n?: unknown }).n;
-    if (typeof n === 'number' && Number.isSafeInteger(n) && n > 1) exchange.choices = n;
     const asked = requestUsage(body, parsed, { continuous: deps.continuousUsage });
     exchange.strip = asked.strip;
     return asked.body;
@@ -414,8 +449,9 @@ export function createGateway(deps: GatewayDeps) {
     const principal = exchange.principal;
     if (exchange.settled || principal === undefined) return undefined;
     exchange.settled = true;
-    if (!exchange.sentUpstream)
-      return exchange.budgeted ? budgets.refund(principal.id).catch(noop) : undefined;
+    if (!exchange.sentUpstream) {
+      return exchange.budgeted ? budgets.refund(principal.id, exchange.reservation).catch(noop) : undefined;
+    }
     let prompt = 0;
     let completion = 0;
     const meter = exchange.meter;
@@ -424,10 +460,23 @@ export function createGateway(deps: GatewayDeps) {
       prompt = usage.promptTokens;
       completion = usage.completionTokens;
       if (usage.source === 'counted') metrics?.usageMissing(meter.sawMalformedUsage ? 'malformed' : 'absent');
+      else if (exchange.upstreamStatus === 200 && !exchange.aborted) {
+        decodeRate.observe(completion / exchange.choices, performance.now() - exchange.sentAt);
+      }
+    } else if (exchange.upstreamStatus === undefined && exchange.cost !== undefined) {
+      // Cut before the upstream answered (a non-streamed request, whose answer comes whole at the end): it cost its
+      // prompt and what was generated meanwhile, estimated from the elapsed time at the decode rate measured on
+      // this gateway's own responses, never more than max_tokens × choices.
+      const cost = exchange.cost;
+      prompt = cost.promptTokens;
+      completion = decodeRate.estimate(performance.now() - exchange.sentAt, cost.choices, cost.maxTokens);
+      metrics?.usageMissing('estimated');
     }
     deps.usage?.record(principal.id, prompt, completion);
     metrics?.tokens(principal.name, prompt, completion);
-    return exchange.budgeted ? budgets.charge(principal.id, prompt + completion).catch(noop) : undefined;
+    return exchange.budgeted
+      ? budgets.settle(exchange.reservation, principal.id, prompt + completion).catch(noop)
+      : undefined;
   }
 
   /** Sends the request upstream and pipes the answer back (under the concurrency limit when the route is). */
@@ -435,6 +484,7 @@ export function createGateway(deps: GatewayDeps) {
     if (route.limited) metrics?.observeQueueWait((performance.now() - exchange.started) / 1000);
     const requestId = exchange.requestId;
     exchange.sentUpstream = true;
+    exchange.sentAt = performance.now();
     const upstream = await client.request({
       method: route.method,
       path: exchange.path,
@@ -448,6 +498,7 @@ export function createGateway(deps: GatewayDeps) {
       routingKey: exchange.sessionId,
       traceContext: exchange.span?.context,
     });
+    exchange.upstreamStatus = upstream.status;
     if (upstream.status === 401) {
       // Client keys never reach the upstream: a 401 there means the gateway's own VLLM_API_KEY is wrong.
       discard(upstream.body);
@@ -487,6 +538,7 @@ export function createGateway(deps: GatewayDeps) {
       stream: streaming,
       strip: streaming ? exchange.strip : 'none',
       choices: exchange.choices,
+      ...(exchange.cost === undefined ? {} : { n: exchange.cost.n }),
       // Only when the upstream reports no usage (rare): the prompt's tokens estimated from the request.
       // Parsed again only then (rare): the body was bounded in depth before the first parse.
       promptTokensEstimate: () =>
@@ -603,29 +655,45 @@ export function createGateway(deps: GatewayDeps) {
       }
       const principal = await authenticate(req);
       if (path === '/auth/verify') return send(res, 200, { id: principal.id, name: principal.name });
-      if (route.limited) await admit(res, exchange, principal);
+      // A generation request is accounted to its key (its budget is admitted once its body is read).
+      if (route.limited) exchange.principal = principal;
       await forward(req, res, exchange, route);
     } catch (error) {
       respondToError(res, exchange, error);
     }
   }
 
-  /** A generation request is accounted to its key; a key with limits must have budget left (429 otherwise). */
-  async function admit(res: ServerResponse, exchange: Exchange, principal: ApiKey): Promise<void> {
-    if (principal.rpm !== null || principal.tpm !== null) {
-      const decision = await budgets.admit(principal.id, { requests: principal.rpm, tokens: principal.tpm });
-      const headers = budgets.headers(decision);
-      for (const name in headers) res.setHeader(name, headers[name]!);
-      if (!decision.allowed) {
-        metrics?.budgetRefused(decision.refusedBy ?? 'requests');
-        const { error } = JSON.parse(budgets.errorBody(decision)) as {
-          error: { message: string; type: string };
-        };
-        throw new HttpError(429, error.message, error.type, 'rate_limit_exceeded');
-      }
-      exchange.budgeted = true;
+  /**
+   * A key with limits must have budget left for the request's worst case (429 otherwise): its prompt (estimated) and
+   * `max_tokens` × choices are reserved at admission and settled to the actual usage, so concurrent requests cannot
+   * overshoot the key's tpm together. A request with no `max_tokens` reserves what the window has left.
+   */
+  async function admit(
+    res: ServerResponse,
+    exchange: Exchange,
+    principal: ApiKey,
+    parsed: unknown,
+  ): Promise<void> {
+    const cost = reservationFor(parsed, exchange.path !== '/v1/embeddings');
+    exchange.cost = cost;
+    exchange.choices = cost.choices;
+    if (principal.rpm === null && principal.tpm === null) return;
+    const decision = await budgets.admit(
+      principal.id,
+      { requests: principal.rpm, tokens: principal.tpm },
+      { reserveTokens: cost.worstCase ?? 'rest' },
+    );
+    const headers = budgets.headers(decision);
+    for (const name in headers) res.setHeader(name, headers[name]!);
+    if (!decision.allowed) {
+      metrics?.budgetRefused(decision.refusedBy ?? 'requests');
+      const { error } = JSON.parse(budgets.errorBody(decision)) as {
+        error: { message: string; type: string };
+      };
+      throw new HttpError(429, error.message, error.type, 'rate_limit_exceeded');
     }
-    exchange.principal = principal;
+    exchange.budgeted = true;
+    exchange.reservation = decision.reservation;
   }
 
   /** `OPTIONS`: a CORS preflight (answered by the CORS policy) or a plain question about the allowed methods. */

@@ -19,7 +19,7 @@ export interface GatewayMetrics {
   /** Adds a response's tokens to its key's counters (by key name: never the key itself). */
   tokens(keyName: string, prompt: number, completion: number): void;
   /** Counts a 2xx answer whose usage was missing (or unreadable) and was counted from its content instead. */
-  usageMissing(reason: 'absent' | 'malformed'): void;
+  usageMissing(reason: 'absent' | 'malformed' | 'estimated'): void;
   /** Counts a request refused by its key's budget. */
   budgetRefused(type: 'requests' | 'tokens'): void;
 }
@@ -178,7 +178,7 @@ export function createMetrics(sources: {
   );
   const usageMissing = new LeanMetric(
     'gateway_usage_missing_total',
-    'Answers without readable usage, charged from their content (reason: absent, malformed).',
+    'Answers without readable usage, charged from their content (reason: absent, malformed) or, cut before any answer, from the elapsed time (estimated).',
     'counter',
   );
   const budgetRefusals = new LeanMetric(
@@ -208,6 +208,7 @@ export function createMetrics(sources: {
   const missingSeries = {
     absent: usageMissing.seriesFor('absent', { reason: 'absent' }),
     malformed: usageMissing.seriesFor('malformed', { reason: 'malformed' }),
+    estimated: usageMissing.seriesFor('estimated', { reason: 'estimated' }),
   };
   const refusalSeries = {
     requests: budgetRefusals.seriesFor('requests', { type: 'requests' }),

@@ -12,11 +12,13 @@ import {
   MemoryBudgetStore,
   NO_LIMIT,
   Op,
+  RESERVE_REST,
   RedisBudgetStore,
 } from './stores.js';
 import { estimatePromptTokens, type TokenUsage, UsageMeter } from './usage.js';
 
 export type { KeyBudgetsOptions } from './options.js';
+export { type RequestCost, reservationFor } from './reserve.js';
 export { serveClusterBudgets } from './stores.js';
 export {
   estimatePromptTokens,
@@ -53,6 +55,35 @@ export interface BudgetDecision {
   retryAfterSec: number;
   /** True when the store failed and the decision came from `onStoreError`. */
   degraded: boolean;
+  /**
+   * The tokens this admission reserved (`reserveTokens`), to pass back to {@link KeyBudgets.settle} or
+   * {@link KeyBudgets.refund}; undefined when nothing was reserved.
+   */
+  reservation: BudgetReservation | undefined;
+  /** Refused because the reservation alone is more than the key's whole token limit: no wait will admit it. */
+  exceedsLimit: boolean;
+  /** The tokens the request asked to reserve (shown in the refusal). */
+  requestedTokens: number;
+}
+
+/** Tokens held for an admitted request until its usage is known. */
+export interface BudgetReservation {
+  key: string;
+  tokens: number;
+  /** The window they were reserved in (released only there). */
+  window: number;
+}
+
+export interface AdmitOptions {
+  /**
+   * Tokens to reserve for this request: its worst case (prompt + `max_tokens` × choices). It is admitted only when they
+   * fit under the key's token limit, they count at once against it (so concurrent requests cannot overshoot together),
+   * and {@link KeyBudgets.settle} replaces them with the actual usage. 0: admitted while the window's tokens are under
+   * the limit (the overshoot is then what in-flight requests use). `'rest'`: for a request with no bound of its own
+   * (no `max_tokens`), admitted while the window's tokens are under the limit, reserving all that is left (one such
+   * request per key at a time). @default 0
+   */
+  reserveTokens?: number | 'rest';
 }
 
 /** What the adapters need for one request: whose budget, and its limits. Return undefined to let it through. */
@@ -60,11 +91,16 @@ export type BudgetTarget = { key: string; limits: BudgetLimits } | undefined;
 
 export interface KeyBudgets {
   /** Admits one request for `key` when both its limits allow it (a refused request is not counted). */
-  admit(key: string, limits: BudgetLimits): Promise<BudgetDecision>;
+  admit(key: string, limits: BudgetLimits, options?: AdmitOptions): Promise<BudgetDecision>;
   /** Adds tokens to the key's window; resolves once the store has them (the key's next request sees them). */
   charge(key: string, tokens: number): Promise<void>;
-  /** Takes back an admitted request that never reached the upstream (shed by a full queue, say). */
-  refund(key: string): Promise<void>;
+  /**
+   * Replaces an admission's reservation by the tokens the request actually used (in the window it was reserved in;
+   * in a later window, the tokens are added there). Without a reservation, the same as {@link charge}.
+   */
+  settle(reservation: BudgetReservation | undefined, key: string, tokens: number): Promise<void>;
+  /** Takes back an admitted request that never reached the upstream (shed by a full queue, say), and its reservation. */
+  refund(key: string, reservation?: BudgetReservation): Promise<void>;
   reset(key: string): Promise<void>;
   /** OpenAI's `x-ratelimit-*` headers for a decision (`retry-after` too when refused). */
   headers(decision: BudgetDecision): Record<string, string>;
@@ -154,21 +190,45 @@ class Budgets implements KeyBudgets {
     key: string,
     a: number,
     b: number,
+    c: number,
   ): Promise<{ state: BudgetState | undefined; degraded: boolean }> {
     try {
-      const pending = this.store.apply(op, key, a, b);
+      const pending = this.store.apply(op, key, a, b, c);
       return { state: pending instanceof Promise ? await pending : pending, degraded: false };
     } catch {
-      return { state: this.insurance?.apply(op, key, a, b), degraded: true };
+      return { state: this.insurance?.apply(op, key, a, b, c), degraded: true };
     }
   }
 
-  async admit(key: string, limits: BudgetLimits): Promise<BudgetDecision> {
+  async admit(key: string, limits: BudgetLimits, options?: AdmitOptions): Promise<BudgetDecision> {
     const requests = limitOf('requests', limits.requests);
     const tokens = limitOf('tokens', limits.tokens);
-    const { state, degraded } = await this.apply(Op.Admit, key, requests, tokens);
+    const asked = options?.reserveTokens ?? 0;
+    const reserve = asked === 'rest' ? RESERVE_REST : asked;
+    if (asked !== 'rest' && (!Number.isSafeInteger(asked) || asked < 0))
+      throw invalid('reserveTokens', "an integer >= 0 or 'rest'", asked);
     const limitRequests = requests === NO_LIMIT ? undefined : requests;
     const limitTokens = tokens === NO_LIMIT ? undefined : tokens;
+    const reserved = limitTokens === undefined ? 0 : reserve;
+    if (limitTokens !== undefined && reserved > limitTokens) {
+      // More than the whole limit can never be admitted: said at once, nothing counted.
+      return {
+        allowed: false,
+        refusedBy: 'tokens',
+        limitRequests,
+        limitTokens,
+        remainingRequests: limitRequests ?? 0,
+        remainingTokens: limitTokens,
+        resetMs: this.windowMs,
+        retryAfterSec: Math.ceil(this.windowMs / 1000),
+        degraded: false,
+        reservation: undefined,
+        exceedsLimit: true,
+        requestedTokens: reserved,
+      };
+    }
+    // Nothing is reserved against no limit.
+    const { state, degraded } = await this.apply(Op.Admit, key, requests, tokens, reserved);
     if (state === undefined) {
       // The store failed and no insurance: the fail-open/closed policy answers.
       const allowed = this.onStoreError === 'open';
@@ -182,6 +242,9 @@ class Budgets implements KeyBudgets {
         resetMs: this.windowMs,
         retryAfterSec: allowed ? 0 : Math.ceil(this.windowMs / 1000),
         degraded: true,
+        reservation: undefined,
+        exceedsLimit: false,
+        requestedTokens: Math.max(0, reserved),
       };
     }
     const resetMs = Math.max(0, state.resetAt - this.now());
@@ -200,22 +263,36 @@ class Budgets implements KeyBudgets {
       resetMs,
       retryAfterSec: state.admitted ? 0 : Math.max(1, Math.ceil(resetMs / 1000)),
       degraded,
+      reservation:
+        state.admitted && state.reserved > 0
+          ? { key, tokens: state.reserved, window: state.window }
+          : undefined,
+      exceedsLimit: false,
+      requestedTokens: Math.max(0, reserved),
     };
   }
 
   async charge(key: string, tokens: number): Promise<void> {
-    // Usage comes from upstream bytes: never let a bad figure reach the store (or throw at the caller).
-    if (!Number.isSafeInteger(tokens) || tokens <= 0) return;
-    await this.apply(Op.Charge, key, tokens, 0);
+    await this.settle(undefined, key, tokens);
   }
 
-  async refund(key: string): Promise<void> {
-    await this.apply(Op.Refund, key, 0, 0);
+  async settle(reservation: BudgetReservation | undefined, key: string, tokens: number): Promise<void> {
+    // Usage comes from upstream bytes: never let a bad figure reach the store (or throw at the caller).
+    const used = Number.isSafeInteger(tokens) && tokens > 0 ? tokens : 0;
+    if (reservation === undefined) {
+      if (used > 0) await this.apply(Op.Charge, key, used, 0, -1);
+      return;
+    }
+    await this.apply(Op.Charge, key, used, reservation.tokens, reservation.window);
+  }
+
+  async refund(key: string, reservation?: BudgetReservation): Promise<void> {
+    await this.apply(Op.Refund, key, 0, reservation?.tokens ?? 0, reservation?.window ?? -1);
   }
 
   async reset(key: string): Promise<void> {
-    this.insurance?.apply(Op.Reset, key, 0, 0);
-    await this.store.apply(Op.Reset, key, 0, 0);
+    this.insurance?.apply(Op.Reset, key, 0, 0, 0);
+    await this.store.apply(Op.Reset, key, 0, 0, 0);
   }
 
   headers(decision: BudgetDecision): Record<string, string> {
@@ -239,8 +316,9 @@ class Budgets implements KeyBudgets {
     const type = decision.refusedBy ?? 'requests';
     const limit = type === 'tokens' ? decision.limitTokens : decision.limitRequests;
     const per = this.windowMs === 60_000 ? 'minute' : `${this.windowMs / 1000} seconds`;
-    const message =
-      limit === undefined
+    const message = decision.exceedsLimit
+      ? `Request too large for ${type} per ${per}: limit ${limit}, requested ${decision.requestedTokens} (the prompt and max_tokens × choices). Lower max_tokens or n, or shorten the prompt.`
+      : limit === undefined
         ? `Rate limit reached (the budget store is unavailable). Try again in ${decision.retryAfterSec}s.`
         : `Rate limit reached for ${type} per ${per}: limit ${limit}. Try again in ${formatResetDuration(decision.resetMs)}.`;
     return JSON.stringify({ error: { message, type, param: null, code: 'rate_limit_exceeded' } });

@@ -18,7 +18,14 @@ export interface BudgetState {
   tokens: number;
   /** When the window ends, epoch ms. */
   resetAt: number;
+  /** Identifies the window (its start): a reservation is released only in the window that holds it. */
+  window: number;
+  /** Tokens this admission reserved. */
+  reserved: number;
 }
+
+/** `c` of an admission that reserves whatever the window has left (a request with no bound of its own). */
+export const RESERVE_REST = -2;
 
 /** Operations: admit (count a request if both limits allow it), charge tokens, refund a request, reset. */
 export const Op = { Admit: 0, Charge: 1, Refund: 2, Reset: 3 } as const;
@@ -27,9 +34,14 @@ export type Op = (typeof Op)[keyof typeof Op];
 /** `requests`/`tokens` limits travel as numbers; -1 means "no limit" (JSON and Lua have no Infinity). */
 export const NO_LIMIT = -1;
 
+/**
+ * One operation's figures. Admit: `a`/`b` the request and token limits, `c` the tokens to reserve (0: none; admitted
+ * only if they fit under the token limit). Charge: `a` the tokens used, `b` the tokens reserved at admission, `c` the
+ * window they were reserved in (the reservation is replaced by the use there; in a later window the use is added).
+ * Refund: the request taken back, and `b` reserved tokens in window `c` released.
+ */
 export interface BudgetStore {
-  /** `a`/`b`: the request and token limits (Admit) or the tokens to add (Charge). */
-  apply(op: Op, key: string, a: number, b: number): Promise<BudgetState> | BudgetState;
+  apply(op: Op, key: string, a: number, b: number, c: number): Promise<BudgetState> | BudgetState;
   close(): Promise<void>;
 }
 
@@ -37,6 +49,7 @@ interface Window {
   requests: number;
   tokens: number;
   resetAt: number;
+  start: number;
 }
 
 /**
@@ -55,7 +68,7 @@ export class MemoryBudgetStore implements BudgetStore {
     this.generationEndsAt = now() + windowMs;
   }
 
-  apply(op: Op, key: string, a: number, b: number): BudgetState {
+  apply(op: Op, key: string, a: number, b: number, c: number): BudgetState {
     const now = this.now();
     if (now >= this.generationEndsAt) {
       const generations = Math.floor((now - this.generationEndsAt) / this.windowMs) + 1;
@@ -68,30 +81,59 @@ export class MemoryBudgetStore implements BudgetStore {
       this.previous.delete(key);
       if (op === Op.Reset) {
         this.current.delete(key);
-        return { admitted: true, requests: 0, tokens: 0, resetAt: now + this.windowMs };
+        return {
+          admitted: true,
+          requests: 0,
+          tokens: 0,
+          resetAt: now + this.windowMs,
+          window: now,
+          reserved: 0,
+        };
       }
-      window = { requests: 0, tokens: 0, resetAt: now + this.windowMs };
+      window = { requests: 0, tokens: 0, resetAt: now + this.windowMs, start: now };
       // Kept in the current generation: it ends before the next-but-one generation begins.
       this.current.set(key, window);
     }
     let admitted = true;
+    let reserved = 0;
     switch (op) {
       case Op.Admit:
-        admitted = (a === NO_LIMIT || window.requests < a) && (b === NO_LIMIT || window.tokens < b);
-        if (admitted) window.requests++;
+        admitted =
+          (a === NO_LIMIT || window.requests < a) &&
+          (b === NO_LIMIT || (c > 0 ? window.tokens + c <= b : window.tokens < b));
+        if (admitted) {
+          window.requests++;
+          reserved = b === NO_LIMIT ? 0 : c === RESERVE_REST ? b - window.tokens : Math.max(0, c);
+          window.tokens += reserved;
+        }
         break;
       case Op.Charge:
-        window.tokens += a;
+        window.tokens = Math.max(0, window.tokens + a - (c === window.start ? b : 0));
         break;
       case Op.Refund:
         if (window.requests > 0) window.requests--;
+        if (c === window.start) window.tokens = Math.max(0, window.tokens - b);
         break;
       case Op.Reset:
         this.current.delete(key);
         this.previous.delete(key);
-        return { admitted: true, requests: 0, tokens: 0, resetAt: now + this.windowMs };
+        return {
+          admitted: true,
+          requests: 0,
+          tokens: 0,
+          resetAt: now + this.windowMs,
+          window: now,
+          reserved: 0,
+        };
     }
-    return { admitted, requests: window.requests, tokens: window.tokens, resetAt: window.resetAt };
+    return {
+      admitted,
+      requests: window.requests,
+      tokens: window.tokens,
+      resetAt: window.resetAt,
+      window: window.start,
+      reserved,
+    };
   }
 
   get size(): number {
@@ -108,8 +150,15 @@ export class MemoryBudgetStore implements BudgetStore {
 
 const CHANNEL = 'vllm-kit:key-budgets';
 
-type ClusterCall = [name: string, windowMs: number, op: Op, key: string, a: number, b: number];
-type ClusterResult = [admitted: 0 | 1, requests: number, tokens: number, resetAt: number];
+type ClusterCall = [name: string, windowMs: number, op: Op, key: string, a: number, b: number, c: number];
+type ClusterResult = [
+  admitted: 0 | 1,
+  requests: number,
+  tokens: number,
+  resetAt: number,
+  window: number,
+  reserved: number,
+];
 
 /** A worker's store: asks the primary, which holds the only windows (`serveClusterBudgets()`). */
 export class ClusterBudgetStore implements BudgetStore {
@@ -129,16 +178,17 @@ export class ClusterBudgetStore implements BudgetStore {
     this.caller = new ClusterCaller(CHANNEL, timeoutMs);
   }
 
-  async apply(op: Op, key: string, a: number, b: number): Promise<BudgetState> {
-    const [admitted, requests, tokens, resetAt] = await this.caller.call([
+  async apply(op: Op, key: string, a: number, b: number, c: number): Promise<BudgetState> {
+    const [admitted, requests, tokens, resetAt, window, reserved] = await this.caller.call([
       this.name,
       this.windowMs,
       op,
       key,
       a,
       b,
+      c,
     ]);
-    return { admitted: admitted === 1, requests, tokens, resetAt };
+    return { admitted: admitted === 1, requests, tokens, resetAt, window, reserved };
   }
 
   async close(): Promise<void> {
@@ -156,15 +206,22 @@ export function serveClusterBudgets(options: { now?: () => number } = {}): { clo
   const stores = new Map<string, MemoryBudgetStore>();
   const channel = serveClusterChannel<ClusterCall, ClusterResult>(
     CHANNEL,
-    ([name, windowMs, op, key, a, b]) => {
+    ([name, windowMs, op, key, a, b, c]) => {
       const storeKey = `${name}\u0000${windowMs}`;
       let store = stores.get(storeKey);
       if (store === undefined) {
         store = new MemoryBudgetStore(windowMs, now);
         stores.set(storeKey, store);
       }
-      const state = store.apply(op, key, a, b);
-      return [state.admitted ? 1 : 0, state.requests, state.tokens, state.resetAt];
+      const state = store.apply(op, key, a, b, c);
+      return [
+        state.admitted ? 1 : 0,
+        state.requests,
+        state.tokens,
+        state.resetAt,
+        state.window,
+        state.reserved,
+      ];
     },
   );
   return {
@@ -187,40 +244,50 @@ local op = tonumber(ARGV[1])
 local a = tonumber(ARGV[2])
 local b = tonumber(ARGV[3])
 local windowMs = tonumber(ARGV[4])
+local c = tonumber(ARGV[5])
 if op == 3 then
   redis.call('DEL', k)
-  return {1, 0, 0, windowMs}
+  return {1, 0, 0, windowMs, 0, 0}
 end
 local ttl = redis.call('PTTL', k)
-local r, t = 0, 0
+local r, t, s = 0, 0, 0
 local fresh = ttl <= 0
 if fresh then
   redis.call('DEL', k)
   ttl = windowMs
+  local now = redis.call('TIME')
+  s = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 else
-  local v = redis.call('HMGET', k, 'r', 't')
+  local v = redis.call('HMGET', k, 'r', 't', 's')
   r = tonumber(v[1]) or 0
   t = tonumber(v[2]) or 0
+  s = tonumber(v[3]) or 0
 end
 local admitted = 1
+local reserved = 0
 if op == 0 then
-  if (a >= 0 and r >= a) or (b >= 0 and t >= b) then
+  local fits
+  if b < 0 then fits = true elseif c > 0 then fits = t + c <= b else fits = t < b end
+  if (a >= 0 and r >= a) or not fits then
     admitted = 0
   else
     r = r + 1
-    redis.call('HSET', k, 'r', r)
+    if b < 0 then reserved = 0 elseif c == -2 then reserved = b - t elseif c > 0 then reserved = c end
+    t = t + reserved
+    redis.call('HSET', k, 'r', r, 't', t, 's', s)
   end
 elseif op == 1 then
-  t = t + a
-  redis.call('HSET', k, 't', t)
+  if c == s then t = t + a - b else t = t + a end
+  if t < 0 then t = 0 end
+  redis.call('HSET', k, 't', t, 's', s)
 elseif op == 2 then
-  if r > 0 then
-    r = r - 1
-    redis.call('HSET', k, 'r', r)
-  end
+  if r > 0 then r = r - 1 end
+  if c == s then t = t - b end
+  if t < 0 then t = 0 end
+  redis.call('HSET', k, 'r', r, 't', t, 's', s)
 end
 if fresh and redis.call('EXISTS', k) == 1 then redis.call('PEXPIRE', k, windowMs) end
-return {admitted, r, t, ttl}
+return {admitted, r, t, ttl, s, reserved}
 `;
 const BUDGET_SCRIPT = new RedisScript(SCRIPT);
 
@@ -236,10 +303,17 @@ export class RedisBudgetStore implements BudgetStore {
     this.prefix = `vllm-kit:kb:${name}:`;
   }
 
-  async apply(op: Op, key: string, a: number, b: number): Promise<BudgetState> {
-    const reply = await BUDGET_SCRIPT.run(this.client, [this.prefix + key], [op, a, b, this.windowMs]);
-    const [admitted, requests, tokens, msLeft] = reply as number[];
-    return { admitted: admitted === 1, requests: requests!, tokens: tokens!, resetAt: this.now() + msLeft! };
+  async apply(op: Op, key: string, a: number, b: number, c: number): Promise<BudgetState> {
+    const reply = await BUDGET_SCRIPT.run(this.client, [this.prefix + key], [op, a, b, this.windowMs, c]);
+    const [admitted, requests, tokens, msLeft, window, reserved] = reply as number[];
+    return {
+      admitted: admitted === 1,
+      requests: requests!,
+      tokens: tokens!,
+      resetAt: this.now() + msLeft!,
+      window: window!,
+      reserved: reserved!,
+    };
   }
 
   async close(): Promise<void> {}

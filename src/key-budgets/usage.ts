@@ -28,8 +28,16 @@ export interface UsageMeterOptions {
   stream: boolean;
   /** What to remove from the stream. @default 'none' */
   strip?: UsageStrip;
-  /** Choices per request (`n`): continuous usage counts each choice's tokens separately. @default 1 */
+  /**
+   * Choices per request: `n`, or prompts × `n` for a completion with a list of prompts. Continuous usage counts each
+   * choice's tokens separately. @default 1
+   */
   choices?: number;
+  /**
+   * Choices per prompt (`n`) when a completion has several prompts: choice `i` belongs to prompt `⌊i / n⌋`, and each
+   * prompt's tokens count once. @default choices (one prompt)
+   */
+  n?: number;
   /** The prompt's tokens when the upstream reports none (see {@link estimatePromptTokens}). @default 0 */
   promptTokensEstimate?: number | (() => number);
 }
@@ -84,6 +92,7 @@ export class UsageMeter {
   private readonly stream: boolean;
   private readonly strip: UsageStrip;
   private readonly choices: number;
+  private readonly n: number;
   private readonly estimate: number | (() => number);
   /**
    * Stream: the start of an event not yet complete (or the last bytes from `[DONE]` on). Body: its last bytes (at most
@@ -113,6 +122,7 @@ export class UsageMeter {
     this.stream = options.stream;
     this.strip = options.strip ?? 'none';
     this.choices = options.choices ?? 1;
+    this.n = options.n ?? this.choices;
     this.estimate = options.promptTokensEstimate ?? 0;
   }
 
@@ -302,11 +312,24 @@ export class UsageMeter {
     if (this.lastUsage !== undefined && reported === undefined) this.malformed = true;
     if (reported !== undefined) {
       let completion = reported.completion;
+      let prompt = reported.prompt;
       if (!this.finalUsage && this.byChoice !== undefined && this.byChoice.size > 1) {
+        // Continuous usage per choice: completions add up; each prompt's tokens count once (several prompts: each its
+        // own figure, from any of its choices).
         completion = 0;
-        for (const bytes of this.byChoice.values()) completion += parseUsage(bytes)?.completion ?? 0;
+        const promptOf = new Map<number, number>();
+        for (const [index, bytes] of this.byChoice) {
+          const figures = parseUsage(bytes);
+          completion += figures?.completion ?? 0;
+          const group = Math.floor(index / this.n);
+          if (figures !== undefined && !promptOf.has(group)) promptOf.set(group, figures.prompt);
+        }
+        if (promptOf.size > 1) {
+          prompt = 0;
+          for (const tokens of promptOf.values()) prompt += tokens;
+        }
       }
-      return { promptTokens: reported.prompt, completionTokens: completion, source: 'reported' };
+      return { promptTokens: prompt, completionTokens: completion, source: 'reported' };
     }
     const estimate = typeof this.estimate === 'function' ? this.estimate() : this.estimate;
     return { promptTokens: estimate, completionTokens: this.contentChunks, source: 'counted' };
@@ -370,6 +393,8 @@ export function estimatePromptTokens(parsed: unknown): number {
   // at most are read, however deep a hostile body nests (no recursion to overflow).
   const add = (value: unknown, depth = 0): void => {
     if (typeof value === 'string') chars += value.length;
+    // A token id (a prompt given as token ids) is one token.
+    else if (typeof value === 'number') chars += CHARS_PER_TOKEN;
     else if (Array.isArray(value)) {
       if (depth < 2) for (const item of value) add(item, depth + 1);
     } else if (typeof value === 'object' && value !== null) {

@@ -18,6 +18,8 @@ export interface GenerationRequest {
   maxTokens: number | undefined;
   /** Number of choices to generate (prompts × `n`). */
   choices: number;
+  /** Prompts in the request (a completion's list of prompts; each is processed, and counted, on its own). */
+  prompts: number;
   /** Prompt text, for the deterministic seed and the token count. */
   promptText: string;
   promptTokens: number;
@@ -158,6 +160,7 @@ export function parseGenerationRequest(body: unknown, chat: boolean): Generation
       streamOptions.continuous_usage_stats === true,
     maxTokens: maxCompletionTokens ?? maxTokens ?? (chat ? undefined : 16),
     choices: prompts * (n ?? 1),
+    prompts,
     promptText,
     promptTokens,
     seed,

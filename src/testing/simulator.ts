@@ -618,7 +618,8 @@ class Generation implements Job {
     const now = performance.now();
     this.startedAt = this.enqueuedAt;
     this.sim.metrics.queueTime.observe((now - this.enqueuedAt) / 1000);
-    this.sim.metrics.promptTokens += this.request.promptTokens;
+    // `promptTokens` is one prompt's: a list of prompts is prefilled (and billed, in the final usage) once per prompt.
+    this.sim.metrics.promptTokens += this.request.promptTokens * this.request.prompts;
     const options = this.sim.options;
     // Prefill only what the prefix cache does not hold.
     this.cachedTokens = this.sim.prefixCache?.admit(this.request.promptText, this.request.promptTokens) ?? 0;
@@ -697,7 +698,7 @@ class Generation implements Job {
     this.sim.finishWith(this.finishReason);
     this.sim.metrics.e2e.observe((performance.now() - this.startedAt) / 1000);
     const usage = {
-      prompt: this.request.promptTokens,
+      prompt: this.request.promptTokens * this.request.prompts,
       completion: this.length * this.request.choices,
       ...(this.sim.options.promptTokensDetails ? { cached: this.cachedTokens } : {}),
     };

@@ -85,15 +85,17 @@ describe('budgets from the key', () => {
     const key = await keyWith(gateway, 'tpm', null, 60);
     const body = JSON.stringify({ messages });
     const first = await post(gateway.url, '/v1/chat/completions', { key, body });
-    expect(first.headers.get('x-ratelimit-remaining-tokens')).toBe('60');
+    // No max_tokens: the request reserves what the window has left until its usage is known.
+    expect(first.headers.get('x-ratelimit-remaining-tokens')).toBe('0');
     const used = ((await first.json()) as { usage: { total_tokens: number } }).usage.total_tokens;
     // Under the limit once, over it twice.
     expect(used).toBeGreaterThan(30);
     expect(used).toBeLessThan(60);
-    // The client's very next request already sees the charge.
+    // The client's very next request already sees the charge: admitted (the first settled to its usage), then the
+    // window is spent.
     const second = await post(gateway.url, '/v1/chat/completions', { key, body });
     expect(second.status).toBe(200);
-    expect(second.headers.get('x-ratelimit-remaining-tokens')).toBe(String(60 - used));
+    expect(second.headers.get('x-ratelimit-remaining-tokens')).toBe('0');
     expect(second.headers.get('x-ratelimit-reset-tokens')).toMatch(RESET);
     await second.text();
     // 2 × used ≥ 60: spent.
@@ -224,10 +226,15 @@ describe('usage from streams', () => {
     );
     expect(metrics).not.toContain(gateway.key);
     const limited = await keyWith(gateway, 'tight', null, 1);
-    await (await post(gateway.url, '/v1/chat/completions', { key: limited })).text();
+    // Its worst case (prompt + max_tokens) is more than the whole tpm: refused at once, whatever the window holds.
+    const refused = await post(gateway.url, '/v1/chat/completions', { key: limited });
+    expect(refused.status).toBe(429);
+    expect(((await refused.json()) as { error: { message: string } }).error.message).toMatch(
+      /^Request too large for tokens per minute: limit 1, requested \d+/,
+    );
     expect((await post(gateway.url, '/v1/chat/completions', { key: limited })).status).toBe(429);
     expect(await (await fetch(`${gateway.url}/metrics`)).text()).toContain(
-      'gateway_budget_refusals_total{type="tokens"} 1',
+      'gateway_budget_refusals_total{type="tokens"} 2',
     );
   });
 });
