@@ -34,6 +34,8 @@ export interface GatewayWorker {
   server: Server;
   url: string;
   keyStore: KeyStore;
+  /** Requests in flight now (their responses not yet closed). */
+  openRequests(): number;
   /** Stops accepting, lets in-flight requests finish (up to `graceMs`), then closes every resource. */
   close(graceMs?: number): Promise<void>;
 }
@@ -44,7 +46,7 @@ const LOG_FLUSH_MS = 500;
 /** The worker's logger and the timer that flushes it (stopped, with a last flush, by `close`). */
 export function createLogger(config: GatewayConfig): { logger: Logger; close(): void } {
   const options = {
-    level: process.env.LOG_LEVEL ?? 'info',
+    level: config.logLevel,
     base: { pid: process.pid },
     // Never log credentials, wherever they would appear.
     redact: ['req.headers.authorization', 'headers.authorization', 'authorization', 'key'],
@@ -92,7 +94,20 @@ export async function startWorker(
   const redis = config.redisUrl
     ? new Redis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1 })
     : undefined;
-  redis?.on('error', (error) => logger.warn({ err: { message: error.message } }, 'redis error'));
+  // One line when Redis becomes unreachable and one when it is back, not one per reconnection attempt.
+  let redisUp: boolean | undefined;
+  redis?.on('ready', () => {
+    if (redisUp !== true) logger.info({ redis: redactRedisUrl(config.redisUrl!) }, 'redis connected');
+    redisUp = true;
+  });
+  redis?.on('error', (error) => {
+    if (redisUp === false) return;
+    redisUp = false;
+    logger.warn(
+      { redis: redactRedisUrl(config.redisUrl!), err: { message: error.message } },
+      'redis unreachable; shared limits use their fallback until it is back',
+    );
+  });
   // Several workers share one budget through the primary, several hosts through Redis; a single worker keeps its own
   // (no IPC per request).
   const sharedStore = redis ?? (cluster.isWorker && config.workers > 1 ? 'cluster' : 'memory');
@@ -190,13 +205,24 @@ export async function startWorker(
     },
     (req, res) => void gateway.handle(req, res),
   );
-  await new Promise<void>((resolve) => server.listen(options.port ?? config.port, config.host, resolve));
+  const port = options.port ?? config.port;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) =>
+      reject(
+        new Error(
+          `cannot listen on HOST:PORT (${config.host}:${port}): ${error.code === 'EADDRINUSE' ? 'the port is in use' : error.code === 'EADDRNOTAVAIL' || error.code === 'ENOTFOUND' ? 'no such address on this machine' : error.message}`,
+        ),
+      ),
+    );
+    server.listen(port, config.host, resolve);
+  });
   const address = server.address() as AddressInfo;
   const host = config.host === '0.0.0.0' ? '127.0.0.1' : config.host;
   return {
     server,
     url: `http://${host}:${address.port}`,
     keyStore,
+    openRequests: gateway.openRequests,
     async close(graceMs = 10_000) {
       const closed = new Promise((resolve) => server.close(resolve));
       server.closeIdleConnections();
@@ -216,6 +242,17 @@ export async function startWorker(
       logging.close();
     },
   };
+}
+
+/** REDIS_URL as it may be logged: without its password. */
+function redactRedisUrl(raw: string): string {
+  try {
+    const url = new URL(raw);
+    if (url.password !== '') url.password = '***';
+    return url.toString();
+  } catch {
+    return '(unparseable)';
+  }
 }
 
 /** Scrapes waiting for the primary's answer, by request id; one IPC listener serves them all. */

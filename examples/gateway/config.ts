@@ -1,5 +1,6 @@
 // The gateway's configuration, read from the environment and validated at start: a bad value stops start-up with a
 // message naming the variable.
+import { isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { parseCorsOrigins } from './cors.js';
 import { telemetryConfigured } from './telemetry.js';
@@ -63,7 +64,24 @@ export interface GatewayConfig {
   telemetryCaptureContent: boolean;
   /** Stream chunk timing: every gap (the conventions), one mean per stream, or none (OTEL_GENAI_CHUNK_TIMING). */
   telemetryChunkTiming: 'each' | 'mean' | 'off';
+  /** On SIGTERM/SIGINT: the longest wait for in-flight requests and open streams, ms. */
+  shutdownGraceMs: number;
+  /** pino's level. */
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+/** OTEL_TRACES_SAMPLER values the OpenTelemetry Node SDK knows. */
+const SAMPLERS = [
+  'always_on',
+  'always_off',
+  'traceidratio',
+  'parentbased_always_on',
+  'parentbased_always_off',
+  'parentbased_traceidratio',
+];
+/** vLLM's (uvicorn's) idle keep-alive timeout: a pooled connection must be given up before the server closes it. */
+const VLLM_KEEPALIVE_MS = 5000;
 
 export class ConfigError extends Error {
   constructor(
@@ -95,6 +113,25 @@ function url(name: string, raw: string): string {
   } catch {
     throw new ConfigError(name, `${name} must be an http(s) URL, got "${raw}"`);
   }
+}
+
+/**
+ * A replica's base URL: its origin. `/v1` (as OpenAI clients are configured) is accepted and dropped, since the
+ * gateway adds the `/v1/...` paths itself; any other path would be dropped silently, so it is refused.
+ */
+function replicaUrl(raw: string): string {
+  const parsed = new URL(url('VLLM_BASE_URL', raw));
+  const path = parsed.pathname.replace(/\/+$/, '');
+  if (path !== '' && path !== '/v1') {
+    throw new ConfigError(
+      'VLLM_BASE_URL',
+      `VLLM_BASE_URL must be a server's origin (http://host:port, optionally ending in /v1), got "${raw}": the path "${parsed.pathname}" would be ignored`,
+    );
+  }
+  if (parsed.username !== '' || parsed.password !== '') {
+    throw new ConfigError('VLLM_BASE_URL', 'VLLM_BASE_URL must not carry credentials: use VLLM_API_KEY');
+  }
+  return parsed.origin;
 }
 
 export function loadConfig(env: Env = process.env): GatewayConfig {
@@ -203,22 +240,54 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
       `OTEL_GENAI_CHUNK_TIMING must be "each", "mean" or "off", got "${chunkTiming}"`,
     );
   }
+  for (const name of [
+    'OTEL_EXPORTER_OTLP_ENDPOINT',
+    'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT',
+    'OTEL_EXPORTER_OTLP_METRICS_ENDPOINT',
+  ]) {
+    if ((env[name] ?? '') !== '') url(name, env[name]!);
+  }
+  const sampler = env.OTEL_TRACES_SAMPLER;
+  if (sampler !== undefined && sampler !== '' && !SAMPLERS.includes(sampler)) {
+    throw new ConfigError(
+      'OTEL_TRACES_SAMPLER',
+      `OTEL_TRACES_SAMPLER must be one of ${SAMPLERS.join(', ')}, got "${sampler}"`,
+    );
+  }
+  const logLevel = (env.LOG_LEVEL || 'info') as GatewayConfig['logLevel'];
+  if (!LOG_LEVELS.includes(logLevel)) {
+    throw new ConfigError(
+      'LOG_LEVEL',
+      `LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got "${env.LOG_LEVEL}"`,
+    );
+  }
+  const keepAliveTimeoutMs = integer(env, 'KEEPALIVE_TIMEOUT_MS', 4000, 1, 600_000);
+  if (keepAliveTimeoutMs >= VLLM_KEEPALIVE_MS) {
+    throw new ConfigError(
+      'KEEPALIVE_TIMEOUT_MS',
+      `KEEPALIVE_TIMEOUT_MS must be under vLLM's own idle keep-alive of ${VLLM_KEEPALIVE_MS} ms (uvicorn's timeout_keep_alive), or requests race the server's close; got "${env.KEEPALIVE_TIMEOUT_MS}"`,
+    );
+  }
+  const host = env.HOST || '0.0.0.0';
+  if (isIP(host) === 0 && !/^[A-Za-z0-9.-]{1,253}$/.test(host)) {
+    throw new ConfigError('HOST', `HOST must be an IP address or a host name, got "${host}"`);
+  }
   const metrics = env.METRICS ?? 'true';
   if (metrics !== 'true' && metrics !== 'false')
     throw new ConfigError('METRICS', `METRICS must be "true" or "false", got "${metrics}"`);
   return {
     env: mode,
-    host: env.HOST || '0.0.0.0',
+    host,
     port: integer(env, 'PORT', 8000, 0, 65535),
     workers: mode === 'development' ? 1 : integer(env, 'WORKERS', availableParallelism(), 1, 256),
     limitConcurrency,
     maxQueue,
     queueTimeoutMs: integer(env, 'QUEUE_TIMEOUT_MS', 30_000, 0, 3_600_000),
-    vllmBaseUrls: vllm.map((u) => url('VLLM_BASE_URL', u)),
+    vllmBaseUrls: vllm.map(replicaUrl),
     vllmApiKey: env.VLLM_API_KEY || undefined,
     // One connection per request the limiter admits: vLLM serves one request per connection (HTTP/1.1).
     poolConnections: integer(env, 'POOL_CONNECTIONS', limitConcurrency, 1, 65535),
-    keepAliveTimeoutMs: integer(env, 'KEEPALIVE_TIMEOUT_MS', 4000, 1, 600_000),
+    keepAliveTimeoutMs,
     // The limiter's own ceiling (its memory store packs the count into 21 bits).
     rateLimitPoints: integer(env, 'RATE_LIMIT_POINTS', 20, 1, 2_000_000),
     rateLimitWindowSec: integer(env, 'RATE_LIMIT_WINDOW_SEC', 60, 1, 86_400),
@@ -248,5 +317,7 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     telemetry: telemetryConfigured(env),
     telemetryCaptureContent: captureContent === 'true',
     telemetryChunkTiming: chunkTiming,
+    shutdownGraceMs: integer(env, 'SHUTDOWN_GRACE_MS', 30_000, 0, 3_600_000),
+    logLevel,
   };
 }

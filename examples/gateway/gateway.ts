@@ -149,6 +149,44 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   });
 }
 
+/** A lingering close reads (and drops) what is left of an upload for at most this long, and this much. */
+const LINGER_MS = 5000;
+const LINGER_BYTES = 256 * 1024 * 1024;
+
+/**
+ * Answers 413 to a client still uploading, so that it reads the answer rather than a connection reset: the response
+ * (with `Connection: close`) goes out at once, but the socket is closed only once the upload has been read to its end
+ * (and dropped), or after LINGER_MS / LINGER_BYTES — nginx's lingering_close. Closing with unread bytes in the
+ * kernel's buffer would send a RST, and the client would lose the 413 it had not read yet.
+ */
+function answerTooLarge(req: IncomingMessage, res: ServerResponse, error: HttpError): void {
+  const text = JSON.stringify({
+    error: { message: error.message, type: error.type, param: null, code: error.code },
+  });
+  res.writeHead(error.status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    connection: 'close',
+  });
+  res.write(text);
+  let dropped = 0;
+  const finish = () => {
+    clearTimeout(timer);
+    req.off('data', onData);
+    if (!res.writableEnded) res.end();
+  };
+  const onData = (chunk: Buffer) => {
+    dropped += chunk.length;
+    if (dropped > LINGER_BYTES) finish();
+  };
+  const timer = setTimeout(finish, LINGER_MS);
+  timer.unref();
+  req.on('data', onData);
+  req.once('end', finish);
+  req.once('error', finish);
+  req.resume();
+}
+
 /** Lets an upstream body go unread (undici errors a destroyed body: nobody is waiting for that error). */
 function discard(body: Readable): void {
   body.on('error', () => {});
@@ -330,6 +368,8 @@ function pathOf(url: string): string {
 export function createGateway(deps: GatewayDeps) {
   const { client, tokens, rateLimiter, limiter, logger, metrics, budgets } = deps;
   const decodeRate = new DecodeRate();
+  /** Requests whose response has not closed yet (reported when draining). */
+  let open = 0;
   const telemetry = deps.telemetry;
   // The parsed body is kept for the client when it routes by it, or describes the call on its span.
   const keepsParsedBody = client.baseUrls.length > 1 || telemetry !== undefined;
@@ -381,7 +421,12 @@ export function createGateway(deps: GatewayDeps) {
           'unsupported_media_type',
         );
       }
-      body = await readBody(req, deps.maxBodyBytes);
+      try {
+        body = await readBody(req, deps.maxBodyBytes);
+      } catch (error) {
+        if (!(error instanceof HttpError) || error.status !== 413) throw error;
+        return answerTooLarge(req, res, error);
+      }
       // Nesting is bounded before anything parses or walks the body (a 200 KB body can nest 100k levels).
       if (exceedsJsonDepth(body, deps.maxJsonDepth)) {
         throw new HttpError(
@@ -504,6 +549,8 @@ export function createGateway(deps: GatewayDeps) {
       discard(upstream.body);
       throw upstreamCredentialsRejected(requestId);
     }
+    // A server error's body is the upstream's own (an HTML traceback, a config dump): logged, never relayed.
+    if (upstream.status >= 500) return relayServerError(res, exchange, upstream);
     // (X-Request-Id and the rate-limit headers are already set on the response.)
     const headers: Record<string, string> = {};
     const contentType = upstream.headers['content-type'];
@@ -547,6 +594,50 @@ export function createGateway(deps: GatewayDeps) {
     await exchange.pipe(upstream.body, res, () => settleUsage(exchange));
   }
 
+  /**
+   * Answers an upstream 5xx in the gateway's own error shape: 503 stays 503 (overloaded: its Retry-After passed on),
+   * anything else is a 502. The upstream's body (its first 2 KB) goes to the log for the operator.
+   */
+  async function relayServerError(
+    res: ServerResponse,
+    exchange: Exchange,
+    upstream: { status: number; headers: Record<string, string | string[] | undefined>; body: Readable },
+  ): Promise<void> {
+    let original = '';
+    try {
+      for await (const chunk of upstream.body) {
+        original += (chunk as Buffer).toString('utf8');
+        if (original.length >= 2048) break;
+      }
+    } catch {
+      // A body cut short: what was read is logged.
+    }
+    discard(upstream.body);
+    metrics?.upstreamFailure('server_error');
+    logger.warn(
+      { requestId: exchange.requestId, status: upstream.status, body: original.slice(0, 2048) },
+      'the model server answered a server error',
+    );
+    const overloaded = upstream.status === 503;
+    const headers: Record<string, string> = {};
+    for (const name of ['retry-after', 'retry-after-ms']) {
+      const value = upstream.headers[name];
+      if (typeof value === 'string') headers[name] = value;
+    }
+    sendError(
+      res,
+      new HttpError(
+        overloaded ? 503 : 502,
+        overloaded
+          ? 'The model server is overloaded; try again shortly'
+          : `The model server failed with HTTP ${upstream.status}`,
+        overloaded ? 'service_unavailable' : 'upstream_error',
+        overloaded ? 'upstream_overloaded' : 'upstream_server_error',
+        headers,
+      ),
+    );
+  }
+
   function upstreamCredentialsRejected(requestId: string): HttpError {
     logger.error(
       { requestId },
@@ -566,6 +657,7 @@ export function createGateway(deps: GatewayDeps) {
    * 'close' event: nothing may throw out of it (that would kill the worker), so a bug here is logged instead.
    */
   function onResponseClose(this: GatewayResponse): void {
+    open--;
     try {
       closeExchange(this);
     } catch (error) {
@@ -580,7 +672,13 @@ export function createGateway(deps: GatewayDeps) {
     const exchange = res[kExchange]!;
     if (!res.writableFinished) exchange.clientClosed();
     // A response cut by its upstream counts as the 502 it is, whatever status had already gone out.
-    const status = exchange.upstreamFailure !== undefined ? 502 : res.headersSent ? res.statusCode : 499;
+    // A client that left before the end is a 499, whatever status had gone out (an abandoned stream is not a 200).
+    const status =
+      exchange.upstreamFailure !== undefined
+        ? 502
+        : exchange.aborted || !res.headersSent
+          ? 499
+          : res.statusCode;
     const ms = performance.now() - exchange.started;
     metrics?.observeRequest(exchange.routeLabel, status, ms / 1000);
     // Not settled yet: the client left, the upstream failed, or the request never went upstream.
@@ -618,6 +716,7 @@ export function createGateway(deps: GatewayDeps) {
     if (telemetry !== undefined)
       exchange.span = telemetry.startRequest(req, path, route ? path : undefined, requestId);
     res[kExchange] = exchange;
+    open++;
     res.on('close', onResponseClose);
     try {
       const cors = deps.cors;
@@ -839,7 +938,7 @@ export function createGateway(deps: GatewayDeps) {
     res.end(rendered.body);
   }
 
-  return { handle };
+  return { handle, openRequests: () => open };
 }
 
 export type { Registry };

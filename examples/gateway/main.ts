@@ -14,7 +14,6 @@ import { startWorker } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
 import { openKeyStore } from './key-store.js';
 
-const GRACE_MS = Number(process.env.SHUTDOWN_GRACE_MS ?? 30_000);
 /** 128 + SIGINT, as shells report a process ended by Ctrl-C. */
 const FORCED_EXIT_CODE = 130;
 
@@ -83,6 +82,7 @@ try {
 } catch (error) {
   fail(error);
 }
+const GRACE_MS = config.shutdownGraceMs;
 
 async function primary(): Promise<void> {
   let upstreams = config.vllmBaseUrls;
@@ -107,8 +107,12 @@ async function primary(): Promise<void> {
       `gateway: listening on ${worker.url} (1 worker, development)\n${nextSteps(worker.url)}`,
     );
     const stop = async () => {
+      process.stdout.write(
+        `gateway: draining: ${worker.openRequests()} open requests, up to ${GRACE_MS / 1000} s\n`,
+      );
       await worker.close(GRACE_MS);
       await sim?.close();
+      process.stdout.write('gateway: stopped\n');
       process.exit(0);
     };
     onStopSignals(stop, () => process.exit(FORCED_EXIT_CODE));
@@ -193,11 +197,33 @@ async function primary(): Promise<void> {
       worker?.process.kill(signal);
     }
   };
+  /** Open requests each draining worker reported (one line once all have, or after half a second). */
+  const draining = new Map<number, number>();
+  let drainLine: NodeJS.Timeout | undefined;
+  const printDraining = () => {
+    if (drainLine === undefined) return;
+    clearTimeout(drainLine);
+    drainLine = undefined;
+    let open = 0;
+    for (const count of draining.values()) open += count;
+    process.stdout.write(
+      `gateway: draining: ${open} open requests in ${draining.size} workers, up to ${GRACE_MS / 1000} s\n`,
+    );
+  };
+  cluster.on('message', (worker, message: { type?: string; open?: number }) => {
+    if (message?.type !== 'vllm-kit:gateway:draining') return;
+    draining.set(worker.id, message.open ?? 0);
+    if (draining.size >= listeningWorkers.size) printDraining();
+  });
   const stop = (exitCode = 0) => {
     if (stopping) return;
     stopping = true;
+    drainLine = setTimeout(printDraining, 500);
+    drainLine.unref();
     signalWorkers('SIGTERM', async () => {
+      printDraining();
       await sim?.close();
+      process.stdout.write('gateway: stopped\n');
       process.exit(exitCode);
     });
   };
@@ -219,6 +245,8 @@ async function worker(): Promise<void> {
   // Drain: stop accepting, let in-flight requests and open streams finish, then exit 0. A worker never forces: the
   // group's second Ctrl-C reaches the primary too, which kills the workers itself.
   onStopSignals(async () => {
+    if (process.connected)
+      process.send?.({ type: 'vllm-kit:gateway:draining', open: gateway.openRequests() });
     await gateway.close(GRACE_MS);
     process.exit(0);
   });

@@ -28,7 +28,7 @@ export interface GatewayMetrics {
  * `unreachable` (502 before a response), `timeout` (504), `mid_response` (the upstream cut a response that had
  * begun), `credentials` (the upstream refused the gateway's VLLM_API_KEY).
  */
-export type UpstreamFailureKind = 'unreachable' | 'timeout' | 'mid_response' | 'credentials';
+export type UpstreamFailureKind = (typeof UPSTREAM_FAILURE_KINDS)[number];
 
 /** One sample as prom-client's registry renders and its cluster aggregation sums them. */
 interface Sample {
@@ -134,7 +134,13 @@ function observe(buckets: readonly number[], series: { counts: number[]; sum: nu
 const DURATION_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
 const TTFT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const QUEUE_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
-const UPSTREAM_FAILURE_KINDS = ['unreachable', 'timeout', 'mid_response', 'credentials'] as const;
+const UPSTREAM_FAILURE_KINDS = [
+  'unreachable',
+  'timeout',
+  'mid_response',
+  'credentials',
+  'server_error',
+] as const;
 
 export function createMetrics(sources: {
   client: VllmClient;

@@ -57,8 +57,31 @@ export function normalizeIp(raw: string): string {
   return ip;
 }
 
+/**
+ * Loopback, private (RFC 1918, RFC 4193 unique-local) and link-local addresses: where a proxy the operator runs sits.
+ * A hop count trusts the header only when the nearest peer is one of these: a client reaching the gateway directly
+ * from the internet cannot pick its own address by sending the header. (A proxy at a public address: list it.)
+ */
+const PRIVATE = new BlockList();
+PRIVATE.addSubnet('127.0.0.0', 8, 'ipv4');
+PRIVATE.addSubnet('10.0.0.0', 8, 'ipv4');
+PRIVATE.addSubnet('172.16.0.0', 12, 'ipv4');
+PRIVATE.addSubnet('192.168.0.0', 16, 'ipv4');
+PRIVATE.addSubnet('169.254.0.0', 16, 'ipv4');
+PRIVATE.addSubnet('100.64.0.0', 10, 'ipv4');
+PRIVATE.addAddress('::1', 'ipv6');
+PRIVATE.addSubnet('fc00::', 7, 'ipv6');
+PRIVATE.addSubnet('fe80::', 10, 'ipv6');
+
+/** True for a loopback, private or link-local address (see PRIVATE). */
+export function isPrivateAddress(address: string): boolean {
+  const family = isIP(address);
+  return family !== 0 && PRIVATE.check(address, family === 4 ? 'ipv4' : 'ipv6');
+}
+
 function isTrusted(address: string, rule: TrustRule, depth: number): boolean {
-  if (rule.list === undefined) return depth < rule.hops;
+  // The hops beyond the nearest may be public (a CDN in front of a private load balancer).
+  if (rule.list === undefined) return depth < rule.hops && (depth > 0 || isPrivateAddress(address));
   const family = isIP(address);
   return family !== 0 && rule.list.check(address, family === 4 ? 'ipv4' : 'ipv6');
 }

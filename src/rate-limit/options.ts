@@ -38,7 +38,9 @@ export interface IpRateLimiterOptions {
   storeTimeoutMs?: number;
   /**
    * Proxies whose X-Forwarded-For / Forwarded are believed: `false` (none: the socket address), a hop count, or a list
-   * of addresses/CIDRs. `true` (trust anything) is refused: any client could then pick its own IP. @default false
+   * of addresses/CIDRs. A hop count is honoured only when the nearest peer is a loopback, private or link-local
+   * address (a proxy the operator runs): a client reaching the server directly cannot pick its own IP. A proxy at a
+   * public address must be listed. `true` (trust anything) is refused. @default false
    */
   trustProxy?: TrustProxy;
   /**

@@ -162,6 +162,9 @@ class Cache<P> implements TokenCache<P> {
       this.subscriber.on('message', (channel, hash) => {
         if (channel === this.channel) this.forget(hash);
       });
+      // The subscriber is ours: its connection errors (Redis down) must never go unhandled. The caller watches its own
+      // client for the state of Redis; the subscription is retried until it takes.
+      this.subscriber.on('error', () => {});
       const subscriber = this.subscriber;
       const channel = this.channel;
       // A client without an offline queue refuses commands until connected: try again shortly until it takes.

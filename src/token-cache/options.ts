@@ -19,6 +19,7 @@ export interface RedisLike {
 export interface RedisSubscriberLike {
   subscribe(channel: string): Promise<unknown>;
   on(event: 'message', listener: (channel: string, message: string) => void): unknown;
+  on(event: 'error', listener: (error: Error) => void): unknown;
   quit(): Promise<unknown>;
 }
 

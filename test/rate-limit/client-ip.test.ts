@@ -31,6 +31,28 @@ describe('clientIp', () => {
     expect(clientIp('10.0.0.1', headers, compileTrust(5))).toBe('198.51.100.7');
   });
 
+  it('honours a hop count only from a loopback, private or link-local peer: a direct client cannot pick its IP', () => {
+    const spoof = { 'x-forwarded-for': '1.2.3.4' };
+    for (const publicPeer of ['203.0.113.5', '8.8.8.8', '2001:db8::1', '::ffff:198.51.100.3']) {
+      expect(clientIp(publicPeer, spoof, compileTrust(1))).toBe(normalizeIp(publicPeer));
+    }
+    for (const privatePeer of [
+      '127.0.0.1',
+      '10.0.0.2',
+      '172.20.1.1',
+      '192.168.1.9',
+      'fd00::7',
+      '::1',
+      '::ffff:10.1.1.1',
+    ]) {
+      expect(clientIp(privatePeer, spoof, compileTrust(1))).toBe('1.2.3.4');
+    }
+    // Beyond the nearest hop, public proxies (a CDN in front of a private load balancer) are walked through.
+    expect(clientIp('10.0.0.1', { 'x-forwarded-for': '198.51.100.7, 104.16.0.1' }, compileTrust(2))).toBe(
+      '198.51.100.7',
+    );
+  });
+
   it('walks through a trusted CIDR list to the first untrusted address', () => {
     const rule = compileTrust(['10.0.0.0/8', '2001:db8:ffff::/48']);
     const headers = { 'x-forwarded-for': '1.1.1.1, 203.0.113.9, 10.1.2.3' };
