@@ -149,10 +149,11 @@ function limitOf(name: string, value: number | null | undefined): number {
 /**
  * Creates per-key request and token budgets.
  *
- * Admission follows Envoy AI Gateway's and LiteLLM's semantics: a request is admitted while the key's window has
- * requests left and its charged tokens are under the token limit; its actual tokens are charged when its usage is
- * known. A key can therefore overshoot its token limit by what the requests it had in flight at once use: at most
- * (its concurrent requests) × (their `max_tokens` + prompt tokens). Its next request is refused until the window ends.
+ * Admission with `reserveTokens` (see {@link reservationFor}) reserves a request's worst case and {@link KeyBudgets.settle}
+ * replaces it with the actual usage: concurrent requests cannot overshoot the token limit together. Without it, admission
+ * follows Envoy AI Gateway's and LiteLLM's semantics: a request is admitted while the key's window has requests left and
+ * its charged tokens are under the token limit, and a key can overshoot by what the requests it had in flight use: at
+ * most (its concurrent requests) × (their `max_tokens` + prompt tokens).
  *
  * @example
  * const budgets = createKeyBudgets({ store: redis });

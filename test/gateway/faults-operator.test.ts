@@ -12,7 +12,7 @@ import { trackGateways } from '../helpers/gateway.js';
 import { trackGatewayProcesses } from '../helpers/gateway-process.js';
 
 const root = resolve(import.meta.dirname, '../..');
-const { start, onCleanup } = trackGatewayProcesses();
+const { onCleanup } = trackGatewayProcesses();
 const { setup, simulator, onCleanup: onGatewayCleanup } = trackGateways();
 
 async function freePort(): Promise<{ port: number; close(): Promise<void> }> {
