@@ -92,6 +92,10 @@ export interface UpstreamStats {
   outstanding: number;
   ejected: boolean;
   consecutiveFailures: number;
+  /** 5xx answers in a row (`ejectAfter5xx` of them eject the replica). */
+  consecutive5xx: number;
+  /** Times taken out of rotation since start. */
+  ejections: number;
   /** Keyed requests (prefix routing) sent to the replica their key maps to. */
   prefixRouted: number;
   /** Keyed requests sent here because their own replica was over its load bound or ejected. */
@@ -257,6 +261,11 @@ interface SendSpec {
    * and sleeping here would hold the caller's concurrency slot. @default true
    */
   retryStatuses?: boolean;
+  /**
+   * A 5xx answer (before any byte reached the caller) is retried once on another replica, at once, when the client
+   * chose the replica (the passthrough: the request never reached the caller's client yet). @default false
+   */
+  retryElsewhere?: boolean;
 }
 
 class Client implements VllmClient {
@@ -378,6 +387,7 @@ class Client implements VllmClient {
         stream: false,
         passErrors: true,
         retryStatuses: false,
+        retryElsewhere: true,
         routeBody: request.routingBody,
       },
       request,
@@ -400,6 +410,8 @@ class Client implements VllmClient {
         size: pool.size,
         outstanding: upstream.outstanding,
         ejected: upstream.ejected,
+        consecutive5xx: upstream.consecutive5xx,
+        ejections: upstream.ejectionsTotal,
         consecutiveFailures: upstream.consecutiveFailures,
         prefixRouted: upstream.prefixRouted,
         fallbacks: upstream.fallbacks,
@@ -653,6 +665,8 @@ class Client implements VllmClient {
     if (call !== undefined) headers = withTraceHeaders(headers, call.traceHeaders());
     const startedAt = performance.now();
     const replayable = spec.retry !== false && isReplayableBody(spec.body);
+    /** A replica that failed this call: a retry goes elsewhere when there is elsewhere to go. */
+    let avoid: string | undefined;
 
     for (let attempt = 0; ; attempt++) {
       let response: Dispatcher.ResponseData;
@@ -662,6 +676,7 @@ class Client implements VllmClient {
         // The router sends a request that names its replica there (an injected dispatcher goes by origin).
         replica: target,
         routeKey,
+        avoid,
         telemetry: call,
         path: spec.path,
         method: spec.method,
@@ -681,6 +696,7 @@ class Client implements VllmClient {
             (mapped instanceof UpstreamTimeoutError && mapped.timeout === 'connect')) &&
           replayable;
         if (retryable && this.takeRetry(attempt, signal)) {
+          if (target === undefined) avoid = servedBy(request);
           call?.retried(attempt, mapped);
           await sleep(
             backoffDelay(attempt, this.options.retryBaseDelayMs, this.options.retryMaxDelayMs, Math.random),
@@ -697,6 +713,26 @@ class Client implements VllmClient {
       }
 
       const status = response.statusCode;
+      if (
+        status >= 500 &&
+        spec.retryElsewhere === true &&
+        avoid === undefined &&
+        target === undefined &&
+        (this.router?.upstreams.length ?? 0) > 1 &&
+        isRetryableStatus(status) &&
+        replayable &&
+        this.takeRetry(attempt, signal)
+      ) {
+        // Once, at once, on another replica: the caller has seen nothing yet (outlier ejection takes the failing
+        // replica out after a few of these).
+        avoid = servedBy(request);
+        call?.retried(attempt, status);
+        await response.body.dump().catch(() => {});
+        if (!signal.aborted) continue;
+        const failure = this.fail(this.mapError(signal.reason, signal, options, avoid), call);
+        done();
+        throw failure;
+      }
       if (
         status >= 400 &&
         spec.retryStatuses !== false &&

@@ -104,8 +104,21 @@ export interface VllmClientOptions {
   retryAfterCapMs?: number;
   /** Retries allowed per request over a sliding 10 s window, plus a floor per second. @default { ratio: 0.1, minPerSec: 1 } */
   retryBudget?: { ratio?: number; minPerSec?: number };
-  /** Consecutive connection failures after which a replica is taken out of rotation. @default 3 */
+  /**
+   * Consecutive failures before any response (connection errors, and first-byte timeouts: a replica that accepts and
+   * never answers) after which a replica is taken out of rotation. @default 3
+   */
   ejectAfterFailures?: number;
+  /**
+   * Consecutive 5xx answers after which a replica is taken out of rotation (Envoy's `consecutive_5xx`): a replica
+   * failing fast otherwise looks the least loaded and draws the traffic. `0` = never for statuses. @default 5
+   */
+  ejectAfter5xx?: number;
+  /**
+   * An ejected replica stays out at least `probeIntervalMs` × the times it was ejected in a row (a success resets the
+   * count), at most this long, ms; then it is probed (`/health`) until it answers. @default 60000
+   */
+  maxEjectionMs?: number;
   /** How often an ejected replica's `/health` is probed for re-admission, ms. @default 2000 */
   probeIntervalMs?: number;
   /** Probe every replica's `/health` this often, ms, ejecting failures (active checks); `0` = passive only. @default 0 */
@@ -141,6 +154,8 @@ export interface ResolvedClientOptions {
   retryAfterCapMs: number;
   retryBudget: { ratio: number; minPerSec: number };
   ejectAfterFailures: number;
+  ejectAfter5xx: number;
+  maxEjectionMs: number;
   probeIntervalMs: number;
   healthCheckIntervalMs: number;
   routing: RoutingPolicy;
@@ -175,6 +190,8 @@ const KEYS = [
   'retryBudget',
   'ejectAfterFailures',
   'probeIntervalMs',
+  'ejectAfter5xx',
+  'maxEjectionMs',
   'healthCheckIntervalMs',
   'routing',
   'routingLoadFactor',
@@ -362,6 +379,12 @@ export function resolveClientOptions(input: VllmClientOptions): ResolvedClientOp
       max: 1000,
       integer: true,
     }),
+    ejectAfter5xx: numberOption('ejectAfter5xx', options.ejectAfter5xx, 5, {
+      min: 0,
+      max: 1000,
+      integer: true,
+    }),
+    maxEjectionMs: numberOption('maxEjectionMs', options.maxEjectionMs, 60_000, { min: 1, max: MAX_MS }),
     probeIntervalMs: numberOption('probeIntervalMs', options.probeIntervalMs, 2000, { min: 1, max: MAX_MS }),
     healthCheckIntervalMs: numberOption('healthCheckIntervalMs', options.healthCheckIntervalMs, 0, ms(0)),
     routing: routingOption(options.routing, origins.length),

@@ -93,7 +93,7 @@ export class ReplayHandler implements Handler {
 
   onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
     this.responded = true;
-    this.upstream?.recordSuccess();
+    this.upstream?.recordStatus(statusCode);
     this.telemetry?.onHeaders(statusCode);
     return this.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true;
   }

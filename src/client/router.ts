@@ -30,13 +30,21 @@ const CONNECTION_FAILURE_CODES = new Set([
   'EAI_AGAIN',
   'UND_ERR_CONNECT_TIMEOUT',
   'UND_ERR_SOCKET',
+  // The replica accepted the request and sent nothing back in time: stalled.
+  'UND_ERR_HEADERS_TIMEOUT',
 ]);
 
 export class Upstream {
   readonly pool: Pool;
   outstanding = 0;
   consecutiveFailures = 0;
+  /** 5xx answers in a row. */
+  consecutive5xx = 0;
   ejected = false;
+  /** Times ejected in a row (a success resets it): each ejection lasts longer. */
+  ejections = 0;
+  /** Ejections since start (for stats). */
+  ejectionsTotal = 0;
   connectionsCreated = 0;
   /** Keyed requests that went to the replica their key maps to. */
   prefixRouted = 0;
@@ -75,19 +83,31 @@ export class Upstream {
     if (!this.ejected && this.consecutiveFailures >= this.options.ejectAfterFailures) this.eject();
   }
 
-  recordSuccess(): void {
+  /** A response began: a 5xx counts towards ejection (`ejectAfter5xx` in a row); anything else resets the counts. */
+  recordStatus(status: number): void {
     this.consecutiveFailures = 0;
+    if (status < 500) {
+      this.consecutive5xx = 0;
+      this.ejections = 0;
+      return;
+    }
+    const limit = this.options.ejectAfter5xx;
+    if (limit > 0 && ++this.consecutive5xx >= limit && !this.ejected) this.eject();
   }
 
   eject(): void {
     if (this.ejected) return;
     this.ejected = true;
-    this.scheduleProbe();
+    this.ejections++;
+    this.ejectionsTotal++;
+    // Out for longer each time in a row (Envoy's base_ejection_time × ejections, capped), then probed.
+    this.scheduleProbe(Math.min(this.options.probeIntervalMs * this.ejections, this.options.maxEjectionMs));
   }
 
   readmit(): void {
     this.ejected = false;
     this.consecutiveFailures = 0;
+    this.consecutive5xx = 0;
     if (this.probeTimer) clearTimeout(this.probeTimer);
     this.probeTimer = undefined;
   }
@@ -138,13 +158,14 @@ export class Upstream {
     }
   }
 
-  private scheduleProbe(): void {
+  private scheduleProbe(delayMs = this.options.probeIntervalMs): void {
+    if (this.probeTimer) clearTimeout(this.probeTimer);
     this.probeTimer = setTimeout(async () => {
       this.probeTimer = undefined;
       if (!this.ejected) return;
       if (await this.probe()) this.readmit();
       else if (this.ejected) this.scheduleProbe();
-    }, this.options.probeIntervalMs);
+    }, delayMs);
     this.probeTimer.unref();
   }
 
@@ -164,6 +185,8 @@ export interface RoutedOptions {
   telemetry?: CallTelemetry | undefined;
   /** Set by the router: the replica the request went to (errors name it). */
   servedBy?: string | undefined;
+  /** Not this replica (a retry after it failed), unless it is the only one left. */
+  avoid?: string | undefined;
 }
 
 /**
@@ -176,6 +199,8 @@ export class Router extends Dispatcher {
   readonly keyed: boolean;
   private readonly ring: HashRing | undefined;
   private next = 0;
+  /** The replica the request being routed must avoid (set for the duration of `choose`). */
+  private avoiding: string | undefined;
   private healthTimer: NodeJS.Timeout | undefined;
   private loadTimer: NodeJS.Timeout | undefined;
 
@@ -211,7 +236,7 @@ export class Router extends Dispatcher {
     let best: Upstream | undefined;
     for (let i = 0; i < count; i++) {
       const candidate = upstreams[(start + i) % count]!;
-      if (candidate.ejected) continue;
+      if (this.isOut(candidate)) continue;
       if (best === undefined || candidate.load() < best.load()) best = candidate;
     }
     // Every replica ejected: try them in turn rather than fail without trying.
@@ -224,7 +249,7 @@ export class Router extends Dispatcher {
     for (let i = 0; i < upstreams.length; i++) {
       const candidate = upstreams[this.next]!;
       this.next = (this.next + 1) % upstreams.length;
-      if (!candidate.ejected) return candidate;
+      if (!this.isOut(candidate)) return candidate;
     }
     return upstreams[this.next]!;
   }
@@ -235,7 +260,7 @@ export class Router extends Dispatcher {
     let total = 0;
     let active = 0;
     for (const upstream of upstreams) {
-      if (upstream.ejected) continue;
+      if (this.isOut(upstream)) continue;
       total += upstream.load();
       active++;
     }
@@ -244,7 +269,7 @@ export class Router extends Dispatcher {
     let home = -1;
     const index = this.ring!.find(hash32(key), (i) => {
       if (home === -1) home = i;
-      return !upstreams[i]!.ejected && upstreams[i]!.load() + 1 <= bound;
+      return !this.isOut(upstreams[i]!) && upstreams[i]!.load() + 1 <= bound;
     });
     const chosen = index === undefined ? this.pick() : upstreams[index]!;
     if (index === home) chosen.prefixRouted++;
@@ -252,8 +277,22 @@ export class Router extends Dispatcher {
     return chosen;
   }
 
+  private isOut(upstream: Upstream): boolean {
+    return upstream.ejected || upstream.origin === this.avoiding;
+  }
+
   /** The replica a request goes to (the client asks first when it must take a permit for it). */
   choose(opts: RoutedOptions): Upstream {
+    if (opts.avoid === undefined || this.upstreams.length < 2) return this.chooseFrom(opts);
+    this.avoiding = opts.avoid;
+    try {
+      return this.chooseFrom(opts);
+    } finally {
+      this.avoiding = undefined;
+    }
+  }
+
+  private chooseFrom(opts: RoutedOptions): Upstream {
     const { replica, routeKey } = opts;
     if (replica !== undefined) return this.upstreams.find((u) => u.origin === replica) ?? this.pick();
     const routing = this.options.routing;

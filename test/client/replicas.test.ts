@@ -99,3 +99,91 @@ describe('replicas', () => {
     expect((error as Error).message).toContain("Expected `replica` to be one of the client's baseUrls");
   });
 });
+
+describe('outlier ejection (5xx and stalls)', () => {
+  const body = (text: string) => Buffer.from(JSON.stringify({ messages: [{ role: 'user', content: text }] }));
+  const passthrough = (client: ReturnType<typeof use.client>, i: number) =>
+    client
+      .request({
+        method: 'POST',
+        path: '/v1/chat/completions',
+        headers: { 'content-type': 'application/json' },
+        body: body(`q${i}`),
+      })
+      .then(async (r) => {
+        for await (const _ of r.body) {
+          // drained
+        }
+        return r.status;
+      });
+
+  it('retries a 5xx once on another replica, and ejects a replica that answers 500 at once', async () => {
+    const good = await use.simulator({ ttftMs: 20 });
+    const bad = await use.simulator({ faults: { status: { status: 500 } } });
+    const client = use.client({
+      baseUrls: [bad.url, good.url],
+      routing: 'least-outstanding',
+      ejectAfter5xx: 3,
+    });
+    // A replica failing fast looks the least loaded: without ejection and the retry, most would get its 500 (81 of 90
+    // did). Ten callers at a time, as a loaded gateway sends.
+    const statuses: number[] = [];
+    await Promise.all(
+      Array.from({ length: 10 }, async (_, caller) => {
+        for (let i = 0; i < 9; i++) statuses.push(await passthrough(client, caller * 9 + i));
+      }),
+    );
+    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    const [badStats] = client.stats().upstreams;
+    expect(badStats!.ejected).toBe(true);
+    expect(badStats!.ejections).toBe(1);
+    // Out of rotation: it got only what the first wave sent it before any answer came back (at most 10 in flight).
+    expect(bad.stats().requestsReceived).toBeLessThanOrEqual(10);
+    expect(good.stats().completed).toBe(90);
+  });
+
+  it('keeps a replica out longer each time it is ejected in a row, until it is healthy again', async () => {
+    const good = await use.simulator();
+    const bad = await use.simulator({ faults: { status: { status: 503 } } });
+    const client = use.client({
+      baseUrls: [bad.url, good.url],
+      routing: 'round-robin',
+      ejectAfter5xx: 1,
+      probeIntervalMs: 100,
+      maxEjectionMs: 250,
+    });
+    await passthrough(client, 0);
+    await passthrough(client, 1);
+    expect(client.stats().upstreams[0]!.ejected).toBe(true);
+    // Its /health still answers 200: readmitted after 100 ms, ejected again at its next 503 — for 200 ms, then 250.
+    await expect.poll(() => client.stats().upstreams[0]!.ejected, { interval: 20 }).toBe(false);
+    for (let i = 0; i < 4 && !client.stats().upstreams[0]!.ejected; i++) await passthrough(client, i);
+    expect(client.stats().upstreams[0]!.ejections).toBe(2);
+    const outAt = performance.now();
+    await expect
+      .poll(() => client.stats().upstreams[0]!.ejected, { interval: 10, timeout: 2000 })
+      .toBe(false);
+    expect(performance.now() - outAt).toBeGreaterThanOrEqual(150);
+    // Healthy again: a success resets the count.
+    await bad.setFaults({});
+    for (let i = 0; i < 4; i++) await passthrough(client, i);
+    expect(client.stats().upstreams[0]!.consecutive5xx).toBe(0);
+  });
+
+  it('ejects a replica that accepts requests and never answers (first-byte timeouts)', async () => {
+    const good = await use.simulator();
+    const stalled = await use.simulator({ faults: { stall: {} } });
+    const client = use.client({
+      baseUrls: [stalled.url, good.url],
+      routing: 'round-robin',
+      firstByteTimeoutMs: 200,
+      ejectAfterFailures: 2,
+      maxRetries: 0,
+    });
+    const outcomes = [];
+    for (let i = 0; i < 6; i++) outcomes.push(await passthrough(client, i).catch((e) => (e as Error).name));
+    expect(client.stats().upstreams[0]!.ejected).toBe(true);
+    // After two timeouts it is out: the rest went to the good replica.
+    expect(outcomes.slice(4)).toEqual([200, 200]);
+  });
+});

@@ -34,7 +34,12 @@ describe('gateway with node:cluster workers', () => {
   }, 60_000);
 
   it('stops (exit 1) instead of forking in a loop when workers cannot start', async () => {
-    // A key store nobody listens on: every worker fails before it serves.
+    // A port another process holds: every worker fails before it serves. (A database that is down no longer stops
+    // workers: the primary checks it once at start, and workers connect on first use.)
+    const { createServer } = await import('node:net');
+    const holder = createServer();
+    await new Promise<void>((done) => holder.listen(0, '127.0.0.1', done));
+    const port = (holder.address() as { port: number }).port;
     const child = spawn(process.execPath, ['--import', 'tsx', 'examples/gateway/main.ts'], {
       cwd: root,
       env: {
@@ -42,8 +47,8 @@ describe('gateway with node:cluster workers', () => {
         ENV: 'production',
         WORKERS: '2',
         HOST: '127.0.0.1',
-        PORT: '0',
-        DATABASE_URL: 'postgres://postgres@127.0.0.1:1/test',
+        PORT: String(port),
+        DATABASE_URL: 'sqlite::memory:',
         VLLM_BASE_URL: 'http://127.0.0.1:1',
         REDIS_URL: '',
         LOG_LEVEL: 'silent',
@@ -52,8 +57,10 @@ describe('gateway with node:cluster workers', () => {
     let out = '';
     child.stderr.on('data', (chunk) => (out += chunk));
     const code = await new Promise<number | null>((done) => child.once('exit', (c) => done(c)));
+    await new Promise((done) => holder.close(done));
     expect(code).toBe(1);
     expect(out).toMatch(/gateway: worker \d+ failed to start \(2\); stopping/);
+    expect(out).toMatch(/cannot listen on HOST:PORT \(127\.0\.0\.1:\d+\): the port is in use/);
     expect(out).not.toMatch(/starting a new one/);
   }, 60_000);
 
