@@ -1,6 +1,7 @@
 // One gateway worker: builds every piece from the configuration and serves HTTP. Used by main.ts in each worker (or
 // alone in development), and by the tests.
 import cluster from 'node:cluster';
+import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
@@ -18,6 +19,7 @@ import {
 import type { GatewayConfig } from './config.js';
 import { createCors } from './cors.js';
 import { createGateway } from './gateway.js';
+import { startHealthProbe } from './health.js';
 import {
   type ApiKey,
   describeDatabaseError,
@@ -33,6 +35,8 @@ import { UsageRecorder } from './usage-recorder.js';
 export interface GatewayWorker {
   server: Server;
   url: string;
+  /** The METRICS_PORT listener's URL, when there is one. */
+  metricsUrl: string | undefined;
   keyStore: KeyStore;
   /** Requests in flight now (their responses not yet closed). */
   openRequests(): number;
@@ -168,8 +172,12 @@ export async function startWorker(
     maxQueuePerKey: config.maxQueuePerKey,
   });
   const metrics = config.metrics
-    ? createMetrics({ client: vllm, tokens: tokens as never, limiter, permits })
+    ? createMetrics({ client: vllm, tokens: tokens as never, limiter, permits, perKey: config.metricsPerKey })
     : undefined;
+  // The replicas' health, probed on its own schedule: /health and /readyz answer from it. The first probe is awaited
+  // (2 s at most), so readiness is known before the first request.
+  const health = startHealthProbe(vllm, logger, config.healthIntervalMs);
+  await health.ready;
   // prom-client answers the primary's aggregation requests only once an AggregatorRegistry exists in the worker.
   if (config.metrics && cluster.isWorker) new client.AggregatorRegistry();
   const renderMetrics = config.metrics
@@ -192,6 +200,10 @@ export async function startWorker(
     continuousUsage: config.streamUsage === 'continuous',
     telemetry,
     cors: config.corsOrigins.length > 0 ? createCors(config.corsOrigins) : undefined,
+    health,
+    adminKeyHash:
+      config.adminKey === undefined ? undefined : createHash('sha256').update(config.adminKey).digest(),
+    adminElsewhere: config.metricsPort !== undefined,
   });
   const server = createServer(
     {
@@ -205,25 +217,30 @@ export async function startWorker(
     },
     (req, res) => void gateway.handle(req, res),
   );
-  const port = options.port ?? config.port;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (error: NodeJS.ErrnoException) =>
-      reject(
-        new Error(
-          `cannot listen on HOST:PORT (${config.host}:${port}): ${error.code === 'EADDRINUSE' ? 'the port is in use' : error.code === 'EADDRNOTAVAIL' || error.code === 'ENOTFOUND' ? 'no such address on this machine' : error.message}`,
-        ),
-      ),
-    );
-    server.listen(port, config.host, resolve);
-  });
+  await listen(server, 'HOST:PORT', config.host, options.port ?? config.port);
+  // METRICS_PORT: /health (detailed), /metrics and the probes on a listener of their own (an internal interface).
+  const adminServer =
+    config.metricsPort === undefined
+      ? undefined
+      : createServer({ keepAliveTimeout: 5_000 }, (req, res) => void gateway.handleAdmin(req, res));
+  if (adminServer !== undefined) {
+    await listen(adminServer, 'METRICS_HOST:METRICS_PORT', config.metricsHost, config.metricsPort!);
+  }
   const address = server.address() as AddressInfo;
   const host = config.host === '0.0.0.0' ? '127.0.0.1' : config.host;
   return {
     server,
     url: `http://${host}:${address.port}`,
+    metricsUrl:
+      adminServer === undefined
+        ? undefined
+        : `http://${config.metricsHost === '0.0.0.0' ? '127.0.0.1' : config.metricsHost}:${(adminServer.address() as AddressInfo).port}`,
     keyStore,
     openRequests: gateway.openRequests,
     async close(graceMs = 10_000) {
+      health.close();
+      adminServer?.close();
+      adminServer?.closeAllConnections();
       const closed = new Promise((resolve) => server.close(resolve));
       server.closeIdleConnections();
       const timer = setTimeout(() => server.closeAllConnections(), graceMs);
@@ -242,6 +259,20 @@ export async function startWorker(
       logging.close();
     },
   };
+}
+
+/** Listens, or fails with one line naming the variables (a port in use, an address this machine does not have). */
+function listen(server: Server, names: string, host: string, port: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) =>
+      reject(
+        new Error(
+          `cannot listen on ${names} (${host}:${port}): ${error.code === 'EADDRINUSE' ? 'the port is in use' : error.code === 'EADDRNOTAVAIL' || error.code === 'ENOTFOUND' ? 'no such address on this machine' : error.message}`,
+        ),
+      ),
+    );
+    server.listen(port, host, resolve);
+  });
 }
 
 /** REDIS_URL as it may be logged: without its password. */

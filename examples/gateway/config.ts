@@ -64,6 +64,16 @@ export interface GatewayConfig {
   telemetryCaptureContent: boolean;
   /** Stream chunk timing: every gap (the conventions), one mean per stream, or none (OTEL_GENAI_CHUNK_TIMING). */
   telemetryChunkTiming: 'each' | 'mean' | 'off';
+  /** Bearer key for the detailed /health and /metrics on the public port; undefined: /health shows a summary only. */
+  adminKey: string | undefined;
+  /** A second listener for /health (detailed), /metrics, /livez, /readyz; the public port then serves only the probes. */
+  metricsPort: number | undefined;
+  /** Its interface (an internal network, or loopback). */
+  metricsHost: string;
+  /** Token series by key name (only where metrics are not public: METRICS_PORT or ADMIN_KEY). */
+  metricsPerKey: boolean;
+  /** How often the replicas' health is probed in the background, ms. */
+  healthIntervalMs: number;
   /** On SIGTERM/SIGINT: the longest wait for in-flight requests and open streams, ms. */
   shutdownGraceMs: number;
   /** pino's level. */
@@ -272,6 +282,37 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
   if (isIP(host) === 0 && !/^[A-Za-z0-9.-]{1,253}$/.test(host)) {
     throw new ConfigError('HOST', `HOST must be an IP address or a host name, got "${host}"`);
   }
+  const adminKey = env.ADMIN_KEY || undefined;
+  if (adminKey !== undefined && adminKey.length < 16) {
+    throw new ConfigError(
+      'ADMIN_KEY',
+      'ADMIN_KEY must be at least 16 characters (it guards /health and /metrics)',
+    );
+  }
+  const metricsPort =
+    env.METRICS_PORT === undefined || env.METRICS_PORT === ''
+      ? undefined
+      : integer(env, 'METRICS_PORT', 0, 0, 65535);
+  const perKey = (env.METRICS_PER_KEY || 'false').toLowerCase();
+  if (perKey !== 'true' && perKey !== 'false') {
+    throw new ConfigError(
+      'METRICS_PER_KEY',
+      `METRICS_PER_KEY must be "true" or "false", got "${env.METRICS_PER_KEY}"`,
+    );
+  }
+  if (perKey === 'true' && adminKey === undefined && metricsPort === undefined) {
+    throw new ConfigError(
+      'METRICS_PER_KEY',
+      'METRICS_PER_KEY=true publishes key names with their usage: set METRICS_PORT (a private listener) or ADMIN_KEY too',
+    );
+  }
+  const metricsHost = env.METRICS_HOST || '127.0.0.1';
+  if (isIP(metricsHost) === 0 && !/^[A-Za-z0-9.-]{1,253}$/.test(metricsHost)) {
+    throw new ConfigError(
+      'METRICS_HOST',
+      `METRICS_HOST must be an IP address or a host name, got "${metricsHost}"`,
+    );
+  }
   const metrics = env.METRICS ?? 'true';
   if (metrics !== 'true' && metrics !== 'false')
     throw new ConfigError('METRICS', `METRICS must be "true" or "false", got "${metrics}"`);
@@ -303,7 +344,9 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     maxBodyBytes: integer(env, 'MAX_BODY_BYTES', 1_048_576, 1, 1_073_741_824),
     maxJsonDepth: integer(env, 'MAX_JSON_DEPTH', 64, 2, 1000),
     metrics: metrics === 'true',
-    upstreamTimeoutMs: integer(env, 'UPSTREAM_TIMEOUT_MS', 600_000, 1, 86_400_000),
+    // A non-streamed answer comes whole at the end: this must cover the longest generation (4096 tokens at 20/s is
+    // under 4 minutes); a replica that accepts and never answers is ejected after a few of these.
+    upstreamTimeoutMs: integer(env, 'UPSTREAM_TIMEOUT_MS', 300_000, 1, 86_400_000),
     corsOrigins,
     routing,
     routingLoadFactor,
@@ -318,6 +361,11 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     telemetryCaptureContent: captureContent === 'true',
     telemetryChunkTiming: chunkTiming,
     shutdownGraceMs: integer(env, 'SHUTDOWN_GRACE_MS', 30_000, 0, 3_600_000),
+    adminKey,
+    metricsPort,
+    metricsHost,
+    metricsPerKey: perKey === 'true',
+    healthIntervalMs: integer(env, 'HEALTH_INTERVAL_MS', 5000, 100, 600_000),
     logLevel,
   };
 }

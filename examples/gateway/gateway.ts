@@ -2,7 +2,7 @@
 // the pooled client's passthrough. `main.ts` adds workers, signals and the listening socket.
 
 import { isUtf8 } from 'node:buffer';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
@@ -31,6 +31,7 @@ import {
   type VllmClient,
 } from 'vllm-kit';
 import type { Cors } from './cors.js';
+import type { HealthProbe } from './health.js';
 import { type ApiKey, isWellFormedKey } from './key-store.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { GatewayTelemetry, RequestSpan } from './telemetry.js';
@@ -58,6 +59,12 @@ export interface GatewayDeps {
   continuousUsage: boolean;
   /** OpenTelemetry: a server span per request, parenting the client's span; undefined: off. */
   telemetry?: GatewayTelemetry | undefined;
+  /** The replicas' health, probed in the background (answers /health and /readyz). */
+  health: HealthProbe;
+  /** SHA-256 of ADMIN_KEY: the detailed /health and /metrics on this listener need it; undefined: no key. */
+  adminKeyHash?: Buffer | undefined;
+  /** /health and /metrics are served on their own listener (METRICS_PORT): not on this one. */
+  adminElsewhere?: boolean;
 }
 
 interface Route {
@@ -79,6 +86,8 @@ const ROUTES: Record<string, Route> = {
   '/auth/verify': { method: 'GET', limited: false },
   '/health': { method: 'GET', limited: false },
   '/metrics': { method: 'GET', limited: false },
+  '/livez': { method: 'GET', limited: false },
+  '/readyz': { method: 'GET', limited: false },
 };
 
 /** An OpenAI-style error. */
@@ -737,8 +746,24 @@ export function createGateway(deps: GatewayDeps) {
           { allow: allowed(route) },
         );
       }
-      if (path === '/health') return await health(res);
-      if (path === '/metrics') return await renderMetrics(res);
+      if (path === '/livez') return send(res, 200, { status: 'ok' });
+      if (path === '/readyz') return readyz(res);
+      if (path === '/health' || path === '/metrics') {
+        if (deps.adminElsewhere) {
+          throw new HttpError(404, `${path} is served on METRICS_PORT`, 'invalid_request_error', 'not_found');
+        }
+        const admin = isAdmin(req);
+        if (path === '/health') return health(res, admin);
+        if (deps.adminKeyHash !== undefined && !admin) {
+          throw new HttpError(
+            401,
+            'Metrics need the admin key: send "Authorization: Bearer <ADMIN_KEY>"',
+            'invalid_request_error',
+            'admin_key_required',
+          );
+        }
+        return await renderMetrics(res);
+      }
       // Rate limit first: cheap, so floods never reach the key store.
       const decision = await rateLimiter.check(req);
       const limitHeaders = rateLimiter.headers(decision);
@@ -875,43 +900,72 @@ export function createGateway(deps: GatewayDeps) {
     sendError(res, new HttpError(500, 'Internal error', 'internal_error'));
   }
 
+  /** The admin key, compared as SHA-256 digests in constant time. */
+  function isAdmin(req: IncomingMessage): boolean {
+    const expected = deps.adminKeyHash;
+    if (expected === undefined) return false;
+    const header = req.headers.authorization;
+    const match = typeof header === 'string' ? /^Bearer\s+(\S+)$/i.exec(header) : null;
+    if (match === null) return false;
+    return timingSafeEqual(createHash('sha256').update(match[1]!).digest(), expected);
+  }
+
+  /** Kubernetes readiness: status only. */
+  function readyz(res: ServerResponse): void {
+    const { usable } = deps.health.snapshot();
+    send(res, usable ? 200 : 503, { status: usable ? 'ready' : 'not_ready' });
+  }
+
   /**
-   * 200 when at least one upstream is usable: its own /health answers 2xx and it accepts the gateway's credentials
-   * (a GET /v1/models that is not 401); each replica asked once, 2 s at most. 503 otherwise.
+   * 200 when at least one replica is usable (healthy at the last background probe, accepting the gateway's
+   * credentials, not ejected), 503 otherwise — answered from the last probe, never by asking the replicas. The
+   * details (replica URLs, credentials, ejections) only for the admin (ADMIN_KEY, or the METRICS_PORT listener).
    */
-  async function health(res: ServerResponse): Promise<void> {
-    const probe = (replica: string) => client.health({ replica, timeoutMs: 2000 }).catch(() => false);
-    const credentials = async (replica: string): Promise<'ok' | 'rejected' | 'unknown'> => {
-      try {
-        const reply = await client.request({ method: 'GET', path: '/v1/models', replica, timeoutMs: 2000 });
-        discard(reply.body);
-        return reply.status === 401 ? 'rejected' : reply.status < 400 ? 'ok' : 'unknown';
-      } catch {
-        return 'unknown';
-      }
-    };
-    const upstreams = await Promise.all(
-      client.baseUrls.map(async (url) => {
-        const pool = client.stats().upstreams.find((u) => u.url === url);
-        const [healthy, accepted] = await Promise.all([probe(url), credentials(url)]);
-        return {
-          url,
-          healthy,
-          credentials: accepted,
-          ejected: pool?.ejected ?? false,
-          connected: pool?.connected ?? 0,
-        };
-      }),
-    );
-    const usable = upstreams.some((u) => u.healthy && u.credentials !== 'rejected');
-    if (upstreams.some((u) => u.credentials === 'rejected')) {
-      logger.error("health: a model server rejects the gateway's credentials (VLLM_API_KEY)");
+  function health(res: ServerResponse, detailed: boolean): void {
+    const snapshot = deps.health.snapshot();
+    const status = snapshot.usable ? 'ok' : 'degraded';
+    const code = snapshot.usable ? 200 : 503;
+    if (!detailed) {
+      return send(res, code, {
+        status,
+        upstreams: {
+          total: snapshot.replicas.length,
+          usable: snapshot.replicas.filter((r) => r.healthy && r.credentials !== 'rejected' && !r.ejected)
+            .length,
+          ejected: snapshot.replicas.filter((r) => r.ejected).length,
+        },
+      });
     }
-    send(res, usable ? 200 : 503, {
-      status: usable ? 'ok' : 'degraded',
-      upstreams,
+    send(res, code, {
+      status,
+      upstreams: snapshot.replicas,
+      checkedAt: snapshot.checkedAt === 0 ? null : new Date(snapshot.checkedAt).toISOString(),
       queue: { active: limiter.activeCount, pending: limiter.pendingCount },
     });
+  }
+
+  /** The METRICS_PORT listener: the probes, the detailed /health and /metrics, nothing else. */
+  async function handleAdmin(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = pathOf(req.url ?? '/');
+    try {
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        throw new HttpError(405, `Use GET for ${path}`, 'invalid_request_error', 'method_not_allowed', {
+          allow: 'GET, HEAD',
+        });
+      }
+      if (path === '/livez') return send(res, 200, { status: 'ok' });
+      if (path === '/readyz') return readyz(res);
+      if (path === '/health') return health(res, true);
+      if (path === '/metrics') return await renderMetrics(res);
+      throw new HttpError(404, 'Unknown route', 'invalid_request_error', 'not_found');
+    } catch (error) {
+      if (error instanceof HttpError) return sendError(res, error);
+      logger.error(
+        { err: { message: (error as Error)?.message } },
+        'unexpected error on the metrics listener',
+      );
+      sendError(res, new HttpError(500, 'Internal error', 'internal_error'));
+    }
   }
 
   async function renderMetrics(res: ServerResponse): Promise<void> {
@@ -938,7 +992,7 @@ export function createGateway(deps: GatewayDeps) {
     res.end(rendered.body);
   }
 
-  return { handle, openRequests: () => open };
+  return { handle, handleAdmin, openRequests: () => open };
 }
 
 export type { Registry };

@@ -147,6 +147,8 @@ export function createMetrics(sources: {
   tokens: TokenCache<unknown>;
   limiter: ConcurrencyLimiter;
   permits?: PermitPool | undefined;
+  /** Series by key name (`gateway_key_tokens_total`): only where the metrics are not public. */
+  perKey?: boolean;
 }): GatewayMetrics {
   // The global registry: prom-client's cluster aggregation reads it in every worker.
   const registry = client.register;
@@ -179,7 +181,12 @@ export function createMetrics(sources: {
   );
   const tokens = new LeanMetric(
     'gateway_tokens_total',
-    'Tokens used, by key name and type (prompt, completion).',
+    'Tokens used, by type (prompt, completion).',
+    'counter',
+  );
+  const keyTokens = new LeanMetric(
+    'gateway_key_tokens_total',
+    'Tokens used, by key name and type (prompt, completion); only with METRICS_PER_KEY.',
     'counter',
   );
   const usageMissing = new LeanMetric(
@@ -200,6 +207,7 @@ export function createMetrics(sources: {
     rateLimited,
     upstreamFailures,
     tokens,
+    ...(sources.perKey ? [keyTokens] : []),
     usageMissing,
     budgetRefusals,
   ]) {
@@ -219,6 +227,10 @@ export function createMetrics(sources: {
   const refusalSeries = {
     requests: budgetRefusals.seriesFor('requests', { type: 'requests' }),
     tokens: budgetRefusals.seriesFor('tokens', { type: 'tokens' }),
+  };
+  const tokenSeries = {
+    prompt: tokens.seriesFor('prompt', { type: 'prompt' }),
+    completion: tokens.seriesFor('completion', { type: 'completion' }),
   };
   const tokensByKey = new Map<string, { prompt: { sum: number }; completion: { sum: number } }>();
 
@@ -360,11 +372,14 @@ export function createMetrics(sources: {
       failureSeries.get(kind)!.sum++;
     },
     tokens(key, prompt, completion) {
+      tokenSeries.prompt.sum += prompt;
+      tokenSeries.completion.sum += completion;
+      if (!sources.perKey) return;
       let series = tokensByKey.get(key);
       if (series === undefined) {
         series = {
-          prompt: tokens.seriesFor(`${key}\u0000prompt`, { key, type: 'prompt' }),
-          completion: tokens.seriesFor(`${key}\u0000completion`, { key, type: 'completion' }),
+          prompt: keyTokens.seriesFor(`${key}\u0000prompt`, { key, type: 'prompt' }),
+          completion: keyTokens.seriesFor(`${key}\u0000completion`, { key, type: 'completion' }),
         };
         tokensByKey.set(key, series);
       }

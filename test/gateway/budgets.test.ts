@@ -4,7 +4,7 @@
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { type GatewaySetup, post, trackGateways } from '../helpers/gateway.js';
+import { ADMIN_KEY, admin, type GatewaySetup, post, trackGateways } from '../helpers/gateway.js';
 
 const { setup, simulator, onCleanup } = trackGateways();
 const messages = [{ role: 'user', content: 'Write a poem about the sea.' }];
@@ -211,19 +211,21 @@ describe('usage from streams', () => {
     expect(metrics).toContain('gateway_usage_missing_total{reason="malformed"} 1');
   });
 
-  it('counts tokens in Prometheus by key name and type, never by key', async () => {
+  it('counts tokens in Prometheus by key name and type, never by key, and only behind the admin key', async () => {
     const sim = await simulator({ outputTokens: 7 });
-    const gateway = await setup({}, sim);
+    const gateway = await setup({ ADMIN_KEY, METRICS_PER_KEY: 'true' }, sim);
     const res = await post(gateway.url, '/v1/chat/completions', {
       key: gateway.key,
       body: JSON.stringify({ messages }),
     });
     const { usage } = (await res.json()) as { usage: { prompt_tokens: number; completion_tokens: number } };
-    const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
-    expect(metrics).toContain(`gateway_tokens_total{key="alice",type="prompt"} ${usage.prompt_tokens}`);
+    expect((await fetch(`${gateway.url}/metrics`)).status).toBe(401);
+    const metrics = await (await fetch(`${gateway.url}/metrics`, admin)).text();
+    expect(metrics).toContain(`gateway_key_tokens_total{key="alice",type="prompt"} ${usage.prompt_tokens}`);
     expect(metrics).toContain(
-      `gateway_tokens_total{key="alice",type="completion"} ${usage.completion_tokens}`,
+      `gateway_key_tokens_total{key="alice",type="completion"} ${usage.completion_tokens}`,
     );
+    expect(metrics).toContain(`gateway_tokens_total{type="prompt"} ${usage.prompt_tokens}`);
     expect(metrics).not.toContain(gateway.key);
     const limited = await keyWith(gateway, 'tight', null, 1);
     // Its worst case (prompt + max_tokens) is more than the whole tpm: refused at once, whatever the window holds.
@@ -233,7 +235,7 @@ describe('usage from streams', () => {
       /^Request too large for tokens per minute: limit 1, requested \d+/,
     );
     expect((await post(gateway.url, '/v1/chat/completions', { key: limited })).status).toBe(429);
-    expect(await (await fetch(`${gateway.url}/metrics`)).text()).toContain(
+    expect(await (await fetch(`${gateway.url}/metrics`, admin)).text()).toContain(
       'gateway_budget_refusals_total{type="tokens"} 2',
     );
   });

@@ -59,6 +59,67 @@ async function runGateway(
   return { code, out };
 }
 
+describe('/health, /metrics and the probes', () => {
+  it('serves the details and metrics on METRICS_PORT only, and status-only probes on the public port', async () => {
+    const sim = await simulator();
+    const { gateway, url } = await setup({ METRICS_PORT: '0', METRICS_PER_KEY: 'true' }, sim);
+    const admin = gateway.metricsUrl!;
+    expect(admin).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    // Public: liveness and readiness (status only); no details, no metrics.
+    expect(await (await fetch(`${url}/livez`)).json()).toEqual({ status: 'ok' });
+    expect(await (await fetch(`${url}/readyz`)).json()).toEqual({ status: 'ready' });
+    for (const path of ['/health', '/metrics']) {
+      const refused = await fetch(`${url}${path}`);
+      expect(refused.status).toBe(404);
+      expect(await refused.text()).not.toContain(sim.url);
+    }
+    // Private: everything, without a key.
+    expect(await (await fetch(`${admin}/health`)).json()).toMatchObject({
+      status: 'ok',
+      upstreams: [{ url: sim.url }],
+    });
+    expect(await (await fetch(`${admin}/metrics`)).text()).toContain('gateway_requests_total');
+    expect((await fetch(`${admin}/v1/chat/completions`)).status).toBe(404);
+    expect((await fetch(`${admin}/metrics`, { method: 'POST' })).status).toBe(405);
+    expect((await fetch(`${admin}/nope`)).status).toBe(404);
+  });
+});
+
+describe('a replica answering 5xx', () => {
+  it('is retried elsewhere, ejected, and /health says so', async () => {
+    const good = await simulator();
+    const bad = await simulator({ faults: { status: { status: 500 } } });
+    const { url, key } = await setup(
+      { ROUTING: 'least-outstanding', ADMIN_KEY: 'admin-key-for-this-test', RATE_LIMIT_POINTS: '1000' },
+      bad,
+      [good.url],
+    );
+    const statuses = [];
+    for (let i = 0; i < 30; i++) {
+      const reply = await fetch(`${url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ messages: [{ role: 'user', content: `q${i}` }], max_tokens: 2 }),
+      });
+      await reply.arrayBuffer();
+      statuses.push(reply.status);
+    }
+    // It once got 81 of 90 (failing fast, it looked the least loaded); now: retried on the other, then ejected.
+    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    expect(bad.stats().failed).toBeLessThanOrEqual(5);
+    const health = await fetch(`${url}/health`, {
+      headers: { authorization: 'Bearer admin-key-for-this-test' },
+    });
+    expect(await health.json()).toMatchObject({
+      status: 'ok',
+      upstreams: [
+        { url: bad.url, ejected: true },
+        { url: good.url, ejected: false },
+      ],
+    });
+  });
+});
+
 describe('operator clarity', () => {
   it('validates every variable at start and names it', () => {
     const bad: [Record<string, string>, RegExp][] = [
@@ -75,6 +136,11 @@ describe('operator clarity', () => {
       ],
       [{ LOG_LEVEL: 'verbose' }, /^LOG_LEVEL must be one of fatal, error, warn, info/],
       [{ HOST: 'not a host!' }, /^HOST must be an IP address or a host name/],
+      [{ ADMIN_KEY: 'short' }, /^ADMIN_KEY must be at least 16 characters/],
+      [
+        { METRICS_PER_KEY: 'true' },
+        /^METRICS_PER_KEY=true publishes key names .* set METRICS_PORT .* or ADMIN_KEY/,
+      ],
     ];
     for (const [env, message] of bad) expect(() => loadConfig(env)).toThrow(message);
     // An OpenAI-style base URL with /v1 is accepted: the gateway adds /v1/... itself.

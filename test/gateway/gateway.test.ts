@@ -2,7 +2,7 @@
 // revocation — against the simulator and a SQLite key store (PostgreSQL in key-store.test.ts).
 import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
-import { errorOf, post, trackGateways } from '../helpers/gateway.js';
+import { ADMIN_KEY, admin, errorOf, post, trackGateways } from '../helpers/gateway.js';
 
 const { setup, simulator } = trackGateways();
 
@@ -167,28 +167,40 @@ describe('gateway behaviour', () => {
     await expect.poll(() => sim.stats()).toMatchObject({ aborted: 1, running: 0 });
   });
 
-  it('GET /auth/verify answers the key’s id and name; /health reports the upstream', async () => {
-    const { url, key, sim } = await setup();
+  it('GET /auth/verify answers the key’s id and name; /health reports the upstream (details for the admin)', async () => {
+    const { url, key, sim } = await setup({ HEALTH_INTERVAL_MS: '100', ADMIN_KEY });
     const verify = await fetch(`${url}/auth/verify`, { headers: { authorization: `Bearer ${key}` } });
     expect(await verify.json()).toMatchObject({ name: 'alice', id: expect.stringMatching(/^key_/) });
     expect((await fetch(`${url}/health`)).status).toBe(200);
+    expect((await fetch(`${url}/readyz`)).status).toBe(200);
     await sim.setFaults({ unhealthy: true });
-    const unhealthy = await fetch(`${url}/health`);
-    expect(unhealthy.status).toBe(503);
+    // Answered from the background probe: it shows at the next one.
+    await expect.poll(async () => (await fetch(`${url}/health`)).status).toBe(503);
+    const unhealthy = await fetch(`${url}/health`, admin);
     expect(await unhealthy.json()).toMatchObject({
       status: 'degraded',
       upstreams: [{ url: sim.url, healthy: false }],
     });
+    // Without the admin key: status and counts, never the replicas' URLs.
+    const summary = await (await fetch(`${url}/health`)).text();
+    expect(JSON.parse(summary)).toEqual({
+      status: 'degraded',
+      upstreams: { total: 1, usable: 0, ejected: 0 },
+    });
+    expect(summary).not.toContain(sim.url);
+    expect(await (await fetch(`${url}/readyz`)).json()).toEqual({ status: 'not_ready' });
+    expect(await (await fetch(`${url}/livez`)).json()).toEqual({ status: 'ok' });
   });
 
   it('is healthy while at least one replica is', async () => {
     const a = await simulator();
     const b = await simulator();
-    const { url } = await setup({}, a, [b.url]);
+    const { url } = await setup({ HEALTH_INTERVAL_MS: '100' }, a, [b.url]);
     await a.setFaults({ unhealthy: true });
+    await new Promise((r) => setTimeout(r, 300));
     expect((await fetch(`${url}/health`)).status).toBe(200);
     await b.setFaults({ unhealthy: true });
-    expect((await fetch(`${url}/health`)).status).toBe(503);
+    await expect.poll(async () => (await fetch(`${url}/health`)).status).toBe(503);
   });
 
   it('serves Prometheus metrics', async () => {

@@ -4,7 +4,7 @@ import { createServer } from 'node:http';
 import { type AddressInfo, connect } from 'node:net';
 import pino from 'pino';
 import { describe, expect, it } from 'vitest';
-import { post, trackGateways } from '../helpers/gateway.js';
+import { ADMIN_KEY, admin, generations, post, trackGateways } from '../helpers/gateway.js';
 
 const { setup, simulator, onCleanup } = trackGateways();
 
@@ -21,7 +21,8 @@ async function fixedUpstream(status: number, headers: Record<string, string> = {
   onCleanup(() => new Promise((resolve) => server.close(resolve)));
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    requests: () => paths.length,
+    /** Requests other than the gateway's background health probe (GET /health, /v1/models). */
+    requests: () => paths.filter((p) => p !== '/health' && p !== '/v1/models').length,
     paths,
   };
 }
@@ -69,7 +70,7 @@ describe('upstream refusals (4, 5)', () => {
     expect(refused.status).toBe(429);
     expect(refused.headers.get('retry-after')).toBe('7');
     await refused.arrayBuffer();
-    expect(sim.stats().requestsReceived).toBe(1);
+    expect(generations(sim)).toBe(1);
     // With one slot and no queue, this would be a 503 queue_full if the 429 still held the slot.
     const next = await post(url, '/v1/chat/completions', { key });
     expect(next.status).toBe(200);
@@ -87,12 +88,12 @@ describe('upstream refusals (4, 5)', () => {
     expect(upstream.requests()).toBe(1);
   });
 
-  it('/health asks each replica once, without retrying (its /health, and /v1/models for the credentials)', async () => {
+  it('/health answers from the background probe: each replica asked once per probe, a flood costs them nothing', async () => {
     const a = await fixedUpstream(503);
     const b = await fixedUpstream(503);
     const sim = await simulator();
-    const { url } = await setup({}, sim, [a.url, b.url]);
-    const reply = await fetch(`${url}/health`);
+    const { url } = await setup({ ADMIN_KEY, HEALTH_INTERVAL_MS: '60000' }, sim, [a.url, b.url]);
+    const reply = await fetch(`${url}/health`, admin);
     expect(reply.status).toBe(200);
     expect(await reply.json()).toMatchObject({
       upstreams: [
@@ -101,6 +102,8 @@ describe('upstream refusals (4, 5)', () => {
         { url: b.url, healthy: false },
       ],
     });
+    // 200 calls (the flood once made 6 upstream requests each): no upstream request at all.
+    await Promise.all(Array.from({ length: 200 }, () => fetch(`${url}/health`).then((r) => r.arrayBuffer())));
     expect([a.paths.sort(), b.paths.sort()]).toEqual([
       ['/health', '/v1/models'],
       ['/health', '/v1/models'],
@@ -143,7 +146,7 @@ describe('a wrong VLLM_API_KEY (8)', () => {
   it('answers 502 naming the gateway credentials, logs it, and /health reports it', async () => {
     const sim = await simulator({ apiKey: 'sk-upstream-right' });
     const { logger, lines } = capturedLogger();
-    const { url, key } = await setup({ VLLM_API_KEY: 'sk-upstream-wrong' }, sim, [], logger);
+    const { url, key } = await setup({ VLLM_API_KEY: 'sk-upstream-wrong', ADMIN_KEY }, sim, [], logger);
     const reply = await post(url, '/v1/chat/completions', { key });
     expect(reply.status).toBe(502);
     const body = (await reply.json()) as { error: Record<string, unknown> };
@@ -152,20 +155,20 @@ describe('a wrong VLLM_API_KEY (8)', () => {
     expect(JSON.stringify(body)).not.toContain('sk-upstream');
     expect(lines.some((l) => String(l.msg).includes('VLLM_API_KEY') && l.level === 50)).toBe(true);
     expect(JSON.stringify(lines)).not.toContain('sk-upstream');
-    const health = await fetch(`${url}/health`);
+    const health = await fetch(`${url}/health`, admin);
     expect(health.status).toBe(503);
     expect(await health.json()).toMatchObject({
       status: 'degraded',
       upstreams: [{ url: sim.url, healthy: true, credentials: 'rejected' }],
     });
-    const metrics = await (await fetch(`${url}/metrics`)).text();
+    const metrics = await (await fetch(`${url}/metrics`, admin)).text();
     expect(metrics).toContain('gateway_upstream_failures_total{kind="credentials"} 1');
   });
 
   it('with the right key, /health says the credentials are accepted', async () => {
     const sim = await simulator({ apiKey: 'sk-upstream-right' });
-    const { url } = await setup({ VLLM_API_KEY: 'sk-upstream-right' }, sim);
-    expect(await (await fetch(`${url}/health`)).json()).toMatchObject({
+    const { url } = await setup({ VLLM_API_KEY: 'sk-upstream-right', ADMIN_KEY }, sim);
+    expect(await (await fetch(`${url}/health`, admin)).json()).toMatchObject({
       status: 'ok',
       upstreams: [{ credentials: 'ok' }],
     });
@@ -286,7 +289,7 @@ describe('hostile bodies and request lines (13, 15)', () => {
     });
     expect(reply.status).toBe(400);
     expect(await reply.json()).toMatchObject({ error: { code: 'invalid_json' } });
-    expect(sim.stats().requestsReceived).toBe(0);
+    expect(generations(sim)).toBe(0);
   });
 
   it('routes an absolute-form request line by its path, and never echoes request text beyond a plain path', async () => {

@@ -9,6 +9,10 @@ import { type GatewayWorker, startWorker } from '../../examples/gateway/app.js';
 import { loadConfig } from '../../examples/gateway/config.js';
 import { startVllmSimulator, type VllmSimulator } from '../../src/testing/index.js';
 
+/** The admin key tests configure (ADMIN_KEY) to read the detailed /health and per-key metrics. */
+export const ADMIN_KEY = 'test-admin-key-0123456789';
+export const admin = { headers: { authorization: `Bearer ${ADMIN_KEY}` } };
+
 export interface GatewaySetup {
   gateway: GatewayWorker;
   sim: VllmSimulator;
@@ -79,4 +83,13 @@ export async function errorOf(response: Response) {
     status: response.status,
     body: (await response.json()) as { error: { type: string; code: unknown; message: string } },
   };
+}
+
+/**
+ * Generation requests a simulator received (whatever became of them): unlike `requestsReceived`, not counting the
+ * gateway's background health probe (GET /health, /v1/models).
+ */
+export function generations(sim: VllmSimulator): number {
+  const s = sim.stats();
+  return s.running + s.waiting + s.completed + s.aborted + s.failed + s.rejected;
 }
