@@ -95,6 +95,8 @@ interface Resource {
 }
 
 let localSeq = 0;
+/** Leases granted while the store failed: unique across processes, so the store can take them in once it is back. */
+const LOCAL_PREFIX = `local:${process.pid}.${Math.random().toString(36).slice(2, 8)}.`;
 
 class Pool implements PermitPool {
   private readonly permits: number;
@@ -106,6 +108,8 @@ class Pool implements PermitPool {
   private readonly renewTimer: NodeJS.Timeout | undefined;
   private degraded = false;
   private members = 1;
+  /** Leases released while a renewal is in flight (it may have added them back). */
+  private releasedWhileRenewing: [string, string][] | undefined;
   private closed = false;
   private readonly counts = { acquired: 0, fallbackAcquired: 0, timedOut: 0, aborted: 0 };
 
@@ -200,7 +204,12 @@ class Pool implements PermitPool {
     resource.asking = true;
     let pending: Promise<string | undefined> | string | undefined;
     try {
-      pending = this.store.tryAcquire(name, this.permits);
+      // Back from an outage: the leases held meanwhile are registered again before anything new is granted (a
+      // store that restarted empty would otherwise grant the whole limit again on top of them).
+      pending =
+        this.degraded && this.store.renew !== undefined
+          ? this.renew(true).then(() => this.store.tryAcquire(name, this.permits))
+          : this.store.tryAcquire(name, this.permits);
     } catch (error) {
       pending = Promise.reject(error);
     }
@@ -213,28 +222,24 @@ class Pool implements PermitPool {
     const failed = () => {
       resource.asking = false;
       this.degraded = true;
+      // Every lease this process holds counts against its share (those granted before the outage are still in
+      // flight): the processes together stay within the limit.
       const fallback =
         this.onStoreError === 'open' ||
-        (this.onStoreError === 'insurance' && this.localCount(resource) < this.share);
+        (this.onStoreError === 'insurance' && resource.leases.size < this.share);
       if (!fallback) return this.wait(name, resource);
       this.counts.fallbackAcquired++;
-      this.grant(name, resource, `local:${localSeq++}`);
+      this.grant(name, resource, `${LOCAL_PREFIX}${localSeq++}`);
     };
     if (pending instanceof Promise) pending.then(answered, failed);
     else answered(pending);
-  }
-
-  private localCount(resource: Resource): number {
-    let n = 0;
-    for (const lease of resource.leases) if (lease.startsWith('local:')) n++;
-    return n;
   }
 
   /** Hands a lease to the first waiter (or gives it back when nobody waits any more), then asks again. */
   private grant(name: string, resource: Resource, lease: string): void {
     const waiter = resource.waiters.shift();
     if (waiter === undefined) {
-      if (!lease.startsWith('local:')) void Promise.resolve(this.store.release(name, lease)).catch(() => {});
+      this.releaseToStore(name, lease);
       return;
     }
     this.settle(waiter);
@@ -247,7 +252,12 @@ class Pool implements PermitPool {
         if (released) return;
         released = true;
         resource.leases.delete(lease);
-        if (lease.startsWith('local:')) return this.pump(name, resource);
+        this.releasedWhileRenewing?.push([name, lease]);
+        // A local lease may have been registered since (the store came back): it is removed there too.
+        if (lease.startsWith('local:')) {
+          this.releaseToStore(name, lease);
+          return this.pump(name, resource);
+        }
         // Waiters here ask again once the permit is back in the store (a local hand-off first, in effect).
         const done = () => this.pump(name, resource);
         let back: Promise<void> | void;
@@ -274,15 +284,33 @@ class Pool implements PermitPool {
     resource.poll.unref();
   }
 
-  private async renew(): Promise<void> {
-    const held: [string, string][] = [];
-    for (const [name, resource] of this.resources) {
-      for (const lease of resource.leases) if (!lease.startsWith('local:')) held.push([name, lease]);
+  private releaseToStore(name: string, lease: string): void {
+    try {
+      void Promise.resolve(this.store.release(name, lease)).catch(() => {});
+    } catch {
+      // The store is down: the lease expires there by itself.
     }
+  }
+
+  /**
+   * Renews every lease this process holds (granted locally during an outage too), registering again those the store
+   * lost. With `rethrow`, a failure rejects (the caller falls back); otherwise it is left for the next renewal.
+   */
+  private async renew(rethrow = false): Promise<void> {
+    const held: [string, string][] = [];
+    for (const [name, resource] of this.resources)
+      for (const lease of resource.leases) held.push([name, lease]);
+    // A lease released while the renewal runs would be added back by it: removed again once it is done.
+    const released: [string, string][] = [];
+    this.releasedWhileRenewing = released;
     try {
       this.members = await this.store.renew!(held);
-    } catch {
+    } catch (error) {
       // The store is down: acquisitions notice and fall back; leases are renewed again once it is back.
+      if (rethrow) throw error;
+    } finally {
+      if (this.releasedWhileRenewing === released) this.releasedWhileRenewing = undefined;
+      for (const [name, lease] of released) this.releaseToStore(name, lease);
     }
   }
 

@@ -10,7 +10,10 @@ export interface PermitStore {
   /** A lease id when a permit was free (and is now held), undefined when none is. Throws when the store fails. */
   tryAcquire(resource: string, limit: number): Promise<string | undefined> | string | undefined;
   release(resource: string, lease: string): Promise<void> | void;
-  /** Keeps held leases alive; resolves with the number of processes sharing the pool (for the outage share). */
+  /**
+   * Keeps held leases alive, registering again any the store lost (a restart, leases granted locally during an
+   * outage); resolves with the number of processes sharing the pool (for the outage share).
+   */
   renew?(held: [resource: string, lease: string][]): Promise<number>;
   close(): Promise<void>;
 }
@@ -136,14 +139,16 @@ return 1
 
 /**
  * Pushes back the expiry of this process's leases (KEYS[2..], ARGV[3..]) and of its membership (KEYS[1]); returns how
- * many processes are members (for the share each may use while Redis is down).
+ * many processes are members (for the share each may use while Redis is down). A lease Redis no longer has (it
+ * restarted empty, or the lease was granted locally while it was down) is added back: the leases in flight are
+ * counted again before any new grant.
  */
 const RENEW = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[1])
 for i = 2, #KEYS do
-  redis.call('ZADD', KEYS[i], 'XX', now + lease, ARGV[i + 1])
+  redis.call('ZADD', KEYS[i], now + lease, ARGV[i + 1])
   redis.call('PEXPIRE', KEYS[i], lease * 2)
 end
 redis.call('ZADD', KEYS[1], now + lease, ARGV[2])

@@ -182,6 +182,30 @@ describe('store: Redis', () => {
     for (const permit of permits) permit.release();
   }, 30_000);
 
+  it('registers the leases it holds again when Redis comes back empty, before granting anything new', async () => {
+    const redisServer = await startPrivateRedis();
+    cleanups.push(() => redisServer.kill());
+    const client = await redisClient(redisServer.url);
+    const pool: PermitPool = track(
+      createPermitPool({ permits: 4, store: client, name: 'restart', leaseMs: 3000, pollMs: 20 }),
+    );
+    const held = await Promise.all([0, 1, 2].map(() => pool.acquire('r')));
+    await redisServer.kill();
+    // During the outage: one more, its share's last (4 ÷ 1 member, the 3 in flight counted).
+    const during = await pool.acquire('r', { timeoutMs: 2000 });
+    expect(pool.stats()).toMatchObject({ degraded: true, held: 4 });
+    await redisServer.restart();
+    // Redis is back and empty: the 4 leases in flight are registered again first, so nothing more is granted.
+    await expect(pool.acquire('r', { timeoutMs: 1500 })).rejects.toSatisfy(isPermitTimeoutError);
+    expect(pool.stats().degraded).toBe(false);
+    const other = await redisClient(redisServer.url);
+    expect(await other.zcard('{vllm-kit:permits:restart}:r')).toBe(4);
+    // Released, they leave Redis too (the one granted locally included), and the next is granted.
+    for (const permit of [...held, during]) permit.release();
+    await expect.poll(() => other.zcard('{vllm-kit:permits:restart}:r')).toBe(0);
+    (await pool.acquire('r', { timeoutMs: 1000 })).release();
+  }, 30_000);
+
   it('falls back to its share of the limit while Redis is down, never throwing', async () => {
     const redisServer = await startPrivateRedis();
     cleanups.push(() => redisServer.kill());
@@ -192,9 +216,10 @@ describe('store: Redis', () => {
     const before = await pool.acquire('r');
     await expect.poll(() => pool.stats().members).toBe(1);
     await redisServer.kill();
-    // Down: this process may hold its share (4 ÷ 1 member) itself; the fifth waits, and times out cleanly.
-    const during = await Promise.all([0, 1, 2, 3].map(() => pool.acquire('r', { timeoutMs: 2000 })));
-    expect(pool.stats()).toMatchObject({ degraded: true, fallbackAcquired: 4, share: 4 });
+    // Down: this process may hold its share (4 ÷ 1 member) itself, the permit it held before the outage included
+    // (it is still in flight: counting only new ones let 5 through); the fifth waits, and times out cleanly.
+    const during = await Promise.all([0, 1, 2].map(() => pool.acquire('r', { timeoutMs: 2000 })));
+    expect(pool.stats()).toMatchObject({ degraded: true, fallbackAcquired: 3, share: 4, held: 4 });
     await expect(pool.acquire('r', { timeoutMs: 100 })).rejects.toSatisfy(isPermitTimeoutError);
     for (const permit of [before, ...during]) permit.release();
     expect(pool.stats().held).toBe(0);
