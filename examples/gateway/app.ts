@@ -115,12 +115,14 @@ export async function startWorker(
   // Several workers share one budget through the primary, several hosts through Redis; a single worker keeps its own
   // (no IPC per request).
   const sharedStore = redis ?? (cluster.isWorker && config.workers > 1 ? 'cluster' : 'memory');
+  // While that store is down each process counts its share of every limit, so together they stay within it.
+  const processes = config.workers * (redis === undefined ? 1 : config.gatewayInstances);
   // UPSTREAM_CONCURRENCY: at most that many requests in flight to each replica, whatever the number of workers and
   // hosts (LIMIT_CONCURRENCY stays a per-worker bound on top).
   const permits =
     config.upstreamConcurrency === undefined
       ? undefined
-      : createPermitPool({ permits: config.upstreamConcurrency, store: sharedStore, name: 'gateway' });
+      : createPermitPool({ permits: config.upstreamConcurrency, store: sharedStore, name: 'gateway', processes });
   // OpenTelemetry first: the client's instruments come from the SDK's meter provider.
   const telemetry = config.telemetry ? await startTelemetry(process.env, logger) : undefined;
   const vllm = createVllmClient({
@@ -160,9 +162,10 @@ export async function startWorker(
     trustProxy: config.trustProxy,
     proxyHeader: config.trustProxyHeader,
     store: sharedStore,
+    processes,
   });
   // Keys with rpm/tpm: one budget per key across every worker and host.
-  const budgets = createKeyBudgets({ store: sharedStore, name: 'gateway' });
+  const budgets = createKeyBudgets({ store: sharedStore, name: 'gateway', processes });
   const usage = new UsageRecorder(keyStore, config.usageFlushMs, logger);
   const limiter = createConcurrencyLimiter({
     concurrency: config.limitConcurrency,

@@ -74,6 +74,8 @@ export interface GatewayConfig {
   metricsPerKey: boolean;
   /** How often the replicas' health is probed in the background, ms. */
   healthIntervalMs: number;
+  /** Gateway processes (hosts) sharing REDIS_URL: with WORKERS, each process's share of a limit while Redis is down. */
+  gatewayInstances: number;
   /** On SIGTERM/SIGINT: the longest wait for in-flight requests and open streams, ms. */
   shutdownGraceMs: number;
   /** pino's level. */
@@ -366,6 +368,7 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     metricsHost,
     metricsPerKey: perKey === 'true',
     healthIntervalMs: integer(env, 'HEALTH_INTERVAL_MS', 5000, 100, 600_000),
+    gatewayInstances: integer(env, 'GATEWAY_INSTANCES', 1, 1, 10_000),
     logLevel,
   };
 }

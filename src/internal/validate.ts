@@ -141,6 +141,7 @@ export function sharedStoreOptions<Client>(
   name: string;
   onStoreError: 'insurance' | 'open' | 'closed';
   storeTimeoutMs: number;
+  processes: number;
 } {
   const store = options.store ?? 'memory';
   const isClient =
@@ -163,5 +164,6 @@ export function sharedStoreOptions<Client>(
       'insurance',
     ),
     storeTimeoutMs: numberOption('storeTimeoutMs', options.storeTimeoutMs, 500, { min: 1, max: 60_000 }),
+    processes: numberOption('processes', options.processes, 1, { min: 1, max: 1_000_000, integer: true }),
   };
 }

@@ -169,9 +169,14 @@ class Budgets implements KeyBudgets {
   private readonly onStoreError: 'insurance' | 'open' | 'closed';
   private readonly windowMs: number;
   private readonly now: () => number;
+  private readonly processes: number;
+  /** The store failed since the last success: once it answers again, the insurance's windows are handed to it. */
+  private degraded = false;
+  private reconciling: Promise<void> | undefined;
 
   constructor(input: KeyBudgetsOptions) {
-    const { store, name, onStoreError, storeTimeoutMs, windowSec, now } = resolveOptions(input);
+    const { store, name, onStoreError, storeTimeoutMs, windowSec, now, processes } = resolveOptions(input);
+    this.processes = processes;
     this.onStoreError = onStoreError;
     this.windowMs = windowSec * 1000;
     this.now = now;
@@ -193,11 +198,59 @@ class Budgets implements KeyBudgets {
     b: number,
     c: number,
   ): Promise<{ state: BudgetState | undefined; degraded: boolean }> {
+    let state: BudgetState;
     try {
+      // Back from an outage? What was counted meanwhile goes to the store before any new decision there.
+      if (this.degraded) await (this.reconciling ??= this.reconcile());
       const pending = this.store.apply(op, key, a, b, c);
-      return { state: pending instanceof Promise ? await pending : pending, degraded: false };
+      state = pending instanceof Promise ? await pending : pending;
     } catch {
-      return { state: this.insurance?.apply(op, key, a, b, c), degraded: true };
+      this.degraded = true;
+      if (this.insurance === undefined) return { state: undefined, degraded: true };
+      // This process's share of each limit (÷ processes, at least 1): together they stay within it.
+      const share = (limit: number) =>
+        limit === NO_LIMIT ? limit : Math.max(1, Math.floor(limit / this.processes));
+      return {
+        state:
+          op === Op.Admit
+            ? this.insurance.apply(op, key, share(a), share(b), c)
+            : this.insurance.apply(op, key, a, b, c),
+        degraded: true,
+      };
+    }
+    return { state, degraded: false };
+  }
+
+  /**
+   * The store answers again: the requests and tokens counted here while it failed are added there, so the windows do
+   * not start over (a Redis restarted empty would otherwise admit each key's whole limit again). Rejects, keeping what
+   * it could not hand over, when the store fails again.
+   */
+  private async reconcile(): Promise<void> {
+    const insurance = this.insurance;
+    try {
+      if (insurance === undefined) return;
+      const windows = [...insurance.drain()];
+      for (let i = 0; i < windows.length; i++) {
+        const [key, counts] = windows[i]!;
+        try {
+          while (counts.requests > 0) {
+            await this.store.apply(Op.Admit, key, NO_LIMIT, NO_LIMIT, 0);
+            counts.requests--;
+          }
+          if (counts.tokens > 0) await this.store.apply(Op.Charge, key, counts.tokens, 0, -1);
+        } catch (error) {
+          // Down again: what is left stays counted here.
+          for (const [rest, left] of windows.slice(i)) {
+            for (let r = 0; r < left.requests; r++) insurance.apply(Op.Admit, rest, NO_LIMIT, NO_LIMIT, 0);
+            if (left.tokens > 0) insurance.apply(Op.Charge, rest, left.tokens, 0, -1);
+          }
+          throw error;
+        }
+      }
+      this.degraded = false;
+    } finally {
+      this.reconciling = undefined;
     }
   }
 

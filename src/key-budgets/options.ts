@@ -26,6 +26,11 @@ export interface KeyBudgetsOptions {
   onStoreError?: 'insurance' | 'open' | 'closed';
   /** Longest wait for the cluster primary, ms, before `onStoreError` applies. @default 500 */
   storeTimeoutMs?: number;
+  /**
+   * How many processes share this store (workers × hosts). While the store fails, `'insurance'` lets each count
+   * 1/`processes` of each limit itself (at least 1), so together they stay within it. @default 1
+   */
+  processes?: number;
   /** Clock, epoch ms. @default Date.now */
   now?: () => number;
 }
@@ -36,6 +41,7 @@ const KEYS = [
   'windowSec',
   'onStoreError',
   'storeTimeoutMs',
+  'processes',
   'now',
 ] as const satisfies readonly (keyof KeyBudgetsOptions)[];
 
@@ -44,6 +50,7 @@ export interface ResolvedKeyBudgetsOptions {
   name: string;
   onStoreError: 'insurance' | 'open' | 'closed';
   storeTimeoutMs: number;
+  processes: number;
   windowSec: number;
   now: () => number;
 }

@@ -140,6 +140,20 @@ export class MemoryBudgetStore implements BudgetStore {
     return this.current.size + this.previous.size;
   }
 
+  /** Every window still open (requests and tokens by key), and forgets them all. */
+  drain(): Map<string, { requests: number; tokens: number }> {
+    const now = this.now();
+    const open = new Map<string, { requests: number; tokens: number }>();
+    for (const windows of [this.previous, this.current]) {
+      for (const [key, window] of windows) {
+        if (window.resetAt > now) open.set(key, { requests: window.requests, tokens: window.tokens });
+      }
+    }
+    this.current.clear();
+    this.previous.clear();
+    return open;
+  }
+
   async close(): Promise<void> {
     this.current.clear();
     this.previous.clear();

@@ -79,6 +79,11 @@ class Limiter implements IpRateLimiter {
   private readonly legacyHeaders: boolean;
   private readonly now: () => number;
   private readonly policy: string;
+  /** While the store fails: this process's share of the points (points ÷ processes, at least 1). */
+  private readonly share: number;
+  /** What this process admitted while the store failed, by key: handed to the store once it is back. */
+  private outage: Map<string, { consumed: number; resetAt: number }> | undefined;
+  private reconciling: Promise<void> | undefined;
 
   constructor(input: IpRateLimiterOptions) {
     const options = resolveOptions(input);
@@ -96,6 +101,7 @@ class Limiter implements IpRateLimiter {
     this.legacyHeaders = options.legacyHeaders;
     const storeTimeoutMs = options.storeTimeoutMs;
     this.policy = `"${this.name}";q=${this.points};w=${this.windowSec}`;
+    this.share = Math.max(1, Math.floor(this.points / options.processes));
 
     const store = options.store;
     this.store =
@@ -146,6 +152,8 @@ class Limiter implements IpRateLimiter {
   }
 
   consume(key: string, cost = 1): Promise<RateLimitDecision> {
+    // Back from an outage? What was admitted meanwhile goes to the store before any new decision there.
+    if (this.outage !== undefined) return this.reconcileThenConsume(key, cost);
     let pending: Promise<WindowState> | WindowState;
     try {
       pending = this.store.consume(key, cost);
@@ -160,9 +168,49 @@ class Limiter implements IpRateLimiter {
     );
   }
 
-  /** The store failed: the insurance limiter counts, or the fail-open/closed policy answers. */
+  private async reconcileThenConsume(key: string, cost: number): Promise<RateLimitDecision> {
+    try {
+      await (this.reconciling ??= this.reconcile());
+    } catch {
+      return this.fallback(key, cost);
+    }
+    return this.consume(key, cost);
+  }
+
+  /**
+   * Hands what this process admitted while the store failed to the store, so the window does not start over (a Redis
+   * restarted empty would otherwise admit the whole limit again). Counts from before the outage are the store's own:
+   * lost if it restarted without persistence. Rejects, keeping what is left, when the store fails again.
+   */
+  private async reconcile(): Promise<void> {
+    const outage = this.outage!;
+    const now = this.now();
+    try {
+      for (const [key, { consumed, resetAt }] of outage) {
+        if (resetAt > now) await this.store.consume(key, consumed);
+        outage.delete(key);
+      }
+      this.outage = undefined;
+      this.insurance?.memory.clear();
+    } finally {
+      this.reconciling = undefined;
+    }
+  }
+
+  /** The store failed: the insurance limiter counts (this process's share), or the fail-open/closed policy answers. */
   private fallback(key: string, cost: number): RateLimitDecision {
-    if (this.insurance !== undefined) return this.decide(this.insurance.consume(key, cost), key, true);
+    if (this.insurance !== undefined) {
+      const state = this.insurance.consume(key, cost);
+      const decision = this.decide(state, key, true, this.share);
+      if (decision.allowed) {
+        // Bounded: a flood of distinct keys during an outage keeps at most this many to hand over.
+        this.outage ??= new Map();
+        const seen = this.outage.get(key);
+        if (seen !== undefined) seen.consumed += cost;
+        else if (this.outage.size < 100_000) this.outage.set(key, { consumed: cost, resetAt: state.resetAt });
+      }
+      return decision;
+    }
     const allowed = this.onStoreError === 'open';
     return {
       allowed,
@@ -175,13 +223,13 @@ class Limiter implements IpRateLimiter {
     };
   }
 
-  private decide(state: WindowState, key: string, degraded: boolean): RateLimitDecision {
-    const allowed = state.consumed <= this.points;
+  private decide(state: WindowState, key: string, degraded: boolean, limit = this.points): RateLimitDecision {
+    const allowed = state.consumed <= limit;
     const resetMs = Math.max(0, state.resetAt - this.now());
     return {
       allowed,
       limit: this.points,
-      remaining: Math.max(0, this.points - state.consumed),
+      remaining: Math.max(0, limit - state.consumed),
       resetMs,
       retryAfterSec: allowed ? 0 : Math.min(this.windowSec, Math.max(1, Math.ceil(resetMs / 1000))),
       key,

@@ -37,6 +37,11 @@ export interface IpRateLimiterOptions {
   /** Longest wait for the cluster primary, ms, before `onStoreError` applies. @default 500 */
   storeTimeoutMs?: number;
   /**
+   * How many processes share this store (workers × hosts). While the store fails, `'insurance'` lets each count
+   * 1/`processes` of each limit itself (at least 1), so together they stay within it. @default 1
+   */
+  processes?: number;
+  /**
    * Proxies whose X-Forwarded-For / Forwarded are believed: `false` (none: the socket address), a hop count, or a list
    * of addresses/CIDRs. A hop count is honoured only when the nearest peer is a loopback, private or link-local
    * address (a proxy the operator runs): a client reaching the server directly cannot pick its own IP. A proxy at a
@@ -73,6 +78,7 @@ const KEYS = [
   'name',
   'onStoreError',
   'storeTimeoutMs',
+  'processes',
   'trustProxy',
   'proxyHeader',
   'ipv6Subnet',
@@ -104,6 +110,7 @@ export interface ResolvedRateLimiterOptions {
   store: 'memory' | 'cluster' | object;
   onStoreError: 'insurance' | 'open' | 'closed';
   storeTimeoutMs: number;
+  processes: number;
   trust: TrustRule;
   ipv6Subnet: number;
   keyGenerator: IpRateLimiterOptions['keyGenerator'];
@@ -168,6 +175,7 @@ export function resolveOptions(input: IpRateLimiterOptions | undefined): Resolve
     store: shared.store,
     onStoreError: shared.onStoreError,
     storeTimeoutMs: shared.storeTimeoutMs,
+    processes: shared.processes,
     trust,
     ipv6Subnet,
     keyGenerator: options.keyGenerator as IpRateLimiterOptions['keyGenerator'],

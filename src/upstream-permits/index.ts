@@ -108,14 +108,18 @@ class Pool implements PermitPool {
   private readonly renewTimer: NodeJS.Timeout | undefined;
   private degraded = false;
   private members = 1;
+  /** The processes the caller says share the pool (a floor for `members`, which Redis counts). */
+  private readonly processes: number;
   /** Leases released while a renewal is in flight (it may have added them back). */
   private releasedWhileRenewing: [string, string][] | undefined;
   private closed = false;
   private readonly counts = { acquired: 0, fallbackAcquired: 0, timedOut: 0, aborted: 0 };
 
   constructor(input: PermitPoolOptions) {
-    const { permits, store, name, onStoreError, storeTimeoutMs, leaseMs, pollMs } = resolveOptions(input);
+    const { permits, store, name, onStoreError, storeTimeoutMs, leaseMs, pollMs, processes } =
+      resolveOptions(input);
     this.permits = permits;
+    this.processes = processes;
     this.onStoreError = onStoreError;
     this.pollMs = pollMs;
     this.store =
@@ -143,7 +147,7 @@ class Pool implements PermitPool {
 
   /** Permits per resource this process may hold while the store fails. */
   private get share(): number {
-    return Math.max(1, Math.floor(this.permits / Math.max(1, this.members)));
+    return Math.max(1, Math.floor(this.permits / Math.max(1, this.members, this.processes)));
   }
 
   acquire(name: string, options?: AcquireOptions): Promise<Permit> {

@@ -30,6 +30,11 @@ export interface PermitPoolOptions {
   onStoreError?: 'insurance' | 'open' | 'closed';
   /** Longest wait for the cluster primary, ms. @default 500 */
   storeTimeoutMs?: number;
+  /**
+   * How many processes share this store (workers × hosts). While the store fails, `'insurance'` lets each count
+   * 1/`processes` of each limit itself (at least 1), so together they stay within it. @default 1
+   */
+  processes?: number;
 }
 
 const KEYS = [
@@ -40,6 +45,7 @@ const KEYS = [
   'pollMs',
   'onStoreError',
   'storeTimeoutMs',
+  'processes',
 ] as const satisfies readonly (keyof PermitPoolOptions)[];
 
 export interface ResolvedPermitPoolOptions {
@@ -48,6 +54,7 @@ export interface ResolvedPermitPoolOptions {
   name: string;
   onStoreError: 'insurance' | 'open' | 'closed';
   storeTimeoutMs: number;
+  processes: number;
   leaseMs: number;
   pollMs: number;
 }
