@@ -281,7 +281,10 @@ describe('OpenTelemetry export', () => {
 
   it('is off without an OTLP endpoint: nothing sent upstream, an incoming traceparent not passed on', async () => {
     const traceparents: unknown[] = [];
-    const sim = await gateways.simulator({ onRequest: (r) => traceparents.push(r.headers.traceparent) });
+    // Generation requests only (the gateway's background health probe sends no trace context either way).
+    const sim = await gateways.simulator({
+      onRequest: (r) => r.method === 'POST' && traceparents.push(r.headers.traceparent),
+    });
     const { url, key } = await gateways.setup({}, sim);
     const reply = await post(url, '/v1/chat/completions', {
       key,
