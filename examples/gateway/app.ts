@@ -132,6 +132,8 @@ export async function startWorker(
     firstByteTimeoutMs: config.upstreamTimeoutMs,
     routing: config.routing,
     routingLoadFactor: config.routingLoadFactor,
+    // Every worker (and host) routes over the same replicas: the load bound holds for the replica, not per worker.
+    processes: config.workers * config.gatewayInstances,
     ...(config.vllmApiKey ? { apiKey: config.vllmApiKey } : {}),
     ...(permits ? { permits, permitTimeoutMs: config.queueTimeoutMs } : {}),
     // Off unless exporting: the client then loads nothing and spends nothing on it.

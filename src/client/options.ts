@@ -47,6 +47,18 @@ export interface VllmClientOptions {
    * leaving a warm cache to balance 2 requests against 1 costs more than it saves. `0` = the strict bound. @default 8
    */
   routingLoadSlack?: number;
+  /**
+   * Requests of one routing key (an `X-Session-Id`, `prompt_cache_key`, `user`, or a prompt prefix) that may be in
+   * flight from this process on the key's replica; more go to the least loaded replica. A conversation is sequential,
+   * so a key with many requests at once is a client pinning a replica (or one hot prompt), not a cache worth keeping.
+   * `0` = no cap. @default 4
+   */
+  routingKeyMaxInFlight?: number;
+  /**
+   * Processes routing over the same replicas with their own clients (workers × hosts): the bound's slack and
+   * `routingKeyMaxInFlight` are shared among them, so the bound holds for the replica, not per process. @default 1
+   */
+  processes?: number;
   /** How many leading characters of the prompt form its routing key. @default 256 */
   routingPrefixChars?: number;
   /**
@@ -161,6 +173,8 @@ export interface ResolvedClientOptions {
   routing: RoutingPolicy;
   routingLoadFactor: number;
   routingLoadSlack: number;
+  routingKeyMaxInFlight: number;
+  processes: number;
   routingPrefixChars: number;
   loadSignalsIntervalMs: number;
   permits: PermitPool | undefined;
@@ -196,6 +210,8 @@ const KEYS = [
   'routing',
   'routingLoadFactor',
   'routingLoadSlack',
+  'routingKeyMaxInFlight',
+  'processes',
   'routingPrefixChars',
   'loadSignalsIntervalMs',
   'permits',
@@ -397,6 +413,12 @@ export function resolveClientOptions(input: VllmClientOptions): ResolvedClientOp
       max: 1_000_000,
       integer: true,
     }),
+    routingKeyMaxInFlight: numberOption('routingKeyMaxInFlight', options.routingKeyMaxInFlight, 4, {
+      min: 0,
+      max: 1_000_000,
+      integer: true,
+    }),
+    processes: numberOption('processes', options.processes, 1, { min: 1, max: 1_000_000, integer: true }),
     routingPrefixChars: numberOption('routingPrefixChars', options.routingPrefixChars, 256, {
       min: 1,
       max: 1_000_000,

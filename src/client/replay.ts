@@ -34,6 +34,8 @@ type Abort = (reason?: Error) => void;
 export class ReplayHandler implements Handler {
   /** Set by the router when it is the dispatcher: the handler then also does the replica's accounting. */
   private upstream: Upstream | undefined;
+  private routedKey: string | undefined;
+  private keyRouter: { keyDone(key: string): void } | undefined;
   private attempt: Attempt | undefined;
   private abortAttempt: Abort | undefined;
   private abortReason: Error | undefined;
@@ -61,6 +63,19 @@ export class ReplayHandler implements Handler {
 
   bindUpstream(upstream: Upstream): void {
     this.upstream = upstream;
+  }
+
+  /** The attempt's routing key, counted in flight by the router until the attempt ends. */
+  bindKey(key: string, router: { keyDone(key: string): void }): void {
+    this.routedKey = key;
+    this.keyRouter = router;
+  }
+
+  private keyEnded(): void {
+    const key = this.routedKey;
+    if (key === undefined) return;
+    this.routedKey = undefined;
+    this.keyRouter!.keyDone(key);
   }
 
   onConnect(abort: Abort, context?: unknown): void {
@@ -105,6 +120,7 @@ export class ReplayHandler implements Handler {
 
   onComplete(trailers: string[] | null): void {
     if (this.upstream) this.upstream.outstanding--;
+    this.keyEnded();
     this.telemetry?.onComplete();
     this.handler.onComplete?.(trailers);
   }
@@ -122,6 +138,7 @@ export class ReplayHandler implements Handler {
   }
 
   onError(error: Error): void {
+    this.keyEnded();
     const upstream = this.upstream;
     if (upstream) {
       upstream.outstanding--;

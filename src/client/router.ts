@@ -199,6 +199,11 @@ export class Router extends Dispatcher {
   readonly keyed: boolean;
   private readonly ring: HashRing | undefined;
   private next = 0;
+  /** Requests in flight per routing key (keys with none are not kept). */
+  private readonly keyInFlight = new Map<string, number>();
+  /** This process's part of the bound's slack and of the per-key cap (shared by `processes`). */
+  private readonly slack: number;
+  private readonly keyCap: number;
   /** The replica the request being routed must avoid (set for the duration of `choose`). */
   private avoiding: string | undefined;
   private healthTimer: NodeJS.Timeout | undefined;
@@ -207,6 +212,11 @@ export class Router extends Dispatcher {
   constructor(private readonly options: ResolvedClientOptions) {
     super();
     this.upstreams = options.origins.map((origin) => new Upstream(origin, options));
+    this.slack = Math.ceil(options.routingLoadSlack / options.processes);
+    this.keyCap =
+      options.routingKeyMaxInFlight === 0
+        ? Number.POSITIVE_INFINITY
+        : Math.max(1, Math.ceil(options.routingKeyMaxInFlight / options.processes));
     this.keyed =
       this.upstreams.length > 1 && (options.routing === 'prefix' || typeof options.routing === 'function');
     if (options.routing === 'prefix' && this.upstreams.length > 1) this.ring = new HashRing(options.origins);
@@ -264,7 +274,7 @@ export class Router extends Dispatcher {
       total += upstream.load();
       active++;
     }
-    const bound = loadBound(this.options.routingLoadFactor, this.options.routingLoadSlack, total, active);
+    const bound = loadBound(this.options.routingLoadFactor, this.slack, total, active);
     // The first replica the walk visits is the key's own: accepting any later one is a fallback.
     let home = -1;
     const index = this.ring!.find(hash32(key), (i) => {
@@ -300,7 +310,15 @@ export class Router extends Dispatcher {
       const url = routing({ key: routeKey, replicas: this.candidates() });
       return (url === undefined ? undefined : this.upstreams.find((u) => u.origin === url)) ?? this.pick();
     }
-    if (routeKey !== undefined && this.ring !== undefined) return this.pickByKey(routeKey);
+    if (routeKey !== undefined && this.ring !== undefined) {
+      // A key with its cap in flight already (a client pinning a replica, one hot prompt): by load instead.
+      if ((this.keyInFlight.get(routeKey) ?? 0) >= this.keyCap) {
+        const chosen = this.pick();
+        chosen.fallbacks++;
+        return chosen;
+      }
+      return this.pickByKey(routeKey);
+    }
     if (routing === 'round-robin') return this.nextInTurn();
     return this.pick();
   }
@@ -325,8 +343,20 @@ export class Router extends Dispatcher {
     if (handler instanceof ReplayHandler) {
       upstream.outstanding++;
       handler.bindUpstream(upstream);
+      const key = routed.routeKey;
+      if (key !== undefined && this.ring !== undefined) {
+        this.keyInFlight.set(key, (this.keyInFlight.get(key) ?? 0) + 1);
+        handler.bindKey(key, this);
+      }
     }
     return upstream.pool.dispatch(opts, handler);
+  }
+
+  /** An attempt of a keyed request ended (completed or failed). */
+  keyDone(key: string): void {
+    const left = (this.keyInFlight.get(key) ?? 1) - 1;
+    if (left <= 0) this.keyInFlight.delete(key);
+    else this.keyInFlight.set(key, left);
   }
 
   private async checkAll(): Promise<void> {

@@ -245,3 +245,26 @@ describe('createVllmClient routing', () => {
     expect(client.stats().upstreams[1]!.waiting).toBe(0);
   });
 });
+
+describe('routingKeyMaxInFlight', () => {
+  const messages = [{ role: 'user' as const, content: 'hello' }];
+  it('sends a key’s requests beyond the cap by load, and keeps affinity once they are done', async () => {
+    const sims = await Promise.all([0, 1, 2].map(() => use.simulator({ ttftMs: 200 })));
+    const client = use.client({
+      baseUrls: sims.map((s) => s.url),
+      routing: 'prefix',
+      routingKeyMaxInFlight: 2,
+      routingLoadSlack: 100,
+    });
+    const ask = () => client.chatCompletion({ messages, max_tokens: 1 }, { routingKey: 'one-session' });
+    await Promise.all(Array.from({ length: 9 }, ask));
+    const counts = sims.map((s) => s.stats().completed).sort();
+    // 2 on the key's replica, the other 7 by load: 2 + ~2 there, the rest over the other two.
+    expect(Math.max(...counts)).toBeLessThanOrEqual(5);
+    // One at a time, the key stays on its replica.
+    const before = sims.map((s) => s.stats().completed);
+    for (let i = 0; i < 4; i++) await ask();
+    const grew = sims.map((s, i) => s.stats().completed - before[i]!);
+    expect(grew.filter((n) => n > 0)).toEqual([4]);
+  });
+});

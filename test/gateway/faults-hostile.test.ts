@@ -83,6 +83,13 @@ describe('hostile input', () => {
     const piece = Buffer.alloc(64 * 1024, 0x61);
     // An upstream that answers with one enormous event (or body), then usage.
     const upstream = createServer((req, res) => {
+      // The gateway's background health probe.
+      if (req.method === 'GET') {
+        req.resume();
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(req.url === '/v1/models' ? '{"object":"list","data":[]}' : '{}');
+        return;
+      }
       let text = '';
       req.on('data', (c) => (text += c));
       req.on('end', async () => {

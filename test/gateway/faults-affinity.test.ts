@@ -1,0 +1,85 @@
+// A client choosing its own affinity key (X-Session-Id) to pin a replica, against the gateway as `npm start` runs it
+// (4 workers, 3 replicas): the load bound holds for the replica across workers, and a victim sharing that replica
+// keeps its latency.
+import { request } from 'node:http';
+import { describe, expect, it } from 'vitest';
+import { HashRing, hash32 } from '../../src/client/routing.js';
+import { startVllmSimulator, type VllmSimulator } from '../../src/testing/index.js';
+import { generations } from '../helpers/gateway.js';
+import { trackGatewayProcesses } from '../helpers/gateway-process.js';
+
+const { start, onCleanup } = trackGatewayProcesses();
+
+/** One streamed request with this session id; resolves with its duration, ms. */
+function call(url: string, key: string, session: string, maxTokens: number): Promise<number> {
+  const started = performance.now();
+  return new Promise((done, fail) => {
+    const req = request(`${url}/v1/chat/completions`, {
+      method: 'POST',
+      agent: false,
+      headers: {
+        authorization: `Bearer ${key}`,
+        'content-type': 'application/json',
+        'x-session-id': session,
+      },
+    });
+    req.on('response', (res) => {
+      res.resume();
+      res.on('end', () =>
+        res.statusCode === 200 ? done(performance.now() - started) : fail(res.statusCode),
+      );
+    });
+    req.on('error', fail);
+    req.end(
+      JSON.stringify({ messages: [{ role: 'user', content: session }], max_tokens: maxTokens, stream: true }),
+    );
+  });
+}
+
+async function replicas(options: Parameters<typeof startVllmSimulator>[0]): Promise<VllmSimulator[]> {
+  const sims = await Promise.all([0, 1, 2].map(() => startVllmSimulator({ model: 'm', ...options })));
+  for (const sim of sims) onCleanup(() => sim.close());
+  return sims;
+}
+
+const p99 = (values: number[]) => [...values].sort((a, b) => a - b)[Math.ceil(values.length * 0.99) - 1]!;
+
+describe('a client-chosen affinity key', () => {
+  it('cannot put more than the load bound on one replica, across 4 workers', async () => {
+    const sims = await replicas({ ttftMs: 400, itlMs: 5 });
+    const gateway = await start(sims.map((s) => s.url).join(','), {
+      env: { WORKERS: '4', RATE_LIMIT_POINTS: '100000' },
+    });
+    await Promise.all(Array.from({ length: 60 }, () => call(gateway.url, gateway.key, 'pinned', 4)));
+    const counts = sims.map((s) => generations(s));
+    expect(counts.reduce((a, b) => a + b, 0)).toBe(60);
+    // The bound for 60 in flight over 3 replicas: ⌈1.25 × 61 / 3⌉ + 8 = 34. It was 53–58 (per worker, plus slack).
+    expect(Math.max(...counts)).toBeLessThanOrEqual(34);
+  }, 60_000);
+
+  it("keeps a victim's p99 within 2× its baseline while an attacker pins 24 streams on its replica", async () => {
+    const sims = await replicas({ ttftMs: 20, itlMs: 10, maxNumSeqs: 12, batchSlowdown: 1 });
+    const urls = sims.map((s) => s.url);
+    const gateway = await start(urls.join(','), { env: { WORKERS: '2', RATE_LIMIT_POINTS: '100000' } });
+    // A victim session whose home replica is the attacker's.
+    const ring = new HashRing(urls);
+    const home = ring.home(hash32('a:attacker'));
+    let victim = 'victim-0';
+    for (let i = 1; ring.home(hash32(`a:${victim}`)) !== home; i++) victim = `victim-${i}`;
+    const measure = async () => {
+      const times: number[] = [];
+      for (let i = 0; i < 12; i++) times.push(await call(gateway.url, gateway.key, victim, 20));
+      return p99(times);
+    };
+    const baseline = await measure();
+    // 24 long streams with the attacker's session id, all at once.
+    const attack = Promise.all(
+      Array.from({ length: 24 }, () => call(gateway.url, gateway.key, 'attacker', 400).catch(() => 0)),
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    const underAttack = await measure();
+    await attack;
+    // It was 0.33 s → 9.4 s: the 24 streams filled the one replica and the victim queued behind them.
+    expect(underAttack).toBeLessThanOrEqual(2 * baseline);
+  }, 90_000);
+});
