@@ -122,7 +122,12 @@ export async function startWorker(
   const permits =
     config.upstreamConcurrency === undefined
       ? undefined
-      : createPermitPool({ permits: config.upstreamConcurrency, store: sharedStore, name: 'gateway', processes });
+      : createPermitPool({
+          permits: config.upstreamConcurrency,
+          store: sharedStore,
+          name: 'gateway',
+          processes,
+        });
   // OpenTelemetry first: the client's instruments come from the SDK's meter provider.
   const telemetry = config.telemetry ? await startTelemetry(process.env, logger) : undefined;
   const vllm = createVllmClient({
