@@ -92,9 +92,14 @@ interface Resource {
   /** An acquire is on its way to the store (one at a time per resource). */
   asking: boolean;
   poll: NodeJS.Timeout | undefined;
+  /** At the store's last answer: permits held by every process, and by this one (for the outage cap). */
+  seenGlobal: number | undefined;
+  seenHeld: number;
 }
 
 let localSeq = 0;
+/** Answered instead of a lease while the store settles after an outage. */
+const SETTLING = '\u0000settling';
 /** Leases granted while the store failed: unique across processes, so the store can take them in once it is back. */
 const LOCAL_PREFIX = `local:${process.pid}.${Math.random().toString(36).slice(2, 8)}.`;
 
@@ -107,6 +112,16 @@ class Pool implements PermitPool {
   private readonly resources = new Map<string, Resource>();
   private readonly renewTimer: NodeJS.Timeout | undefined;
   private degraded = false;
+  /**
+   * Back from an outage (maybe restarted empty), the store learns every process's leases at its renewal (each renews
+   * every `renewEveryMs`): until it counts as many members as before, this process keeps to its outage cap instead of
+   * asking the store for new permits.
+   */
+  private settleUntil = 0;
+  /** The members the store must count again (every process renewed) before settling ends. */
+  private settleMembers = 0;
+  private readonly renewEveryMs: number;
+  private readonly leaseMs: number;
   private members = 1;
   /** The processes the caller says share the pool (a floor for `members`, which Redis counts). */
   private readonly processes: number;
@@ -129,8 +144,10 @@ class Pool implements PermitPool {
           ? new ClusterPermitStore(name, storeTimeoutMs)
           : new RedisPermitStore(store, name, leaseMs);
     this.shared = store !== 'memory';
+    this.renewEveryMs = Math.max(50, Math.floor(leaseMs / 3));
+    this.leaseMs = leaseMs;
     if (this.store.renew !== undefined) {
-      this.renewTimer = setInterval(() => void this.renew(), Math.max(50, Math.floor(leaseMs / 3)));
+      this.renewTimer = setInterval(() => void this.renew(), this.renewEveryMs);
       this.renewTimer.unref();
       void this.renew();
     }
@@ -139,7 +156,14 @@ class Pool implements PermitPool {
   private resource(name: string): Resource {
     let resource = this.resources.get(name);
     if (resource === undefined) {
-      resource = { waiters: [], leases: new Set(), asking: false, poll: undefined };
+      resource = {
+        waiters: [],
+        leases: new Set(),
+        asking: false,
+        poll: undefined,
+        seenGlobal: undefined,
+        seenHeld: 0,
+      };
       this.resources.set(name, resource);
     }
     return resource;
@@ -198,6 +222,18 @@ class Pool implements PermitPool {
     waiter.cleanup?.();
   }
 
+  /**
+   * What this process may hold of a resource while the store fails. When the store's last answer said how many every
+   * process held: what this one held then, plus its part of what was free (free ÷ processes) — the others held the
+   * rest, so together they stay within the limit however unevenly the permits were spread when the store failed.
+   * Otherwise its share (permits ÷ processes).
+   */
+  private outageCap(resource: Resource): number {
+    if (resource.seenGlobal === undefined) return this.share;
+    const processes = Math.max(1, this.members, this.processes);
+    return resource.seenHeld + Math.floor(Math.max(0, this.permits - resource.seenGlobal) / processes);
+  }
+
   /** Asks the store for permits for the resource's waiters, first come first served, while it grants them. */
   private pump(name: string, resource: Resource): void {
     if (resource.asking || resource.waiters.length === 0 || this.closed) return;
@@ -210,31 +246,49 @@ class Pool implements PermitPool {
     try {
       // Back from an outage: the leases held meanwhile are registered again before anything new is granted (a
       // store that restarted empty would otherwise grant the whole limit again on top of them).
-      pending =
-        this.degraded && this.store.renew !== undefined
-          ? this.renew(true).then(() => this.store.tryAcquire(name, this.permits))
-          : this.store.tryAcquire(name, this.permits);
+      if (this.degraded && this.store.renew !== undefined) {
+        const expected = Math.max(this.members, this.processes);
+        pending = this.renew(true).then(() => {
+          this.degraded = false;
+          // Until every process sharing the pool has renewed (registering its leases), at most two leases long.
+          if (this.members < expected) {
+            this.settleUntil = performance.now() + 2 * this.leaseMs;
+            this.settleMembers = expected;
+          }
+          return this.settleUntil > performance.now() ? SETTLING : this.store.tryAcquire(name, this.permits);
+        });
+      } else if (this.settleUntil > performance.now()) pending = SETTLING;
+      else pending = this.store.tryAcquire(name, this.permits);
     } catch (error) {
       pending = Promise.reject(error);
     }
     const answered = (lease: string | undefined) => {
+      if (lease === SETTLING) return local(false);
       resource.asking = false;
       this.degraded = false;
+      resource.seenGlobal = this.store.lastCount?.(name);
+      resource.seenHeld = resource.leases.size + (lease === undefined ? 0 : 1);
       if (lease === undefined) return this.wait(name, resource);
       this.grant(name, resource, lease);
     };
-    const failed = () => {
+    /** The store failed (or is settling after an outage): this process's cap, held locally. */
+    const local = (failing: boolean) => {
       resource.asking = false;
-      this.degraded = true;
+      if (failing) this.degraded = true;
       // Every lease this process holds counts against its share (those granted before the outage are still in
       // flight): the processes together stay within the limit.
       const fallback =
         this.onStoreError === 'open' ||
-        (this.onStoreError === 'insurance' && resource.leases.size < this.share);
+        (this.onStoreError === 'insurance' && resource.leases.size < this.outageCap(resource));
       if (!fallback) return this.wait(name, resource);
       this.counts.fallbackAcquired++;
-      this.grant(name, resource, `${LOCAL_PREFIX}${localSeq++}`);
+      const lease = `${LOCAL_PREFIX}${localSeq++}`;
+      // Settling (the store answers again): the lease is registered there at once, so processes that no longer
+      // settle count it.
+      if (!failing) void this.store.renew?.([[name, lease]]).catch(() => {});
+      this.grant(name, resource, lease);
     };
+    const failed = () => local(true);
     if (pending instanceof Promise) pending.then(answered, failed);
     else answered(pending);
   }
@@ -309,6 +363,7 @@ class Pool implements PermitPool {
     this.releasedWhileRenewing = released;
     try {
       this.members = await this.store.renew!(held);
+      if (this.settleUntil > 0 && this.members >= this.settleMembers) this.settleUntil = 0;
     } catch (error) {
       // The store is down: acquisitions notice and fall back; leases are renewed again once it is back.
       if (rethrow) throw error;

@@ -9,6 +9,8 @@ import { RedisScript, type RedisScriptClient } from '../internal/redis-script.js
 export interface PermitStore {
   /** A lease id when a permit was free (and is now held), undefined when none is. Throws when the store fails. */
   tryAcquire(resource: string, limit: number): Promise<string | undefined> | string | undefined;
+  /** The permits held by every process, as the store last said in answer to `tryAcquire` (undefined: not known). */
+  lastCount?(resource: string): number | undefined;
   release(resource: string, lease: string): Promise<void> | void;
   /**
    * Keeps held leases alive, registering again any the store lost (a restart, leases granted locally during an
@@ -131,10 +133,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+local held = redis.call('ZCARD', KEYS[1])
+if held >= tonumber(ARGV[1]) then return {0, held} end
 redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], lease * 2)
-return 1
+return {1, held + 1}
 `;
 
 /**
@@ -177,14 +180,21 @@ export class RedisPermitStore implements PermitStore {
     this.prefix = `{vllm-kit:permits:${name}}:`;
   }
 
+  private readonly counts = new Map<string, number>();
+
   async tryAcquire(resource: string, limit: number): Promise<string | undefined> {
     const lease = `${this.member}.${newLease()}`;
-    const granted = await SCRIPTS.acquire.run(
+    const [granted, held] = (await SCRIPTS.acquire.run(
       this.client,
       [this.prefix + resource],
       [limit, this.leaseMs, lease],
-    );
+    )) as [number, number];
+    this.counts.set(resource, held);
     return granted === 1 ? lease : undefined;
+  }
+
+  lastCount(resource: string): number | undefined {
+    return this.counts.get(resource);
   }
 
   async release(resource: string, lease: string): Promise<void> {
