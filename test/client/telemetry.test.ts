@@ -309,6 +309,37 @@ describe('client spans', () => {
     expect(requests[0]!.headers.traceparent).toContain(json!.spanContext().spanId);
   });
 
+  it('never throws on a body nested 100k levels deep when capturing content (the upstream refuses it)', async () => {
+    const otel = capture();
+    const sim = await use.simulator();
+    const client = tracedClient(sim.url, otel, {
+      telemetry: {
+        tracerProvider: otel.tracerProvider,
+        meterProvider: otel.meterProvider,
+        captureContent: true,
+      },
+    });
+    let content: unknown = 'x';
+    for (let i = 0; i < 100_000; i++) content = [content];
+    const deep = { messages: [{ role: 'user', content }] };
+    // The passthrough, as the gateway calls it: the span ends (serialising the input) after the upstream's 400.
+    const reply = await client.request({
+      method: 'POST',
+      path: '/v1/chat/completions',
+      headers: { 'content-type': 'application/json' },
+      body: Buffer.from('{"messages":[{"role":"user","content":"x"}],"model":"nope"}'),
+      routingBody: deep,
+    });
+    for await (const _ of reply.body) {
+      // drained
+    }
+    await expect.poll(() => otel.spans().length).toBe(1);
+    const [span] = otel.spans();
+    expect(span!.attributes['gen_ai.input.messages']).toBe(
+      JSON.stringify([{ role: 'user', parts: [{ type: 'text', content: '"[nested too deep]"' }] }]),
+    );
+  });
+
   it('records prompts and completions only when captureContent says so', async () => {
     const otel = capture();
     const sim = await use.simulator();
