@@ -1,6 +1,6 @@
 // A client choosing its own affinity key (X-Session-Id) to pin a replica, against the gateway as `npm start` runs it
-// (4 workers, 3 replicas): the load bound holds for the replica across workers, and a victim sharing that replica
-// keeps its latency.
+// (4 workers, 3 replicas): the load bound holds for the replica across workers, and a victim sharing that replica is
+// never queued behind the attacker.
 import { request } from 'node:http';
 import { describe, expect, it } from 'vitest';
 import { HashRing, hash32 } from '../../src/client/routing.js';
@@ -42,8 +42,6 @@ async function replicas(options: Parameters<typeof startVllmSimulator>[0]): Prom
   return sims;
 }
 
-const p99 = (values: number[]) => [...values].sort((a, b) => a - b)[Math.ceil(values.length * 0.99) - 1]!;
-
 describe('a client-chosen affinity key', () => {
   it('cannot put more than the load bound on one replica, across 4 workers', async () => {
     const sims = await replicas({ ttftMs: 400, itlMs: 5 });
@@ -57,7 +55,10 @@ describe('a client-chosen affinity key', () => {
     expect(Math.max(...counts)).toBeLessThanOrEqual(34);
   }, 60_000);
 
-  it("keeps a victim's p99 within 2× its baseline while an attacker pins 24 streams on its replica", async () => {
+  it("never queues a victim behind an attacker's 24 pinned streams on their shared replica", async () => {
+    // 12 slots per replica (vLLM's --max-num-seqs): 24 streams on one replica leave 12 waiting, and the victim behind
+    // them (its p99 went from 0.33 s to 9.4 s). Spread, no replica runs out of slots and nothing waits. The latency
+    // itself is a benchmark's to measure; here the cause is checked: the replica's own waiting queue.
     const sims = await replicas({ ttftMs: 20, itlMs: 10, maxNumSeqs: 12, batchSlowdown: 1 });
     const urls = sims.map((s) => s.url);
     const gateway = await start(urls.join(','), { env: { WORKERS: '2', RATE_LIMIT_POINTS: '100000' } });
@@ -66,20 +67,22 @@ describe('a client-chosen affinity key', () => {
     const home = ring.home(hash32('a:attacker'));
     let victim = 'victim-0';
     for (let i = 1; ring.home(hash32(`a:${victim}`)) !== home; i++) victim = `victim-${i}`;
-    const measure = async () => {
-      const times: number[] = [];
-      for (let i = 0; i < 12; i++) times.push(await call(gateway.url, gateway.key, victim, 20));
-      return p99(times);
-    };
-    const baseline = await measure();
-    // 24 long streams with the attacker's session id, all at once.
     const attack = Promise.all(
-      Array.from({ length: 24 }, () => call(gateway.url, gateway.key, 'attacker', 400).catch(() => 0)),
+      Array.from({ length: 24 }, () => call(gateway.url, gateway.key, 'attacker', 300).catch(() => 0)),
     );
-    await new Promise((r) => setTimeout(r, 300));
-    const underAttack = await measure();
+    await new Promise((r) => setTimeout(r, 200));
+    let waitingPeak = 0;
+    let runningPeak = 0;
+    const watch = setInterval(() => {
+      for (const sim of sims) {
+        waitingPeak = Math.max(waitingPeak, sim.stats().waiting);
+        runningPeak = Math.max(runningPeak, sim.stats().running);
+      }
+    }, 2);
+    for (let i = 0; i < 6; i++) await call(gateway.url, gateway.key, victim, 20);
+    clearInterval(watch);
     await attack;
-    // It was 0.33 s → 9.4 s: the 24 streams filled the one replica and the victim queued behind them.
-    expect(underAttack).toBeLessThanOrEqual(2 * baseline);
+    expect(waitingPeak).toBe(0);
+    expect(runningPeak).toBeLessThanOrEqual(12);
   }, 90_000);
 });
