@@ -137,6 +137,8 @@ export async function startWorker(
     firstByteTimeoutMs: config.upstreamTimeoutMs,
     routing: config.routing,
     routingLoadFactor: config.routingLoadFactor,
+    // Replicas may serve different models: each one's /v1/models is read, and requests go where their model is.
+    modelDiscovery: true,
     // Every worker (and host) routes over the same replicas: the load bound holds for the replica, not per worker.
     processes: config.workers * config.gatewayInstances,
     ...(config.vllmApiKey ? { apiKey: config.vllmApiKey } : {}),

@@ -14,6 +14,7 @@ import {
   estimatePromptTokens,
   exceedsJsonDepth,
   type IpRateLimiter,
+  isModelNotFoundError,
   isPermitTimeoutError,
   isQueueFullError,
   isQueueTimeoutError,
@@ -98,6 +99,7 @@ export class HttpError extends Error {
     readonly type: string,
     readonly code: string | null = null,
     readonly headers: Record<string, string> = {},
+    readonly param: string | null = null,
   ) {
     super(message);
   }
@@ -126,7 +128,7 @@ function sendError(res: ServerResponse, error: HttpError): void {
   send(
     res,
     error.status,
-    { error: { message: error.message, type: error.type, param: null, code: error.code } },
+    { error: { message: error.message, type: error.type, param: error.param, code: error.code } },
     error.headers,
   );
 }
@@ -227,6 +229,12 @@ class Exchange implements AbortSignalLike {
   budgeted = false;
   /** The request was sent upstream (a request that never was is refunded, not recorded). */
   sentUpstream = false;
+  /** Marks the request sent upstream (the client calls it when it hands the request to a replica). */
+  readonly dispatched = (): void => {
+    if (this.sentUpstream) return;
+    this.sentUpstream = true;
+    this.sentAt = performance.now();
+  };
   /** What to strip from the stream (the usage the gateway asked for and the client did not). */
   strip: UsageStrip = 'none';
   /** Choices per request (prompts × `n`), for continuous usage. */
@@ -380,8 +388,9 @@ export function createGateway(deps: GatewayDeps) {
   /** Requests whose response has not closed yet (reported when draining). */
   let open = 0;
   const telemetry = deps.telemetry;
-  // The parsed body is kept for the client when it routes by it, or describes the call on its span.
-  const keepsParsedBody = client.baseUrls.length > 1 || telemetry !== undefined;
+  // The parsed body is kept for the client: it routes by it (the `model`, then the prompt prefix), refuses a model no
+  // replica serves before sending, and describes the call on its span.
+  const keepsParsedBody = true;
 
   async function authenticate(req: IncomingMessage): Promise<ApiKey> {
     const header = req.headers.authorization;
@@ -537,8 +546,6 @@ export function createGateway(deps: GatewayDeps) {
   async function proxy(res: ServerResponse, exchange: Exchange, route: Route, body: Buffer | null) {
     if (route.limited) metrics?.observeQueueWait((performance.now() - exchange.started) / 1000);
     const requestId = exchange.requestId;
-    exchange.sentUpstream = true;
-    exchange.sentAt = performance.now();
     const upstream = await client.request({
       method: route.method,
       path: exchange.path,
@@ -551,6 +558,8 @@ export function createGateway(deps: GatewayDeps) {
       // X-Session-Id, when the client sends one, keeps a conversation on one replica whatever its prompt.
       routingKey: exchange.sessionId,
       traceContext: exchange.span?.context,
+      // From here on the request may cost the model server something (before it: a permit wait, a model check).
+      onDispatch: exchange.dispatched,
     });
     exchange.upstreamStatus = upstream.status;
     if (upstream.status === 401) {
@@ -779,6 +788,7 @@ export function createGateway(deps: GatewayDeps) {
       }
       const principal = await authenticate(req);
       if (path === '/auth/verify') return send(res, 200, { id: principal.id, name: principal.name });
+      if (path === '/v1/models') return await listModels(res);
       // A generation request is accounted to its key (its budget is admitted once its body is read).
       if (route.limited) exchange.principal = principal;
       await forward(req, res, exchange, route);
@@ -841,6 +851,29 @@ export function createGateway(deps: GatewayDeps) {
   function respondToError(res: ServerResponse, exchange: Exchange, error: unknown): void {
     const requestId = exchange.requestId;
     if (error instanceof HttpError) return sendError(res, error);
+    if (isModelNotFoundError(error)) {
+      // OpenAI's answer, word for word: no replica was asked.
+      return sendError(
+        res,
+        error.model === undefined
+          ? new HttpError(
+              400,
+              `The request must name a \`model\`: this gateway serves several (${error.available.join(', ')})`,
+              'invalid_request_error',
+              'model_required',
+              {},
+              'model',
+            )
+          : new HttpError(
+              404,
+              `The model \`${error.model}\` does not exist or you do not have access to it.`,
+              'invalid_request_error',
+              'model_not_found',
+              {},
+              'model',
+            ),
+      );
+    }
     if (isPermitTimeoutError(error)) {
       return sendError(
         res,
@@ -898,6 +931,18 @@ export function createGateway(deps: GatewayDeps) {
       'unexpected error',
     );
     sendError(res, new HttpError(500, 'Internal error', 'internal_error'));
+  }
+
+  /**
+   * `GET /v1/models`: every model the replicas serve, each once, in OpenAI's list shape (`parent` kept for LoRA
+   * adapters), read from the replicas now.
+   */
+  async function listModels(res: ServerResponse): Promise<void> {
+    const list = await client.models({ timeoutMs: 5000 });
+    send(res, 200, {
+      object: 'list',
+      data: list.data.map(({ replicas: _replicas, ...card }) => card),
+    });
   }
 
   /** The admin key, compared as SHA-256 digests in constant time. */

@@ -7,6 +7,7 @@ import {
   ClosedError,
   InvalidOptionError,
   isVllmKitError,
+  ModelNotFoundError,
   RequestAbortedError,
   UpstreamConnectionError,
   UpstreamTimeoutError,
@@ -70,6 +71,12 @@ export interface RawRequest extends CallOptions {
    * call's span (model, `max_tokens`, `stream`).
    */
   routingBody?: unknown;
+  /**
+   * Called when the request is handed to a replica's connection pool (after its model check and its permit, once per
+   * attempt): until then nothing reached the model server, so a caller that accounts for the request can tell a
+   * request that cost nothing from one that may have.
+   */
+  onDispatch?: () => void;
 }
 
 export interface RawResponse {
@@ -135,6 +142,11 @@ export interface VllmClient {
   completion(body: CompletionRequest, options?: CallOptions): Promise<Completion>;
   streamCompletion(body: CompletionRequest, options?: CallOptions): AsyncIterable<CompletionChunk>;
   embeddings(body: EmbeddingRequest, options?: CallOptions): Promise<EmbeddingList>;
+  /**
+   * The served models. With model routing (several replicas, or `models`): every replica's `/v1/models` read now,
+   * the union, each id once, with `replicas` (the URLs serving it), `parent` (a LoRA adapter's base) and `root`.
+   * Otherwise (one replica) that replica's list.
+   */
   models(options?: CallOptions): Promise<ModelList>;
   /**
    * True when `/health` answers 2xx; false on another status. Connection failures throw. One request, never retried:
@@ -346,8 +358,25 @@ class Client implements VllmClient {
     return this.json('/v1/embeddings', body, options) as Promise<EmbeddingList>;
   }
 
-  models(options?: CallOptions): Promise<ModelList> {
-    return this.json('/v1/models', undefined, options) as Promise<ModelList>;
+  async models(options?: CallOptions): Promise<ModelList> {
+    const router = this.router;
+    if (router === undefined || !router.routesByModel || options?.replica !== undefined) {
+      return this.json('/v1/models', undefined, options) as Promise<ModelList>;
+    }
+    // Every replica's models, read now: the union, each id once, with the replicas serving it.
+    await router.discoverModels();
+    return {
+      object: 'list',
+      data: router.servedModels().map((m) => ({
+        id: m.id,
+        object: 'model' as const,
+        owned_by: 'vllm',
+        root: m.root,
+        parent: m.parent,
+        ...(m.maxModelLen === undefined ? {} : { max_model_len: m.maxModelLen }),
+        replicas: m.replicas,
+      })),
+    };
   }
 
   async health(options?: CallOptions): Promise<boolean> {
@@ -612,6 +641,28 @@ class Client implements VllmClient {
         : options?.routingKey !== undefined
           ? `a:${options.routingKey}`
           : router.keyOf(spec.routeBody);
+    // Routing by model: only replicas serving the body's `model`; none → refused before anything is sent.
+    let model: string | undefined;
+    if (
+      router !== undefined &&
+      replica === undefined &&
+      spec.routeBody !== undefined &&
+      router.routesByModel
+    ) {
+      await router.modelsReady();
+      const named = (spec.routeBody as { model?: unknown } | undefined)?.model;
+      const wanted = typeof named === 'string' ? named : undefined;
+      const eligible = router.replicasFor(wanted);
+      if (eligible !== undefined && eligible.length === 0) {
+        throw this.fail(
+          new ModelNotFoundError(
+            wanted,
+            router.servedModels().map((m) => m.id),
+          ),
+        );
+      }
+      if (eligible !== undefined) model = wanted;
+    }
     this.requests++;
     this.budget.recordRequest();
     const requestId = options?.requestId;
@@ -642,7 +693,7 @@ class Client implements VllmClient {
     // Only work takes a permit (POST: generations, embeddings); probes (GET /health, /v1/models) never wait for one.
     const permits = spec.method === 'POST' ? this.options.permits : undefined;
     if (permits !== undefined) {
-      target ??= this.router === undefined ? this.origin : this.router.choose({ routeKey }).origin;
+      target ??= this.router === undefined ? this.origin : this.router.choose({ routeKey, model }).origin;
       let permit: Permit;
       try {
         const timeoutMs = this.options.permitTimeoutMs;
@@ -677,6 +728,7 @@ class Client implements VllmClient {
         replica: target,
         routeKey,
         avoid,
+        model,
         telemetry: call,
         path: spec.path,
         method: spec.method,
@@ -688,6 +740,7 @@ class Client implements VllmClient {
         bodyTimeout: spec.stream ? 0 : this.options.idleTimeoutMs,
       };
       try {
+        (options as RawRequest | undefined)?.onDispatch?.();
         response = await this.dispatcher.request(request);
       } catch (error) {
         const mapped = this.mapError(error, signal, options, servedBy(request));
@@ -713,6 +766,8 @@ class Client implements VllmClient {
       }
 
       const status = response.statusCode;
+      // A replica that no longer serves the model (unloaded, restarted with another): its models are read again.
+      if (status === 404 && model !== undefined) this.router?.modelMissing(servedBy(request));
       if (
         status >= 500 &&
         spec.retryElsewhere === true &&

@@ -136,6 +136,20 @@ export interface VllmClientOptions {
   /** Probe every replica's `/health` this often, ms, ejecting failures (active checks); `0` = passive only. @default 0 */
   healthCheckIntervalMs?: number;
   /**
+   * Model discovery: each replica's `GET /v1/models` is read at start, every `modelRefreshMs`, and at once when it
+   * answers 404 for a model it was thought to serve; requests then go only to replicas serving their `model` (typed
+   * calls, `request({ routingBody })`, `fetch`), and a model no replica serves rejects with `ModelNotFoundError` before
+   * anything is sent. @default true with several replicas, false with one
+   */
+  modelDiscovery?: boolean;
+  /** How often the replicas' models are read again, ms; `0` = only at start and on a 404. @default 10000 */
+  modelRefreshMs?: number;
+  /**
+   * Which replicas serve which model, for servers without `/v1/models`: `{ "model-a": ["http://a:8000"], … }`.
+   * Given, it replaces discovery.
+   */
+  models?: Record<string, readonly string[]>;
+  /**
    * OpenTelemetry: a span per inference call (chat, completion, embeddings) following the GenAI semantic
    * conventions, the `gen_ai.client.*` metrics, and `traceparent` sent upstream. On when `@opentelemetry/api` is
    * installed (an optional peer dependency); spans and metrics go where its SDK sends them. `false` turns it off
@@ -170,6 +184,9 @@ export interface ResolvedClientOptions {
   maxEjectionMs: number;
   probeIntervalMs: number;
   healthCheckIntervalMs: number;
+  modelDiscovery: boolean;
+  modelRefreshMs: number;
+  models: Record<string, readonly string[]> | undefined;
   routing: RoutingPolicy;
   routingLoadFactor: number;
   routingLoadSlack: number;
@@ -207,6 +224,9 @@ const KEYS = [
   'ejectAfter5xx',
   'maxEjectionMs',
   'healthCheckIntervalMs',
+  'modelDiscovery',
+  'modelRefreshMs',
+  'models',
   'routing',
   'routingLoadFactor',
   'routingLoadSlack',
@@ -403,6 +423,9 @@ export function resolveClientOptions(input: VllmClientOptions): ResolvedClientOp
     maxEjectionMs: numberOption('maxEjectionMs', options.maxEjectionMs, 60_000, { min: 1, max: MAX_MS }),
     probeIntervalMs: numberOption('probeIntervalMs', options.probeIntervalMs, 2000, { min: 1, max: MAX_MS }),
     healthCheckIntervalMs: numberOption('healthCheckIntervalMs', options.healthCheckIntervalMs, 0, ms(0)),
+    modelDiscovery: modelDiscoveryOption(options.modelDiscovery, origins.length),
+    modelRefreshMs: numberOption('modelRefreshMs', options.modelRefreshMs, 10_000, ms(0)),
+    models: modelMapOption(options.models, origins),
     routing: routingOption(options.routing, origins.length),
     routingLoadFactor: numberOption('routingLoadFactor', options.routingLoadFactor, 1.25, {
       min: 1,
@@ -430,4 +453,32 @@ export function resolveClientOptions(input: VllmClientOptions): ResolvedClientOp
     telemetry: telemetryOption(options.telemetry),
     now: (options.now as (() => number) | undefined) ?? Date.now,
   };
+}
+
+function modelDiscoveryOption(value: unknown, replicas: number): boolean {
+  if (value === undefined) return replicas > 1;
+  if (typeof value !== 'boolean') throw invalid('modelDiscovery', 'a boolean', value);
+  return value;
+}
+
+/** `models`: model → replica URLs, each one of the client's baseUrls. */
+function modelMapOption(
+  value: unknown,
+  origins: readonly string[],
+): Record<string, readonly string[]> | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw invalid('models', 'an object of model → replica URLs', value);
+  const out: Record<string, readonly string[]> = {};
+  for (const [model, urls] of Object.entries(value as Record<string, unknown>)) {
+    if (!Array.isArray(urls) || urls.length === 0)
+      throw invalid(`models.${model}`, 'a non-empty array of baseUrls', urls);
+    out[model] = urls.map((url) => {
+      const origin = typeof url === 'string' ? url.replace(/\/+$/, '') : '';
+      if (!origins.includes(origin))
+        throw invalid(`models.${model}`, `URLs among baseUrls (${origins.join(', ')})`, url);
+      return origin;
+    });
+  }
+  return out;
 }

@@ -34,8 +34,20 @@ const CONNECTION_FAILURE_CODES = new Set([
   'UND_ERR_HEADERS_TIMEOUT',
 ]);
 
+/** A model a replica serves, from its `/v1/models` card. */
+export interface ServedModel {
+  id: string;
+  /** A LoRA adapter's base model (null for a base model). */
+  parent: string | null;
+  /** vLLM: the model's path (an adapter's path). */
+  root: string | null;
+  maxModelLen: number | undefined;
+}
+
 export class Upstream {
   readonly pool: Pool;
+  /** The models it serves, by id; undefined until known (discovery, or the `models` option). */
+  models: Map<string, ServedModel> | undefined;
   outstanding = 0;
   consecutiveFailures = 0;
   /** 5xx answers in a row. */
@@ -158,6 +170,38 @@ export class Upstream {
     }
   }
 
+  /** Reads `/v1/models`; keeps what it knew when the replica cannot answer. */
+  async discoverModels(): Promise<void> {
+    try {
+      const response = await this.pool.request({
+        path: '/v1/models',
+        method: 'GET',
+        headers: this.options.apiKey === undefined ? {} : { authorization: `Bearer ${this.options.apiKey}` },
+        headersTimeout: this.options.connectTimeoutMs,
+        bodyTimeout: this.options.connectTimeoutMs,
+      });
+      if (response.statusCode !== 200) {
+        await response.body.dump();
+        return;
+      }
+      const body = (await response.body.json()) as { data?: unknown };
+      if (!Array.isArray(body.data)) return;
+      const models = new Map<string, ServedModel>();
+      for (const card of body.data as Record<string, unknown>[]) {
+        if (typeof card?.id !== 'string') continue;
+        models.set(card.id, {
+          id: card.id,
+          parent: typeof card.parent === 'string' ? card.parent : null,
+          root: typeof card.root === 'string' ? card.root : null,
+          maxModelLen: typeof card.max_model_len === 'number' ? card.max_model_len : undefined,
+        });
+      }
+      this.models = models;
+    } catch {
+      // Unreachable now: what it served before stands (ejection deals with a dead replica).
+    }
+  }
+
   private scheduleProbe(delayMs = this.options.probeIntervalMs): void {
     if (this.probeTimer) clearTimeout(this.probeTimer);
     this.probeTimer = setTimeout(async () => {
@@ -187,6 +231,8 @@ export interface RoutedOptions {
   servedBy?: string | undefined;
   /** Not this replica (a retry after it failed), unless it is the only one left. */
   avoid?: string | undefined;
+  /** Only replicas serving this model (set by the client when it routes by model). */
+  model?: string | undefined;
 }
 
 /**
@@ -206,6 +252,11 @@ export class Router extends Dispatcher {
   private readonly keyCap: number;
   /** The replica the request being routed must avoid (set for the duration of `choose`). */
   private avoiding: string | undefined;
+  /** The model the request being routed needs (set for the duration of `choose`). */
+  private needing: string | undefined;
+  private discovering: Promise<void> | undefined;
+  private discovered = false;
+  private modelTimer: NodeJS.Timeout | undefined;
   private healthTimer: NodeJS.Timeout | undefined;
   private loadTimer: NodeJS.Timeout | undefined;
 
@@ -223,6 +274,22 @@ export class Router extends Dispatcher {
     if (options.healthCheckIntervalMs > 0) {
       this.healthTimer = setInterval(() => void this.checkAll(), options.healthCheckIntervalMs);
       this.healthTimer.unref();
+    }
+    if (options.models !== undefined) {
+      for (const upstream of this.upstreams) upstream.models = new Map();
+      for (const [id, urls] of Object.entries(options.models)) {
+        for (const upstream of this.upstreams) {
+          if (urls.includes(upstream.origin))
+            upstream.models!.set(id, { id, parent: null, root: null, maxModelLen: undefined });
+        }
+      }
+      this.discovered = true;
+    } else if (options.modelDiscovery) {
+      void this.discoverModels();
+      if (options.modelRefreshMs > 0) {
+        this.modelTimer = setInterval(() => void this.discoverModels(), options.modelRefreshMs);
+        this.modelTimer.unref();
+      }
     }
     if (options.loadSignalsIntervalMs > 0 && this.upstreams.length > 1) {
       const scrape = () => void Promise.all(this.upstreams.map((u) => u.scrapeLoad()));
@@ -249,8 +316,13 @@ export class Router extends Dispatcher {
       if (this.isOut(candidate)) continue;
       if (best === undefined || candidate.load() < best.load()) best = candidate;
     }
-    // Every replica ejected: try them in turn rather than fail without trying.
-    return best ?? upstreams[start]!;
+    // Every replica ejected: try them in turn rather than fail without trying (one serving the model, if it must).
+    if (best !== undefined) return best;
+    const needing = this.needing;
+    return (
+      (needing === undefined ? undefined : upstreams.find((u) => this.serves(u, needing))) ??
+      upstreams[start]!
+    );
   }
 
   /** The next replica that is not ejected, in turn. */
@@ -288,17 +360,86 @@ export class Router extends Dispatcher {
   }
 
   private isOut(upstream: Upstream): boolean {
-    return upstream.ejected || upstream.origin === this.avoiding;
+    return (
+      upstream.ejected ||
+      upstream.origin === this.avoiding ||
+      (this.needing !== undefined && !this.serves(upstream, this.needing))
+    );
+  }
+
+  /** Whether a replica serves a model (a replica whose models are unknown is tried only when none is known to). */
+  private serves(upstream: Upstream, model: string): boolean {
+    return upstream.models?.has(model) ?? false;
+  }
+
+  /** Reads every replica's models (one read at a time, shared). */
+  discoverModels(): Promise<void> {
+    this.discovering ??= Promise.all(this.upstreams.map((u) => u.discoverModels())).then(() => {
+      this.discovering = undefined;
+      this.discovered = true;
+    });
+    return this.discovering;
+  }
+
+  /** Models are routed by: discovery is on, or the map was given. */
+  get routesByModel(): boolean {
+    return this.options.models !== undefined || this.options.modelDiscovery;
+  }
+
+  /** Resolves once the replicas' models are known (the first discovery), at once afterwards. */
+  modelsReady(): Promise<void> {
+    return this.discovered ? Promise.resolve() : this.discoverModels();
+  }
+
+  /**
+   * The replicas for a request's model: undefined when any will do (no model routing, or no replica's models are
+   * known); an empty list when none serves it.
+   */
+  replicasFor(model: string | undefined): Upstream[] | undefined {
+    if (!this.routesByModel || this.upstreams.every((u) => u.models === undefined)) return undefined;
+    if (model === undefined) return this.distinctModels() ? [] : undefined;
+    return this.upstreams.filter((u) => this.serves(u, model));
+  }
+
+  /** True when the replicas do not all serve the same models. */
+  private distinctModels(): boolean {
+    const sets = this.upstreams
+      .filter((u) => u.models !== undefined)
+      .map((u) => [...u.models!.keys()].sort().join('\u0000'));
+    return new Set(sets).size > 1;
+  }
+
+  /** Every model served, each once, with the replicas serving it. */
+  servedModels(): (ServedModel & { replicas: string[] })[] {
+    const union = new Map<string, ServedModel & { replicas: string[] }>();
+    for (const upstream of this.upstreams) {
+      for (const model of upstream.models?.values() ?? []) {
+        const entry = union.get(model.id) ?? { ...model, replicas: [] };
+        entry.replicas.push(upstream.origin);
+        union.set(model.id, entry);
+      }
+    }
+    return [...union.values()];
+  }
+
+  /** A replica answered 404 for a model it was thought to serve: read its models again now. */
+  modelMissing(origin: string): void {
+    if (this.options.models !== undefined || !this.options.modelDiscovery) return;
+    void this.upstreams.find((u) => u.origin === origin)?.discoverModels();
   }
 
   /** The replica a request goes to (the client asks first when it must take a permit for it). */
   choose(opts: RoutedOptions): Upstream {
-    if (opts.avoid === undefined || this.upstreams.length < 2) return this.chooseFrom(opts);
+    if ((opts.avoid === undefined || this.upstreams.length < 2) && opts.model === undefined) {
+      return this.chooseFrom(opts);
+    }
     this.avoiding = opts.avoid;
+    this.needing = opts.model;
     try {
       return this.chooseFrom(opts);
     } finally {
       this.avoiding = undefined;
+      this.needing = undefined;
     }
   }
 
@@ -370,6 +511,8 @@ export class Router extends Dispatcher {
   }
 
   private stop(): void {
+    if (this.modelTimer) clearInterval(this.modelTimer);
+    this.modelTimer = undefined;
     if (this.healthTimer) clearInterval(this.healthTimer);
     this.healthTimer = undefined;
     if (this.loadTimer) clearInterval(this.loadTimer);

@@ -16,7 +16,8 @@ export type VllmKitErrorCode =
   | 'ERR_VK_TOKEN_LOOKUP_FAILED'
   | 'ERR_VK_QUEUE_FULL'
   | 'ERR_VK_QUEUE_TIMEOUT'
-  | 'ERR_VK_PERMIT_TIMEOUT';
+  | 'ERR_VK_PERMIT_TIMEOUT'
+  | 'ERR_VK_MODEL_NOT_FOUND';
 
 /** The class that carries each code (its `name`): every code once, checked against the union both ways. */
 const CLASS_OF_CODE: Record<VllmKitErrorCode, string> = {
@@ -41,6 +42,7 @@ const CLASS_OF_CODE: Record<VllmKitErrorCode, string> = {
   ERR_VK_QUEUE_FULL: 'QueueFullError',
   ERR_VK_QUEUE_TIMEOUT: 'QueueTimeoutError',
   ERR_VK_PERMIT_TIMEOUT: 'PermitTimeoutError',
+  ERR_VK_MODEL_NOT_FOUND: 'ModelNotFoundError',
 };
 
 /** Every code, for exhaustive handling and tests. */
@@ -88,6 +90,33 @@ export class ClosedError extends VllmKitError {
 /** True for {@link ClosedError}. */
 export function isClosedError(value: unknown): value is ClosedError {
   return hasCode(value, ['ERR_VK_CLOSED']);
+}
+
+/**
+ * No replica serves the request's `model` (as their `GET /v1/models` say), or the request names none while the
+ * replicas serve different models. Thrown before anything is sent.
+ */
+export class ModelNotFoundError extends VllmKitError {
+  /** The model asked for; undefined when the request named none. */
+  readonly model: string | undefined;
+  /** The models the replicas serve. */
+  readonly available: readonly string[];
+
+  constructor(model: string | undefined, available: readonly string[]) {
+    super(
+      model === undefined
+        ? `The request names no \`model\`, and the replicas serve different ones (${available.join(', ')})`
+        : `The model \`${model}\` does not exist (served: ${available.join(', ') || 'none known'})`,
+      'ERR_VK_MODEL_NOT_FOUND',
+    );
+    this.model = model;
+    this.available = available;
+  }
+}
+
+/** True for {@link ModelNotFoundError}. */
+export function isModelNotFoundError(value: unknown): value is ModelNotFoundError {
+  return hasCode(value, ['ERR_VK_MODEL_NOT_FOUND']);
 }
 
 /** A `serveCluster…()` function was called outside the node:cluster primary. */

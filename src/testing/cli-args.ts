@@ -14,6 +14,8 @@ const NUMERIC = {
   seed: 'seed',
   'keep-alive-timeout-ms': 'keepAliveTimeoutMs',
   'embedding-dimensions': 'embeddingDimensions',
+  'prefill-ms-per-token': 'prefillMsPerToken',
+  'prefix-cache-tokens': 'prefixCacheTokens',
 } as const;
 const TEXT = {
   host: 'host',
@@ -44,6 +46,10 @@ A fast, faithful simulator of vLLM's OpenAI-compatible server.
   --error-shape nested|legacy
   --embedding-dimensions N   (default 64)
   --server-version V         reported by /version
+  --prefill-ms-per-token MS  prefill time per prompt token not in the prefix cache (default 0)
+  --prefix-cache-tokens N    prefix cache size in tokens, 0 = off (default 1000000)
+  --prompt-tokens-details    report cached prompt tokens in usage (vLLM's --enable-prompt-tokens-details)
+  --lora-adapters A,B        LoRA adapters served on top of --model (listed by /v1/models with their parent)
   --faults JSON              faults active from the start, e.g. '{"status":{"status":503,"times":2}}'
   --help
 `;
@@ -65,9 +71,16 @@ function parseJson(flag: string, text: string): unknown {
 /** Turns command-line arguments into simulator options (exported for tests). */
 export function parseSimulatorArgs(argv: string[]): VllmSimulatorOptions | 'help' {
   const flags: Record<string, { type: 'string' | 'boolean' }> = { help: { type: 'boolean' } };
-  for (const flag of [...Object.keys(NUMERIC), ...Object.keys(TEXT), 'output-tokens', 'faults']) {
+  for (const flag of [
+    ...Object.keys(NUMERIC),
+    ...Object.keys(TEXT),
+    'output-tokens',
+    'faults',
+    'lora-adapters',
+  ]) {
     flags[flag] = { type: 'string' };
   }
+  flags['prompt-tokens-details'] = { type: 'boolean' };
   const { values } = parseArgs({ args: argv, options: flags, strict: true, allowPositionals: false });
   if (values.help === true) return 'help';
   const options: Record<string, unknown> = { port: 8000 };
@@ -87,5 +100,12 @@ export function parseSimulatorArgs(argv: string[]): VllmSimulatorOptions | 'help
   }
   const faults = values.faults;
   if (typeof faults === 'string') options.faults = parseJson('faults', faults);
+  if (values['prompt-tokens-details'] === true) options.promptTokensDetails = true;
+  const adapters = values['lora-adapters'];
+  if (typeof adapters === 'string')
+    options.loraAdapters = adapters
+      .split(',')
+      .map((a) => a.trim())
+      .filter(Boolean);
   return options as VllmSimulatorOptions;
 }

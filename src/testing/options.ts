@@ -59,6 +59,11 @@ export interface VllmSimulatorOptions {
   host?: string;
   /** Served model name; requests naming another model get 404. @default 'meta-llama/Llama-3.1-8B-Instruct' */
   model?: string;
+  /**
+   * LoRA adapters served on top of `model` (loaded at start, as `--lora-modules name=path` does): listed by
+   * `/v1/models` with `parent` the base model and `root` their path, and accepted as a request's `model`. @default []
+   */
+  loraAdapters?: readonly string[];
   /** When set, `/v1*` routes require `Authorization: Bearer <apiKey>` (401 `{"error":"Unauthorized"}`). */
   apiKey?: string;
   /** Running slots, vLLM's `--max-num-seqs`. @default 256 */
@@ -119,6 +124,7 @@ export interface ResolvedOptions {
   port: number;
   host: string;
   model: string;
+  loraAdapters: readonly string[];
   apiKey: string | undefined;
   maxNumSeqs: number;
   maxQueue: number;
@@ -163,6 +169,7 @@ const OPTION_KEYS = [
   'version',
   'faults',
   'onRequest',
+  'loraAdapters',
 ] as const satisfies readonly (keyof VllmSimulatorOptions)[];
 
 const ms = { min: 0, max: 86_400_000 };
@@ -175,6 +182,7 @@ export function resolveOptions(input: VllmSimulatorOptions = {}): ResolvedOption
     port: numberOption('port', options.port, 0, { min: 0, max: 65535, integer: true }),
     host: stringOption('host', options.host, '127.0.0.1'),
     model: stringOption('model', options.model, 'meta-llama/Llama-3.1-8B-Instruct'),
+    loraAdapters: adapterNames(options.loraAdapters),
     apiKey: optionalStringOption('apiKey', options.apiKey),
     maxNumSeqs: numberOption('maxNumSeqs', options.maxNumSeqs, 256, { min: 1, integer: true }),
     maxQueue: numberOption('maxQueue', options.maxQueue, Number.POSITIVE_INFINITY, {
@@ -325,4 +333,11 @@ export function resolveFaults(value: unknown): SimulatorFaults {
 function timesField(option: string, rule: Record<string, unknown>): { times?: number } {
   const n = optionalNumberOption(`${option}.times`, rule.times, times);
   return n === undefined ? {} : { times: n };
+}
+
+function adapterNames(value: unknown): readonly string[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value) || !value.every((v) => typeof v === 'string' && v !== ''))
+    throw invalid('loraAdapters', 'an array of adapter names', value);
+  return value as string[];
 }

@@ -128,7 +128,18 @@ export function streamErrorEvent(shape: 'nested' | 'legacy', status: number, mes
 
 export const DONE_EVENT = 'data: [DONE]\n\n';
 
-export function modelList(model: string, created: number, maxModelLen: number): string {
-  const id = JSON.stringify(model);
-  return `{"object":"list","data":[{"id":${id},"object":"model","created":${created},"owned_by":"vllm","root":${id},"parent":null,"max_model_len":${maxModelLen},"permission":[{"id":"modelperm-sim","object":"model_permission","created":${created},"allow_create_engine":false,"allow_sampling":true,"allow_logprobs":true,"allow_search_indices":false,"allow_view":true,"allow_fine_tuning":false,"organization":"*","group":null,"is_blocking":false}]}]}`;
+export function modelList(
+  model: string,
+  created: number,
+  maxModelLen: number,
+  adapters: readonly string[] = [],
+): string {
+  const base = JSON.stringify(model);
+  // vLLM's ModelCard: a LoRA adapter's `parent` is its base model, its `root` the adapter's path.
+  const card = (id: string, root: string, parent: string) =>
+    `{"id":${id},"object":"model","created":${created},"owned_by":"vllm","root":${root},"parent":${parent},"max_model_len":${maxModelLen},"permission":[{"id":"modelperm-sim","object":"model_permission","created":${created},"allow_create_engine":false,"allow_sampling":true,"allow_logprobs":true,"allow_search_indices":false,"allow_view":true,"allow_fine_tuning":false,"organization":"*","group":null,"is_blocking":false}]}`;
+  const cards = [card(base, base, 'null')];
+  for (const name of adapters)
+    cards.push(card(JSON.stringify(name), JSON.stringify(`/adapters/${name}`), base));
+  return `{"object":"list","data":[${cards.join(',')}]}`;
 }

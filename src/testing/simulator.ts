@@ -339,7 +339,11 @@ class Simulator implements VllmSimulator {
       case '/v1/models':
         if (method !== 'GET') return this.methodNotAllowed(req, res);
         req.resume();
-        return this.sendJson(res, 200, modelList(this.model, this.createdAt, this.options.maxModelLen));
+        return this.sendJson(
+          res,
+          200,
+          modelList(this.model, this.createdAt, this.options.maxModelLen, this.options.loraAdapters),
+        );
       case '/health':
       case '/ping':
         if (method !== 'GET' && !(path === '/ping' && method === 'POST'))
@@ -461,7 +465,7 @@ class Simulator implements VllmSimulator {
   }
 
   private checkModel(res: ServerResponse, model: string | undefined): boolean {
-    if (model === undefined || model === this.model) return true;
+    if (model === undefined || model === this.model || this.options.loraAdapters.includes(model)) return true;
     this.sendError(res, 404, `The model \`${model}\` does not exist.`, 'model');
     return false;
   }

@@ -5,7 +5,7 @@ import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { HashRing, hash32, routingKeyOf } from '../../src/client/routing.js';
 import { isInvalidOptionError } from '../../src/index.js';
-import { trackResources } from '../helpers/fixtures.js';
+import { generations, trackResources } from '../helpers/fixtures.js';
 
 const use = trackResources();
 const root = resolve(import.meta.dirname, '../..');
@@ -90,8 +90,8 @@ describe('createVllmClient routing', () => {
     expect(stats.reduce((sum, u) => sum + u.fallbacks, 0)).toBe(0);
     // Each replica served whole conversations (3 turns each); the conversations spread over the replicas (which
     // ones depends on the ring, and so on the simulators' random ports: at least two of three here, always).
-    for (const sim of sims) expect(sim.stats().requestsReceived % 3).toBe(0);
-    expect(sims.filter((sim) => sim.stats().requestsReceived > 0).length).toBeGreaterThanOrEqual(2);
+    for (const sim of sims) expect(generations(sim) % 3).toBe(0);
+    expect(sims.filter((sim) => generations(sim) > 0).length).toBeGreaterThanOrEqual(2);
   });
 
   it('spreads a hot prefix under bounded loads instead of pinning one replica (strict bound, no slack)', async () => {
@@ -136,11 +136,11 @@ describe('createVllmClient routing', () => {
         { routingKey: 'session-42' },
       );
     }
-    expect(sims.map((s) => s.stats().requestsReceived).sort()).toEqual([0, 0, 0, 8]);
+    expect(sims.map((s) => generations(s)).sort()).toEqual([0, 0, 0, 8]);
     const body = { messages: conversation(3, 1), max_tokens: 1 };
     const targets = new Set<number>();
     for (let i = 0; i < 4; i++) {
-      const before = sims.map((s) => s.stats().requestsReceived);
+      const before = sims.map((s) => generations(s));
       const reply = await client.request({
         method: 'POST',
         path: '/v1/chat/completions',
@@ -149,7 +149,7 @@ describe('createVllmClient routing', () => {
         routingBody: body,
       });
       for await (const _ of reply.body) void _;
-      targets.add(sims.findIndex((s, k) => s.stats().requestsReceived > before[k]!));
+      targets.add(sims.findIndex((s, k) => generations(s) > before[k]!));
     }
     expect(targets.size).toBe(1);
   });
@@ -164,9 +164,9 @@ describe('createVllmClient routing', () => {
       retryMaxDelayMs: 2,
     });
     const homeOf = async (id: number) => {
-      const before = sims.map((s) => s.stats().requestsReceived);
+      const before = sims.map((s) => generations(s));
       await client.chatCompletion({ messages: conversation(id, 0), max_tokens: 1 });
-      return sims.findIndex((s, k) => s.stats().requestsReceived > before[k]!);
+      return sims.findIndex((s, k) => generations(s) > before[k]!);
     };
     const homes: number[] = [];
     for (let id = 0; id < 30; id++) homes.push(await homeOf(id));
@@ -198,11 +198,16 @@ describe('createVllmClient routing', () => {
       { messages: [{ role: 'user', content: 'hi' }], max_tokens: 1 },
       { routingKey: 's' },
     );
-    expect(sims.map((s) => s.stats().requestsReceived)).toEqual([0, 0, 2]);
+    expect(sims.map((s) => generations(s))).toEqual([0, 0, 2]);
     expect(seen).toEqual(['p:user\nhi\n', 'a:s']);
-    const turns = use.client({ baseUrls: sims.map((s) => s.url), routing: 'round-robin' });
+    // Model discovery off: models() then asks one replica at a time, in turn.
+    const turns = use.client({
+      baseUrls: sims.map((s) => s.url),
+      routing: 'round-robin',
+      modelDiscovery: false,
+    });
     for (let i = 0; i < 6; i++) await turns.models();
-    expect(sims.map((s) => s.stats().requestsReceived)).toEqual([2, 2, 4]);
+    expect(sims.map((s) => s.stats().requestsReceived - generations(s))).toEqual([3, 3, 3]);
   });
 
   it('refuses bad routing options with InvalidOptionError', () => {

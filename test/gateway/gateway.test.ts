@@ -82,13 +82,15 @@ describe('gateway errors', () => {
       status: 413,
       body: { error: { code: 'body_too_large' } },
     });
-    // Upstream 4xx bodies pass through.
+    // A model no replica serves: OpenAI's 404, before any replica is asked (upstream 4xx bodies pass through).
     const unknownModel = await post(url, '/v1/chat/completions', {
       key,
       body: JSON.stringify({ model: 'other', messages: [{ role: 'user', content: 'x' }] }),
     });
     expect(unknownModel.status).toBe(404);
-    expect(await unknownModel.json()).toMatchObject({ error: { type: 'NotFoundError', param: 'model' } });
+    expect(await unknownModel.json()).toMatchObject({
+      error: { type: 'invalid_request_error', param: 'model', code: 'model_not_found' },
+    });
     // The key store goes down: 503 with Retry-After (a fresh key, so the cache cannot answer).
     const { key: other } = await gateway.keyStore.create('bob');
     await gateway.keyStore.close();

@@ -46,3 +46,12 @@ export function watchInFlight(sim: VllmSimulator): { stop(): number } {
     },
   };
 }
+
+/**
+ * Generation requests a simulator received (whatever became of them): unlike `requestsReceived`, not counting the
+ * GETs clients and gateways make on their own (model discovery, the health probe).
+ */
+export function generations(sim: VllmSimulator): number {
+  const s = sim.stats();
+  return s.running + s.waiting + s.completed + s.aborted + s.failed + s.rejected;
+}

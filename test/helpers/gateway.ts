@@ -85,11 +85,4 @@ export async function errorOf(response: Response) {
   };
 }
 
-/**
- * Generation requests a simulator received (whatever became of them): unlike `requestsReceived`, not counting the
- * gateway's background health probe (GET /health, /v1/models).
- */
-export function generations(sim: VllmSimulator): number {
-  const s = sim.stats();
-  return s.running + s.waiting + s.completed + s.aborted + s.failed + s.rejected;
-}
+export { generations } from './fixtures.js';
