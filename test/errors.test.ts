@@ -40,6 +40,7 @@ const INSTANCES: Record<string, () => Error> = {
   QueueFullError: () => new kit.QueueFullError(1),
   QueueTimeoutError: () => new kit.QueueTimeoutError(10, 1),
   PermitTimeoutError: () => new kit.PermitTimeoutError(10, 'http://replica'),
+  ModelNotFoundError: () => new kit.ModelNotFoundError('x', ['y']),
 };
 
 const exported = Object.entries(kit).filter(

@@ -649,7 +649,7 @@ class Client implements VllmClient {
       spec.routeBody !== undefined &&
       router.routesByModel
     ) {
-      await router.modelsReady();
+      if (!router.modelsKnown) await router.modelsReady();
       const named = (spec.routeBody as { model?: unknown } | undefined)?.model;
       const wanted = typeof named === 'string' ? named : undefined;
       const eligible = router.replicasFor(wanted);

@@ -386,6 +386,11 @@ export class Router extends Dispatcher {
     return this.options.models !== undefined || this.options.modelDiscovery;
   }
 
+  /** The first discovery has finished (or the map was given): no wait before routing by model. */
+  get modelsKnown(): boolean {
+    return this.discovered;
+  }
+
   /** Resolves once the replicas' models are known (the first discovery), at once afterwards. */
   modelsReady(): Promise<void> {
     return this.discovered ? Promise.resolve() : this.discoverModels();
