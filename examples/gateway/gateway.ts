@@ -788,7 +788,7 @@ export function createGateway(deps: GatewayDeps) {
       }
       const principal = await authenticate(req);
       if (path === '/auth/verify') return send(res, 200, { id: principal.id, name: principal.name });
-      if (path === '/v1/models') return await listModels(res);
+      if (path === '/v1/models') return await listModels(res, principal);
       // A generation request is accounted to its key (its budget is admitted once its body is read).
       if (route.limited) exchange.principal = principal;
       await forward(req, res, exchange, route);
@@ -808,6 +808,7 @@ export function createGateway(deps: GatewayDeps) {
     principal: ApiKey,
     parsed: unknown,
   ): Promise<void> {
+    checkModelAccess(principal, parsed);
     const cost = reservationFor(parsed, exchange.path !== '/v1/embeddings');
     exchange.cost = cost;
     exchange.choices = cost.choices;
@@ -934,15 +935,47 @@ export function createGateway(deps: GatewayDeps) {
   }
 
   /**
-   * `GET /v1/models`: every model the replicas serve, each once, in OpenAI's list shape (`parent` kept for LoRA
-   * adapters), read from the replicas now.
+   * `GET /v1/models`: every model the replicas serve that the key may use, each once, in OpenAI's list shape
+   * (`parent` kept for LoRA adapters), read from the replicas now.
    */
-  async function listModels(res: ServerResponse): Promise<void> {
+  async function listModels(res: ServerResponse, principal: ApiKey): Promise<void> {
     const list = await client.models({ timeoutMs: 5000 });
+    const allowed = principal.models;
     send(res, 200, {
       object: 'list',
-      data: list.data.map(({ replicas: _replicas, ...card }) => card),
+      data: list.data
+        .filter((card) => allowed === null || allowed.includes(card.id))
+        .map(({ replicas: _replicas, ...card }) => card),
     });
+  }
+
+  /**
+   * A key limited to some models (`keys --models`): any other gets the same 404 as a model that does not exist (no
+   * enumeration), and a request without `model` is refused (the server's default might be one it may not use).
+   */
+  function checkModelAccess(principal: ApiKey, parsed: unknown): void {
+    const allowed = principal.models;
+    if (allowed === null) return;
+    const model = (parsed as { model?: unknown } | null)?.model;
+    if (typeof model === 'string' && allowed.includes(model)) return;
+    if (typeof model !== 'string') {
+      throw new HttpError(
+        400,
+        `The request must name a \`model\` (this key may use: ${allowed.join(', ')})`,
+        'invalid_request_error',
+        'model_required',
+        {},
+        'model',
+      );
+    }
+    throw new HttpError(
+      404,
+      `The model \`${model}\` does not exist or you do not have access to it.`,
+      'invalid_request_error',
+      'model_not_found',
+      {},
+      'model',
+    );
   }
 
   /** The admin key, compared as SHA-256 digests in constant time. */

@@ -12,6 +12,8 @@ export interface KeyLimits {
   tpm: number | null;
   /** Its requests' priority band when the upstream is busy: higher first, fair within a band. */
   priority: number;
+  /** The models it may use (ids or aliases); null: every model. */
+  models: string[] | null;
 }
 
 export interface ApiKey extends KeyLimits {
@@ -85,6 +87,8 @@ const MIGRATIONS = [
   'ALTER TABLE api_keys ADD COLUMN priority INTEGER NOT NULL DEFAULT 0',
   // Usage batches already applied, by id (kept a day): a retried batch is applied once.
   'CREATE TABLE IF NOT EXISTS usage_batches (id TEXT PRIMARY KEY, applied_at TEXT NOT NULL)',
+  // The models a key may use, comma-separated; NULL: every model.
+  'ALTER TABLE api_keys ADD COLUMN models TEXT',
 ];
 
 /** How long an applied batch's id is remembered (a retry comes within one outage of the database). */
@@ -168,6 +172,7 @@ interface Row {
   rpm: number | string | null;
   tpm: number | string | null;
   priority: number | string | null;
+  models: string | null;
 }
 /** PostgreSQL returns BIGINT as a string. */
 const int = (value: number | string | null | undefined): number | null =>
@@ -181,7 +186,10 @@ const toKey = (row: Row): ApiKey => ({
   rpm: int(row.rpm),
   tpm: int(row.tpm),
   priority: int(row.priority) ?? 0,
+  models: row.models === null || row.models === undefined ? null : row.models.split(',').filter(Boolean),
 });
+const modelsText = (models: string[] | null | undefined): string | null =>
+  models === null || models === undefined ? null : models.join(',');
 
 /** What the store needs of a database: queries with `?` placeholders, and several writes as one transaction. */
 interface Sql {
@@ -222,17 +230,18 @@ function keyStoreOn(db: Sql): KeyStore {
       const rpm = limits.rpm ?? null;
       const tpm = limits.tpm ?? null;
       const priority = limits.priority ?? 0;
+      const models = limits.models ?? null;
       try {
         await db.transaction([
           [
-            'INSERT INTO api_keys (id, name, key_hash, prefix, created_at, rpm, tpm, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-            [id, name, hashKey(key), prefix, createdAt, rpm, tpm, priority],
+            'INSERT INTO api_keys (id, name, key_hash, prefix, created_at, rpm, tpm, priority, models) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+            [id, name, hashKey(key), prefix, createdAt, rpm, tpm, priority, modelsText(models)],
           ],
         ]);
       } catch (error) {
         throw isNameTaken(error) ? new KeyNameTakenError(name) : error;
       }
-      return { key, record: { id, name, prefix, createdAt, revokedAt: null, rpm, tpm, priority } };
+      return { key, record: { id, name, prefix, createdAt, revokedAt: null, rpm, tpm, priority, models } };
     },
     async list() {
       return ((await db.all('SELECT * FROM api_keys ORDER BY created_at')) as unknown as Row[]).map(toKey);
@@ -250,10 +259,14 @@ function keyStoreOn(db: Sql): KeyStore {
       const rpm = limits.rpm === undefined ? int(row.rpm) : limits.rpm;
       const tpm = limits.tpm === undefined ? int(row.tpm) : limits.tpm;
       const priority = limits.priority ?? int(row.priority) ?? 0;
+      const models = limits.models === undefined ? row.models : modelsText(limits.models);
       await db.transaction([
-        ['UPDATE api_keys SET rpm = ?, tpm = ?, priority = ? WHERE id = ?', [rpm, tpm, priority, row.id]],
+        [
+          'UPDATE api_keys SET rpm = ?, tpm = ?, priority = ?, models = ? WHERE id = ?',
+          [rpm, tpm, priority, models, row.id],
+        ],
       ]);
-      return { ...toKey({ ...row, rpm, tpm, priority }), keyHash: row.key_hash };
+      return { ...toKey({ ...row, rpm, tpm, priority, models }), keyHash: row.key_hash };
     },
     async findActiveByHash(hash) {
       const row = (

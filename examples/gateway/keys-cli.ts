@@ -7,13 +7,16 @@ import { loadConfig } from './config.js';
 import { type KeyLimits, type KeyStore, openKeyStore, REVOCATION_CHANNEL } from './key-store.js';
 
 const USAGE = `usage: npm run keys -- <command>
-  create --name NAME [--rpm N] [--tpm N] [--priority P]   create a key (printed once, as the last line)
-  update NAME [--rpm N|none] [--tpm N|none] [--priority P] change a key's limits or priority
+  create --name NAME [--rpm N] [--tpm N] [--priority P] [--models A,B]
+                                                           create a key (printed once, as the last line)
+  update NAME [--rpm N|none] [--tpm N|none] [--priority P] [--models A,B|all]
+                                                           change a key's limits, priority or models
   list                                                     every key, with its state, limits and priority
   revoke ID_OR_NAME                                        revoke a key
   usage [NAME] [--json]                                    lifetime requests and tokens per key
 limits: --rpm requests per minute, --tpm tokens (prompt + completion) per minute; whole numbers >= 1 (none: unlimited)
-priority: a whole number from -1000 to 1000 (default 0); when the model server is busy, higher goes first`;
+priority: a whole number from -1000 to 1000 (default 0); when the model server is busy, higher goes first
+models: the models the key may use, comma-separated (default: all); any other gets 404 model_not_found`;
 
 /** A usage mistake: printed with the usage text, exit 2. */
 class UsageError extends Error {}
@@ -41,6 +44,20 @@ function priorityOf(raw: string | undefined): number | undefined {
 }
 
 const shown = (value: number | null) => (value === null ? 'unlimited' : String(value));
+const shownModels = (models: string[] | null) => (models === null ? 'all' : models.join(','));
+
+/** `--models`: model ids, comma-separated; `all` (every model, when `allAllowed`); absent. */
+function modelsOf(raw: string | undefined, allAllowed: boolean): string[] | null | undefined {
+  if (raw === undefined) return undefined;
+  if (raw === 'all' && allAllowed) return null;
+  const models = raw.split(',').map((m) => m.trim());
+  if (models.length === 0 || models.some((m) => !/^[A-Za-z0-9._:/@-]{1,256}$/.test(m))) {
+    throw new UsageError(
+      `--models must be model ids separated by commas${allAllowed ? ', or "all"' : ''}, got "${raw}"`,
+    );
+  }
+  return models;
+}
 
 /** Tells running gateways to drop the key from their caches, so they read it (revoked, new limits) again. */
 async function announce(redisUrl: string | undefined, keyHash: string): Promise<void> {
@@ -60,10 +77,11 @@ async function run(store: KeyStore, command: string | undefined, target: string 
       rpm: limit('rpm', values.rpm, false) ?? null,
       tpm: limit('tpm', values.tpm, false) ?? null,
       priority: priorityOf(values.priority) ?? 0,
+      models: modelsOf(values.models, true) ?? null,
     };
     const { key, record } = await store.create(values.name, limits);
     process.stdout.write(
-      `Created ${record.id} (${record.name}; rpm ${shown(record.rpm)}, tpm ${shown(record.tpm)}, priority ${record.priority}). ` +
+      `Created ${record.id} (${record.name}; rpm ${shown(record.rpm)}, tpm ${shown(record.tpm)}, priority ${record.priority}, models ${shownModels(record.models)}). ` +
         `The key is shown once; store it now:\n${key}\n`,
     );
     return 0;
@@ -74,11 +92,13 @@ async function run(store: KeyStore, command: string | undefined, target: string 
     const rpm = limit('rpm', values.rpm, true);
     const tpm = limit('tpm', values.tpm, true);
     const priority = priorityOf(values.priority);
+    const models = modelsOf(values.models, true);
     if (rpm !== undefined) limits.rpm = rpm;
     if (tpm !== undefined) limits.tpm = tpm;
     if (priority !== undefined) limits.priority = priority;
-    if (rpm === undefined && tpm === undefined && priority === undefined) {
-      throw new UsageError('update needs --rpm, --tpm or --priority');
+    if (models !== undefined) limits.models = models;
+    if (rpm === undefined && tpm === undefined && priority === undefined && models === undefined) {
+      throw new UsageError('update needs --rpm, --tpm, --priority or --models');
     }
     const updated = await store.update(target, limits);
     if (!updated) {
@@ -87,7 +107,7 @@ async function run(store: KeyStore, command: string | undefined, target: string 
     }
     await announce(config.redisUrl, updated.keyHash);
     process.stdout.write(
-      `Updated ${updated.id} (${updated.name}): rpm ${shown(updated.rpm)}, tpm ${shown(updated.tpm)}, priority ${updated.priority}\n`,
+      `Updated ${updated.id} (${updated.name}): rpm ${shown(updated.rpm)}, tpm ${shown(updated.tpm)}, priority ${updated.priority}, models ${shownModels(updated.models)}\n`,
     );
     return 0;
   }
@@ -95,7 +115,7 @@ async function run(store: KeyStore, command: string | undefined, target: string 
     for (const k of await store.list()) {
       const state = k.revokedAt ? `revoked ${k.revokedAt}` : 'active';
       process.stdout.write(
-        `${k.id}\t${k.name}\t${k.prefix}…\t${k.createdAt}\t${state}\trpm ${shown(k.rpm)}\ttpm ${shown(k.tpm)}\tpriority ${k.priority}\n`,
+        `${k.id}\t${k.name}\t${k.prefix}…\t${k.createdAt}\t${state}\trpm ${shown(k.rpm)}\ttpm ${shown(k.tpm)}\tpriority ${k.priority}\tmodels ${shownModels(k.models)}\n`,
       );
     }
     return 0;
@@ -135,6 +155,7 @@ interface Values {
   rpm?: string | undefined;
   tpm?: string | undefined;
   priority?: string | undefined;
+  models?: string | undefined;
   json?: boolean | undefined;
   help?: boolean | undefined;
 }
@@ -156,6 +177,7 @@ async function main(): Promise<number> {
         rpm: { type: 'string' },
         tpm: { type: 'string' },
         priority: { type: 'string' },
+        models: { type: 'string' },
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },

@@ -100,11 +100,12 @@ describe('usage in the key store', () => {
       ['update', 'test'],
       ['update', 'test', '--priority', '1.5'],
       ['create', '--name', 'x', '--priority', '-5000'],
+      ['create', '--name', 'x', '--models', 'not a model!'],
     ]) {
       const run = gateway.keys(...bad);
       expect(run.status, bad.join(' ')).toBe(2);
       expect(run.stderr).toMatch(
-        /^keys: (--(rpm|tpm) must be a whole number of at least 1|--priority must be|update needs)/,
+        /^keys: (--(rpm|tpm) must be a whole number of at least 1|--priority must be|--models must be|update needs)/,
       );
     }
     expect(gateway.keys('create', '--name', 'x', '--rpm', '-5').stderr).toContain('got "-5"');
@@ -115,7 +116,14 @@ describe('usage in the key store', () => {
     expect(
       gateway.keys('update', 'team', '--rpm', 'none', '--tpm', '5000', '--priority', '-2').stdout,
     ).toContain('rpm unlimited, tpm 5000, priority -2');
-    expect(gateway.keys('list').stdout).toMatch(/\tteam\t.*\trpm unlimited\ttpm 5000\tpriority -2/);
+    expect(gateway.keys('list').stdout).toMatch(
+      /\tteam\t.*\trpm unlimited\ttpm 5000\tpriority -2\tmodels all/,
+    );
+    expect(gateway.keys('update', 'team', '--models', 'model-a,b-sql').stdout).toContain(
+      'models model-a,b-sql',
+    );
+    expect(gateway.keys('list').stdout).toMatch(/\tteam\t.*\tmodels model-a,b-sql\n/);
+    expect(gateway.keys('update', 'team', '--models', 'all').stdout).toContain('models all');
     expect(gateway.keys('update', 'nobody', '--rpm', '1')).toMatchObject({
       status: 1,
       stderr: 'keys: no active key with id or name "nobody"\n',

@@ -56,7 +56,7 @@ describe('key store', () => {
     const rows = (await client.query('SELECT * FROM api_keys')).rows;
     expect(JSON.stringify(rows)).not.toContain(key);
     expect((await client.query('SELECT version FROM schema_migrations ORDER BY version')).rows).toEqual(
-      [1, 2, 3, 4, 5, 6].map((version) => ({ version })),
+      [1, 2, 3, 4, 5, 6, 7].map((version) => ({ version })),
     );
   });
 

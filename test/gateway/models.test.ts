@@ -11,7 +11,7 @@ describe('several models behind the gateway', () => {
   it('routes each model to its replicas, lists the union, and refuses unknown models with OpenAI’s 404', async () => {
     const a = await simulator({ model: 'model-a' });
     const b = await simulator({ model: 'model-b', loraAdapters: ['b-sql'] });
-    const { url, key } = await setup({ RATE_LIMIT_POINTS: '1000' }, a, [b.url]);
+    const { url, key, gateway } = await setup({ RATE_LIMIT_POINTS: '1000' }, a, [b.url]);
     const statuses: number[] = [];
     for (let i = 0; i < 10; i++) {
       for (const model of ['model-a', 'model-b', 'b-sql']) {
@@ -50,5 +50,33 @@ describe('several models behind the gateway', () => {
     expect(((await unnamed.json()) as { error: { code: string } }).error.code).toBe('model_required');
     // Neither reached a replica.
     expect([generations(a), generations(b)]).toEqual([10, 20]);
+
+    // A key limited to some models: any other is answered as if it did not exist (no enumeration).
+    const { key: limited } = await gateway.keyStore.create('limited', { models: ['model-a', 'b-sql'] });
+    const allowed = await post(url, '/v1/chat/completions', { key: limited, body: chat('b-sql', 'y') });
+    expect(allowed.status).toBe(200);
+    await allowed.arrayBuffer();
+    const forbidden = await post(url, '/v1/chat/completions', { key: limited, body: chat('model-b', 'y') });
+    expect(forbidden.status).toBe(404);
+    expect(await forbidden.json()).toEqual({
+      error: {
+        message: 'The model `model-b` does not exist or you do not have access to it.',
+        type: 'invalid_request_error',
+        param: 'model',
+        code: 'model_not_found',
+      },
+    });
+      await (await post(url, '/v1/chat/completions', { key, body: chat('gpt-4o', 'x') }))
+        .json()
+        .then((body) => JSON.parse(JSON.stringify(body).replace('gpt-4o', 'model-b'))),
+    );
+    const nameless = await post(url, '/v1/chat/completions', { key: limited, body: chat(undefined, 'y') });
+    expect(nameless.status).toBe(400);
+    await nameless.arrayBuffer();
+    const visible = (await (
+      await fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${limited}` } })
+    ).json()) as { data: { id: string }[] };
+    expect(visible.data.map((m) => m.id)).toEqual(['model-a', 'b-sql']);
+    expect([generations(a), generations(b)]).toEqual([10, 21]);
   });
 });
