@@ -199,7 +199,7 @@ function answerTooLarge(req: IncomingMessage, res: ServerResponse, error: HttpEr
 }
 
 /** Lets an upstream body go unread (undici errors a destroyed body: nobody is waiting for that error). */
-function discard(body: Readable): void {
+export function discard(body: Readable): void {
   body.on('error', () => {});
   body.destroy();
 }
@@ -219,7 +219,7 @@ class Exchange implements AbortSignalLike {
   reason: unknown = undefined;
   /** Set when the upstream cut a response that had begun: logged and counted as a 502. */
   upstreamFailure: string | undefined = undefined;
-  /** The request body as parsed to validate it, kept only when the client routes by it (several upstreams). */
+  /** The request body as parsed to validate it: the client routes by it (its model, then its prompt) and the span reads it. */
   parsedBody: unknown = undefined;
   /** The client's X-Session-Id: an affinity key for routing. */
   sessionId: string | undefined = undefined;
@@ -388,9 +388,6 @@ export function createGateway(deps: GatewayDeps) {
   /** Requests whose response has not closed yet (reported when draining). */
   let open = 0;
   const telemetry = deps.telemetry;
-  // The parsed body is kept for the client: it routes by it (the `model`, then the prompt prefix), refuses a model no
-  // replica serves before sending, and describes the call on its span.
-  const keepsParsedBody = true;
 
   async function authenticate(req: IncomingMessage): Promise<ApiKey> {
     const header = req.headers.authorization;
@@ -472,10 +469,9 @@ export function createGateway(deps: GatewayDeps) {
           'invalid_json',
         );
       }
-      // Parsed once: with several replicas the client routes by it (prompt prefix, `prompt_cache_key`, `user`), and
-      // with telemetry its span reads the model from it, without parsing again. Kept only then: a parsed body held
-      // for the whole request costs GC time.
-      if (keepsParsedBody) exchange.parsedBody = parsed;
+      // Parsed once: the client routes by it (its `model`, then the prompt prefix, `prompt_cache_key`, `user`), refuses
+      // a model no replica serves before sending, and its span reads it, without parsing again.
+      exchange.parsedBody = parsed;
       if (exchange.principal !== undefined) {
         await admit(res, exchange, exchange.principal, parsed);
         body = askForUsage(exchange, body, parsed);

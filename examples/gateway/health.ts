@@ -2,9 +2,9 @@
 // result: a flood of /health, /readyz calls costs the upstreams nothing. Each probe asks every replica once, 2 s at
 // most: its /health (2xx: healthy) and GET /v1/models (401: the gateway's VLLM_API_KEY is rejected). Ejections (the
 // client's outlier detection) are read live, so a replica taken out shows at once.
-import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { VllmClient } from 'vllm-kit';
+import { discard } from './gateway.js';
 
 export interface ReplicaHealth {
   url: string;
@@ -33,11 +33,6 @@ export interface HealthProbe {
 }
 
 const PROBE_TIMEOUT_MS = 2000;
-
-function discard(body: Readable): void {
-  body.on('error', () => {});
-  body.destroy();
-}
 
 export function startHealthProbe(client: VllmClient, logger: Logger, intervalMs: number): HealthProbe {
   let results = new Map<string, { healthy: boolean; credentials: ReplicaHealth['credentials'] }>();

@@ -81,14 +81,7 @@ export class MemoryBudgetStore implements BudgetStore {
       this.previous.delete(key);
       if (op === Op.Reset) {
         this.current.delete(key);
-        return {
-          admitted: true,
-          requests: 0,
-          tokens: 0,
-          resetAt: now + this.windowMs,
-          window: now,
-          reserved: 0,
-        };
+        return this.emptyWindow(now);
       }
       window = { requests: 0, tokens: 0, resetAt: now + this.windowMs, start: now };
       // Kept in the current generation: it ends before the next-but-one generation begins.
@@ -117,14 +110,7 @@ export class MemoryBudgetStore implements BudgetStore {
       case Op.Reset:
         this.current.delete(key);
         this.previous.delete(key);
-        return {
-          admitted: true,
-          requests: 0,
-          tokens: 0,
-          resetAt: now + this.windowMs,
-          window: now,
-          reserved: 0,
-        };
+        return this.emptyWindow(now);
     }
     return {
       admitted,
@@ -134,6 +120,11 @@ export class MemoryBudgetStore implements BudgetStore {
       window: window.start,
       reserved,
     };
+  }
+
+  /** A key's state after a reset: a fresh window from now. */
+  private emptyWindow(now: number): BudgetState {
+    return { admitted: true, requests: 0, tokens: 0, resetAt: now + this.windowMs, window: now, reserved: 0 };
   }
 
   get size(): number {
