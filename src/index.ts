@@ -41,9 +41,11 @@ export {
   type TaskContext,
 } from './concurrency/index.js';
 export {
+  AdapterLoadError,
   ClosedError,
   ERROR_CODES,
   InvalidOptionError,
+  isAdapterLoadError,
   isClosedError,
   isInvalidOptionError,
   isModelNotFoundError,

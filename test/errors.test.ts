@@ -41,6 +41,7 @@ const INSTANCES: Record<string, () => Error> = {
   QueueTimeoutError: () => new kit.QueueTimeoutError(10, 1),
   PermitTimeoutError: () => new kit.PermitTimeoutError(10, 'http://replica'),
   ModelNotFoundError: () => new kit.ModelNotFoundError('x', ['y']),
+  AdapterLoadError: () => new kit.AdapterLoadError('x', ['http://replica']),
 };
 
 const exported = Object.entries(kit).filter(

@@ -2,10 +2,13 @@
 // safe retries within a budget, and errors from one mapping function.
 import { EventEmitter } from 'node:events';
 import type { Readable } from 'node:stream';
-import { Dispatcher, Headers, fetch as undiciFetch } from 'undici';
+import { Dispatcher, Headers, Response as UndiciResponse, fetch as undiciFetch } from 'undici';
 import {
+  AdapterLoadError,
   ClosedError,
   InvalidOptionError,
+  isAdapterLoadError,
+  isModelNotFoundError,
   isVllmKitError,
   ModelNotFoundError,
   RequestAbortedError,
@@ -16,6 +19,7 @@ import {
 import type { AbortSignalLike } from '../internal/abort.js';
 import type { Permit } from '../upstream-permits/index.js';
 import { errorFromStatus, errorFromStreamEvent, errorFromTransport } from './map-error.js';
+import { type ModelAlias, renameModelStream, renameModelWebStream } from './model-alias.js';
 import { type ResolvedClientOptions, resolveClientOptions, type VllmClientOptions } from './options.js';
 import { isReplayableBody, ReplayDispatcher } from './replay.js';
 import { backoffDelay, isRetryableStatus, parseRetryAfter, RetryBudget } from './retry.js';
@@ -110,6 +114,10 @@ export interface UpstreamStats {
   /** The replica's own queue and KV-cache use (0–1) from its /metrics, when `loadSignalsIntervalMs` is on. */
   waiting: number | undefined;
   kvCacheUsage: number | undefined;
+  /** The models it serves (adapters included), when known. */
+  models: string[] | undefined;
+  /** LoRA adapters running there, when load signals are on and it reports them. */
+  loraRunning: string[] | undefined;
 }
 
 export interface VllmClientStats {
@@ -128,6 +136,8 @@ export interface VllmClientStats {
     /** Requests sent on a connection that had served a request before. */
     reused: number;
   };
+  /** On-demand LoRA adapter loads this process sent (`loraAdapters`), and of them those that failed. */
+  adapterLoads: { sent: number; failed: number };
 }
 
 export interface VllmClient {
@@ -198,6 +208,8 @@ interface Sent {
   call: CallTelemetry | undefined;
   /** The replica that answered. */
   upstream: string;
+  /** The alias the request used: its response names the alias instead of the served model. */
+  alias: ModelAlias | undefined;
 }
 
 /**
@@ -294,6 +306,7 @@ class Client implements VllmClient {
   private readonly streamHeaders: string[];
   private readonly mergedHeaders = new WeakMap<object, { base: string[]; merged: string[] }>();
   private readonly origin: string;
+  private readonly hasAliases: boolean;
   private readonly telemetry: ClientTelemetry | undefined;
   private requests = 0;
   private retries = 0;
@@ -304,6 +317,7 @@ class Client implements VllmClient {
     this.options = options;
     this.baseUrls = options.origins;
     this.origin = options.origins[0]!;
+    this.hasAliases = Object.keys(options.aliases).length > 0;
     this.router = options.dispatcher === undefined ? new Router(options) : undefined;
     // Up to 3 replays: each dead idle socket fails once and is gone, so a replay soon lands on a live one.
     const maxReplays = Math.min(options.connections, 3);
@@ -325,12 +339,80 @@ class Client implements VllmClient {
       'content-type': 'application/json',
       accept: 'text/event-stream',
     }).flat();
-    const dispatcher = this.dispatcher;
+    const router = this.router;
+    const byModel = router !== undefined && (router.routesByModel || this.hasAliases);
+    this.fetch = ((input: FetchInput, init?: FetchInit) =>
+      byModel && typeof init?.body === 'string'
+        ? this.modelFetch(input, init as FetchInit & { body: string })
+        : this.plainFetch(input, init, this.dispatcher)) as unknown as typeof globalThis.fetch;
+  }
+
+  private plainFetch(input: FetchInput, init: FetchInit | undefined, dispatcher: Dispatcher) {
     const telemetry = this.telemetry;
-    this.fetch = (telemetry === undefined
-      ? (input: FetchInput, init?: FetchInit) => undiciFetch(input, { ...init, dispatcher })
-      : (input: FetchInput, init?: FetchInit) =>
-          tracedFetch(telemetry, dispatcher, this.origin, input, init)) as unknown as typeof globalThis.fetch;
+    return telemetry === undefined
+      ? undiciFetch(input, { ...init, dispatcher })
+      : tracedFetch(telemetry, dispatcher, this.origin, input, init);
+  }
+
+  /**
+   * `fetch` with a JSON body, routed by its `model` as the typed calls are: an unknown model answers a 404 in
+   * OpenAI's shape (what an SDK expects of a server; a thrown error would look like a network failure and be
+   * retried), an alias is rewritten up and renamed in the response.
+   */
+  private async modelFetch(input: FetchInput, init: FetchInit & { body: string }): Promise<UndiciResponse> {
+    let body: unknown;
+    try {
+      body = JSON.parse(init.body);
+    } catch {
+      return this.plainFetch(input, init, this.dispatcher);
+    }
+    if (typeof body !== 'object' || body === null || Array.isArray(body))
+      return this.plainFetch(input, init, this.dispatcher);
+    let resolved: Awaited<ReturnType<Client['resolveModel']>>;
+    try {
+      resolved = await this.resolveModel(
+        {
+          method: 'POST',
+          path: '',
+          body: init.body,
+          json: true,
+          stream: false,
+          passErrors: true,
+          routeBody: body,
+        },
+        init.signal ? { signal: init.signal } : undefined,
+      );
+    } catch (error) {
+      if (isModelNotFoundError(error))
+        return errorResponse(
+          404,
+          modelNotFoundMessage(error.model),
+          'invalid_request_error',
+          'model',
+          'model_not_found',
+        );
+      if (isAdapterLoadError(error))
+        return errorResponse(503, error.message, 'service_unavailable', 'model', 'adapter_load_failed');
+      throw error;
+    }
+    const { model, alias } = resolved;
+    const dispatcher = model === undefined ? this.dispatcher : new CallDispatcher(this.dispatcher, { model });
+    const response = await this.plainFetch(
+      input,
+      { ...init, body: resolved.spec.body as string },
+      dispatcher,
+    );
+    if (alias === undefined || response.body === null) return response;
+    const headers = new Headers(response.headers);
+    headers.delete('content-length');
+    const renamed = (response.body as unknown as ReadableStream<Uint8Array>).pipeThrough(
+      renameModelWebStream(alias),
+    );
+    return new UndiciResponse(renamed as unknown as ConstructorParameters<typeof UndiciResponse>[0], {
+      status: response.status,
+      statusText: response.statusText,
+      headers,
+    });
   }
 
   // ── typed calls ──────────────────────────────────────────────────────────────────────────────────────────────
@@ -363,20 +445,36 @@ class Client implements VllmClient {
     if (router === undefined || !router.routesByModel || options?.replica !== undefined) {
       return this.json('/v1/models', undefined, options) as Promise<ModelList>;
     }
-    // Every replica's models, read now: the union, each id once, with the replicas serving it.
+    // Every replica's models, read now: the union, each id once, with the replicas serving it; then the declared
+    // adapters no replica has loaded yet (served on first use), and the aliases (`root` names what they stand for).
     await router.discoverModels();
-    return {
-      object: 'list',
-      data: router.servedModels().map((m) => ({
-        id: m.id,
-        object: 'model' as const,
+    const served = router.servedModels();
+    const data: ModelList['data'] = served.map((m) => ({
+      id: m.id,
+      object: 'model' as const,
+      owned_by: 'vllm',
+      root: m.root,
+      parent: m.parent,
+      ...(m.maxModelLen === undefined ? {} : { max_model_len: m.maxModelLen }),
+      replicas: m.replicas,
+    }));
+    const listed = new Set(served.map((m) => m.id));
+    for (const [id, { base, path }] of Object.entries(this.options.loraAdapters)) {
+      if (!listed.has(id))
+        data.push({ id, object: 'model', owned_by: 'vllm', root: path, parent: base, replicas: [] });
+    }
+    for (const [id, target] of Object.entries(this.options.aliases)) {
+      const of = served.find((m) => m.id === target);
+      data.push({
+        id,
+        object: 'model',
         owned_by: 'vllm',
-        root: m.root,
-        parent: m.parent,
-        ...(m.maxModelLen === undefined ? {} : { max_model_len: m.maxModelLen }),
-        replicas: m.replicas,
-      })),
-    };
+        root: target,
+        parent: of?.parent ?? null,
+        replicas: of?.replicas ?? [],
+      });
+    }
+    return { object: 'list', data };
   }
 
   async health(options?: CallOptions): Promise<boolean> {
@@ -423,7 +521,10 @@ class Client implements VllmClient {
     );
     // The call's timers live until the body is consumed or destroyed.
     sent.body.once('close', () => sent.done());
-    return { status: sent.status, headers: sent.headers, body: sent.body };
+    if (sent.alias === undefined) return { status: sent.status, headers: sent.headers, body: sent.body };
+    // Renamed, the body's length may change: it goes out without the upstream's content-length.
+    const { 'content-length': _length, ...headers } = sent.headers;
+    return { status: sent.status, headers, body: renameModelStream(sent.body, sent.alias) };
   }
 
   stats(): VllmClientStats {
@@ -446,6 +547,8 @@ class Client implements VllmClient {
         fallbacks: upstream.fallbacks,
         waiting: upstream.waiting,
         kvCacheUsage: upstream.kvCacheUsage,
+        models: upstream.models === undefined ? undefined : [...upstream.models.keys()],
+        loraRunning: upstream.lora === undefined ? undefined : [...upstream.lora.running],
       };
     });
     return {
@@ -457,6 +560,10 @@ class Client implements VllmClient {
       connections: {
         created: (this.router?.upstreams ?? []).reduce((sum, u) => sum + u.connectionsCreated, 0),
         reused: this.tracker.reusedRequests,
+      },
+      adapterLoads: {
+        sent: this.router?.adapterLoadsTotal ?? 0,
+        failed: this.router?.adapterLoadFailures ?? 0,
       },
     };
   }
@@ -490,7 +597,9 @@ class Client implements VllmClient {
       options,
     );
     try {
-      return await sent.body.json();
+      const result = await sent.body.json();
+      if (sent.alias !== undefined) nameAlias(result, sent.alias);
+      return result;
     } catch (error) {
       throw this.fail(this.mapError(error, sent.signal, options, sent.upstream), sent.call);
     } finally {
@@ -565,6 +674,7 @@ class Client implements VllmClient {
           if (typeof parsed === 'object' && parsed !== null && 'error' in parsed) {
             throw errorFromStreamEvent(data, context);
           }
+          if (sent.alias !== undefined) nameAlias(parsed, sent.alias);
           yield parsed as T;
         }
       }
@@ -578,6 +688,60 @@ class Client implements VllmClient {
       if (!ended) sent.body.destroy();
       sent.done();
     }
+  }
+
+  /**
+   * The model a request is routed by: its alias resolved (the body rewritten), a declared adapter that no replica
+   * serves loaded first (the wait bounded by the call's timeout and signal), and a model no replica serves refused.
+   */
+  private async resolveModel(
+    spec: SendSpec,
+    options: CallOptions | undefined,
+  ): Promise<{ spec: SendSpec; model: string | undefined; alias: ModelAlias | undefined }> {
+    const router = this.router!;
+    const named = (spec.routeBody as { model?: unknown }).model;
+    let wanted = typeof named === 'string' ? named : undefined;
+    let alias: ModelAlias | undefined;
+    if (wanted !== undefined && this.hasAliases && Object.hasOwn(this.options.aliases, wanted)) {
+      const served = this.options.aliases[wanted]!;
+      alias = { alias: wanted, served };
+      const routeBody = { ...(spec.routeBody as object), model: served };
+      spec = { ...spec, routeBody, body: JSON.stringify(routeBody) };
+      wanted = served;
+    }
+    if (!router.routesByModel) return { spec, model: undefined, alias };
+    if (!router.modelsKnown) await router.modelsReady();
+    let eligible = router.replicasFor(wanted);
+    const declared = wanted === undefined ? undefined : this.options.loraAdapters[wanted];
+    if (
+      eligible?.length === 0 &&
+      declared !== undefined &&
+      Object.hasOwn(this.options.loraAdapters, wanted!)
+    ) {
+      const timeoutMs = options?.timeoutMs ?? this.options.totalTimeoutMs;
+      try {
+        await waitWithin(
+          router.loadAdapter(wanted!, declared.base, declared.path, timeoutMs > 0 ? timeoutMs : MAX_LOAD_MS),
+          options?.signal,
+          timeoutMs,
+          options?.requestId,
+        );
+      } catch (error) {
+        throw this.fail(isVllmKitError(error) ? error : new AdapterLoadError(wanted!, []));
+      }
+      eligible = router.replicasFor(wanted);
+    }
+    if (eligible !== undefined && eligible.length === 0)
+      throw this.fail(new ModelNotFoundError(wanted, this.modelNames()));
+    return { spec, model: eligible === undefined ? undefined : wanted, alias };
+  }
+
+  /** Every name a request may use: served models, declared adapters and aliases. */
+  private modelNames(): string[] {
+    const names = new Set(this.router?.servedModels().map((m) => m.id));
+    for (const name of Object.keys(this.options.loraAdapters)) names.add(name);
+    for (const name of Object.keys(this.options.aliases)) names.add(name);
+    return [...names];
   }
 
   /** Counts a failed call by code (and tells its span) and hands the error back for throwing. */
@@ -641,27 +805,21 @@ class Client implements VllmClient {
         : options?.routingKey !== undefined
           ? `a:${options.routingKey}`
           : router.keyOf(spec.routeBody);
-    // Routing by model: only replicas serving the body's `model`; none → refused before anything is sent.
+    // Routing by model: an alias resolved, a declared adapter loaded if no replica serves it, then only replicas
+    // serving the body's `model`; none → refused before anything is sent.
     let model: string | undefined;
+    let alias: ModelAlias | undefined;
+    /** Time already spent waiting for an adapter load: it counts against the call's total timeout. */
+    let waitedMs = 0;
     if (
       router !== undefined &&
       replica === undefined &&
       spec.routeBody !== undefined &&
-      router.routesByModel
+      (router.routesByModel || this.hasAliases)
     ) {
-      if (!router.modelsKnown) await router.modelsReady();
-      const named = (spec.routeBody as { model?: unknown } | undefined)?.model;
-      const wanted = typeof named === 'string' ? named : undefined;
-      const eligible = router.replicasFor(wanted);
-      if (eligible !== undefined && eligible.length === 0) {
-        throw this.fail(
-          new ModelNotFoundError(
-            wanted,
-            router.servedModels().map((m) => m.id),
-          ),
-        );
-      }
-      if (eligible !== undefined) model = wanted;
+      const resolving = performance.now();
+      ({ model, alias, spec } = await this.resolveModel(spec, options));
+      waitedMs = performance.now() - resolving;
     }
     this.requests++;
     this.budget.recordRequest();
@@ -669,7 +827,8 @@ class Client implements VllmClient {
     const userSignal = options?.signal;
     if (userSignal?.aborted)
       throw this.fail(new RequestAbortedError({ requestId, cause: userSignal.reason }));
-    const signal = new CallSignal(requestId, userSignal, options?.timeoutMs ?? this.options.totalTimeoutMs);
+    const totalMs = options?.timeoutMs ?? this.options.totalTimeoutMs;
+    const signal = new CallSignal(requestId, userSignal, totalMs > 0 ? Math.max(1, totalMs - waitedMs) : 0);
     const abort = signal.abort;
     let target = replica;
     // A span for an inference call (telemetry on): it ends with the call, and its context goes upstream.
@@ -827,6 +986,7 @@ class Client implements VllmClient {
         startedAt,
         call,
         upstream: servedBy(request),
+        alias,
       };
     }
   }
@@ -924,24 +1084,48 @@ function tracedFetch(
   if (trace !== undefined) for (let i = 0; i < trace.length; i += 2) headers.set(trace[i]!, trace[i + 1]!);
   // The span ends with the transport: the response's last byte, or its failure.
   call.endWithTransport();
-  const traced = new CallDispatcher(dispatcher, call);
+  const traced = new CallDispatcher(dispatcher, { telemetry: call });
   return undiciFetch(input, { ...init, headers, dispatcher: traced }).catch((error: unknown) => {
     call.end(error);
     throw error;
   });
 }
 
-/** One `fetch` call's dispatcher: its requests carry the call's span. */
+/** OpenAI's message for a model that does not exist or that the caller may not use. */
+export function modelNotFoundMessage(model: string | undefined): string {
+  return model === undefined
+    ? 'The request names no `model`, and the server serves several: name one.'
+    : `The model \`${model}\` does not exist or you do not have access to it.`;
+}
+
+/** An error response in OpenAI's shape (for `fetch` callers, who expect one from a server). */
+function errorResponse(
+  status: number,
+  message: string,
+  type: string,
+  param: string,
+  code: string,
+): UndiciResponse {
+  return new UndiciResponse(JSON.stringify({ error: { message, type, param, code } }), {
+    status,
+    headers: { 'content-type': 'application/json' },
+  });
+}
+
+/**
+ * One `fetch` call's dispatcher: its requests carry the router's options for the call (its span; the model it is
+ * routed by, so that it goes only to replicas serving it).
+ */
 class CallDispatcher extends Dispatcher {
   constructor(
     private readonly inner: Dispatcher,
-    private readonly call: CallTelemetry,
+    private readonly routed: RoutedOptions,
   ) {
     super();
   }
 
   override dispatch(opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-    return this.inner.dispatch({ ...opts, telemetry: this.call } as Dispatcher.DispatchOptions, handler);
+    return this.inner.dispatch({ ...opts, ...this.routed } as Dispatcher.DispatchOptions, handler);
   }
 }
 
@@ -964,4 +1148,46 @@ function sleep(ms: number, signal: CallSignal): Promise<void> {
     const timer = setTimeout(finish, ms);
     signal.once('abort', finish);
   });
+}
+
+/** The longest an adapter load may take when the call has no total timeout. */
+const MAX_LOAD_MS = 600_000;
+
+/** Waits for `promise`, or rejects when the caller's signal aborts or `timeoutMs` passes (the work itself goes on). */
+function waitWithin<T>(
+  promise: Promise<T>,
+  signal: AbortSignalLike | undefined,
+  timeoutMs: number,
+  requestId: string | undefined,
+): Promise<T> {
+  if (signal === undefined && timeoutMs <= 0) return promise;
+  return new Promise((resolve, reject) => {
+    let timer: NodeJS.Timeout | undefined;
+    const finish = (settle: () => void) => {
+      if (timer) clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      settle();
+    };
+    const onAbort = () => finish(() => reject(new RequestAbortedError({ requestId, cause: signal?.reason })));
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (timeoutMs > 0) {
+      timer = setTimeout(
+        () => finish(() => reject(new UpstreamTimeoutError('total', timeoutMs, { requestId }))),
+        timeoutMs,
+      );
+      timer.unref();
+    }
+    promise.then(
+      (value) => finish(() => resolve(value)),
+      (error: unknown) => finish(() => reject(error)),
+    );
+  });
+}
+
+/** A response (or stream chunk) that names the served model names the alias the caller used instead. */
+function nameAlias(result: unknown, alias: ModelAlias): void {
+  const record = result as { model?: unknown } | null;
+  if (typeof record === 'object' && record !== null && record.model === alias.served)
+    record.model = alias.alias;
 }

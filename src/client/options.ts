@@ -150,6 +150,24 @@ export interface VllmClientOptions {
    */
   models?: Record<string, readonly string[]>;
   /**
+   * LoRA adapters loaded on demand, name → base model and path: when a request names one that no replica serves, it
+   * is loaded with `POST /v1/load_lora_adapter` on a replica of its base (one with a free adapter slot first, then the
+   * least loaded; the next one if the load fails), and the request waits for it within its timeout. Needs vLLM started
+   * with `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`. Turns model discovery on.
+   */
+  loraAdapters?: Record<string, { base: string; path: string }>;
+  /**
+   * Client-facing model names → served names, e.g. `{ "gpt-4o-mini": "meta-llama/Llama-3.1-8B-Instruct" }`: the
+   * body's `model` is rewritten on the way up, and responses name the alias.
+   */
+  aliases?: Record<string, string>;
+  /**
+   * Runs an adapter load in one process at a time across several (a gateway's workers): `run` is called in one
+   * process, and every caller with the same `key` gets the URL of the replica it returns. Without it, one load per
+   * adapter at a time in this process.
+   */
+  singleFlight?: (key: string, run: () => Promise<string>) => Promise<string>;
+  /**
    * OpenTelemetry: a span per inference call (chat, completion, embeddings) following the GenAI semantic
    * conventions, the `gen_ai.client.*` metrics, and `traceparent` sent upstream. On when `@opentelemetry/api` is
    * installed (an optional peer dependency); spans and metrics go where its SDK sends them. `false` turns it off
@@ -187,6 +205,9 @@ export interface ResolvedClientOptions {
   modelDiscovery: boolean;
   modelRefreshMs: number;
   models: Record<string, readonly string[]> | undefined;
+  loraAdapters: Record<string, { base: string; path: string }>;
+  aliases: Record<string, string>;
+  singleFlight: ((key: string, run: () => Promise<string>) => Promise<string>) | undefined;
   routing: RoutingPolicy;
   routingLoadFactor: number;
   routingLoadSlack: number;
@@ -227,6 +248,9 @@ const KEYS = [
   'modelDiscovery',
   'modelRefreshMs',
   'models',
+  'loraAdapters',
+  'aliases',
+  'singleFlight',
   'routing',
   'routingLoadFactor',
   'routingLoadSlack',
@@ -423,9 +447,15 @@ export function resolveClientOptions(input: VllmClientOptions): ResolvedClientOp
     maxEjectionMs: numberOption('maxEjectionMs', options.maxEjectionMs, 60_000, { min: 1, max: MAX_MS }),
     probeIntervalMs: numberOption('probeIntervalMs', options.probeIntervalMs, 2000, { min: 1, max: MAX_MS }),
     healthCheckIntervalMs: numberOption('healthCheckIntervalMs', options.healthCheckIntervalMs, 0, ms(0)),
-    modelDiscovery: modelDiscoveryOption(options.modelDiscovery, origins.length),
+    modelDiscovery: modelDiscoveryOption(
+      options.modelDiscovery,
+      origins.length > 1 || (isRecord(options.loraAdapters) && Object.keys(options.loraAdapters).length > 0),
+    ),
     modelRefreshMs: numberOption('modelRefreshMs', options.modelRefreshMs, 10_000, ms(0)),
     models: modelMapOption(options.models, origins),
+    loraAdapters: adapterMapOption(options.loraAdapters),
+    aliases: aliasMapOption(options.aliases),
+    singleFlight: functionOption('singleFlight', options.singleFlight),
     routing: routingOption(options.routing, origins.length),
     routingLoadFactor: numberOption('routingLoadFactor', options.routingLoadFactor, 1.25, {
       min: 1,
@@ -455,10 +485,51 @@ export function resolveClientOptions(input: VllmClientOptions): ResolvedClientOp
   };
 }
 
-function modelDiscoveryOption(value: unknown, replicas: number): boolean {
-  if (value === undefined) return replicas > 1;
+function modelDiscoveryOption(value: unknown, byDefault: boolean): boolean {
+  if (value === undefined) return byDefault;
   if (typeof value !== 'boolean') throw invalid('modelDiscovery', 'a boolean', value);
   return value;
+}
+
+function functionOption<T>(option: string, value: unknown): T | undefined {
+  if (value !== undefined && typeof value !== 'function') throw invalid(option, 'a function', value);
+  return value as T | undefined;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** `loraAdapters`: name → `{ base, path }`, both non-empty strings. */
+function adapterMapOption(value: unknown): Record<string, { base: string; path: string }> {
+  if (value === undefined) return {};
+  if (!isRecord(value)) throw invalid('loraAdapters', 'an object of adapter name → { base, path }', value);
+  const out: Record<string, { base: string; path: string }> = {};
+  for (const [name, spec] of Object.entries(value)) {
+    if (
+      !isRecord(spec) ||
+      typeof spec.base !== 'string' ||
+      spec.base === '' ||
+      typeof spec.path !== 'string' ||
+      spec.path === ''
+    )
+      throw invalid(`loraAdapters.${name}`, '{ base: string, path: string }', spec);
+    out[name] = { base: spec.base, path: spec.path };
+  }
+  return out;
+}
+
+/** `aliases`: alias → served name; an alias may not name another alias (one rewrite, no chains). */
+function aliasMapOption(value: unknown): Record<string, string> {
+  if (value === undefined) return {};
+  if (!isRecord(value)) throw invalid('aliases', 'an object of alias → served model name', value);
+  for (const [alias, served] of Object.entries(value)) {
+    if (typeof served !== 'string' || served === '')
+      throw invalid(`aliases.${alias}`, 'a model name', served);
+    if (Object.hasOwn(value, served) && served !== alias)
+      throw invalid(`aliases.${alias}`, 'a served model name, not another alias', served);
+  }
+  return { ...(value as Record<string, string>) };
 }
 
 /** `models`: model → replica URLs, each one of the client's baseUrls. */

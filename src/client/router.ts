@@ -2,6 +2,7 @@
 // prefix, least-outstanding, round robin or the user's function), passive ejection with /health re-admission, and the
 // replicas' load signals. (The keep-alive replay in front of it is replay.ts.)
 import { Dispatcher, Pool } from 'undici';
+import { AdapterLoadError } from '../errors/index.js';
 import type { ResolvedClientOptions } from './options.js';
 import { ReplayHandler } from './replay.js';
 import { HashRing, hash32, loadBound, type RoutingCandidate, routingKeyOf } from './routing.js';
@@ -44,6 +45,55 @@ export interface ServedModel {
   maxModelLen: number | undefined;
 }
 
+/** A replica's LoRA state, from the newest series of its `vllm:lora_requests_info`. */
+export interface LoraState {
+  running: Set<string>;
+  waiting: Set<string>;
+  maxLora: number;
+}
+
+/**
+ * The newest `vllm:lora_requests_info` series (its value is the wall-clock time it was set; vLLM keeps every label set
+ * it has seen), parsed into its adapters; undefined when the replica reports none.
+ */
+export function parseLoraInfo(lines: string[]): LoraState | undefined {
+  const name = 'vllm:lora_requests_info{';
+  let newest: string | undefined;
+  let newestAt = Number.NEGATIVE_INFINITY;
+  for (const line of lines) {
+    if (!line.startsWith(name)) continue;
+    const at = Number(line.slice(line.lastIndexOf(' ') + 1));
+    if (Number.isFinite(at) && at >= newestAt) {
+      newestAt = at;
+      newest = line;
+    }
+  }
+  if (newest === undefined) return undefined;
+  const label = (key: string) => {
+    const match = new RegExp(`[{,]${key}="([^"]*)"`).exec(newest!);
+    return match?.[1] ?? '';
+  };
+  const names = (text: string) => new Set(text.split(',').filter((a) => a !== ''));
+  const maxLora = Number(label('max_lora'));
+  return {
+    running: names(label('running_lora_adapters')),
+    waiting: names(label('waiting_lora_adapters')),
+    maxLora: Number.isFinite(maxLora) && maxLora > 0 ? maxLora : 1,
+  };
+}
+
+/**
+ * How well a replica suits an adapter, as llm-d's lora-affinity scorer rates it: 1 when the adapter is running there,
+ * 0.8 when the replica has a free adapter slot, 0.6 when the adapter is waiting there, else 0.
+ */
+export function adapterScore(lora: LoraState | undefined, adapter: string): number {
+  if (lora === undefined) return 0;
+  if (lora.running.has(adapter)) return 1;
+  if (lora.running.size < lora.maxLora) return 0.8;
+  if (lora.waiting.has(adapter)) return 0.6;
+  return 0;
+}
+
 export class Upstream {
   readonly pool: Pool;
   /** The models it serves, by id; undefined until known (discovery, or the `models` option). */
@@ -65,6 +115,8 @@ export class Upstream {
   /** From the replica's /metrics, when load signals are scraped. */
   waiting: number | undefined;
   kvCacheUsage: number | undefined;
+  /** Its adapters running and waiting, when load signals are scraped and it reports them. */
+  lora: LoraState | undefined;
   private probeTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -149,6 +201,7 @@ export class Upstream {
       const kvUse = kv.length > 0 ? kv : sampleValues(lines, 'vllm:gpu_cache_usage_perc');
       this.waiting = waiting.length > 0 ? waiting.reduce((a, b) => a + b, 0) : undefined;
       this.kvCacheUsage = kvUse.length > 0 ? Math.max(...kvUse) : undefined;
+      this.lora = parseLoraInfo(lines);
     } catch {
       // A replica that cannot be scraped keeps its last figures; failures eject it through requests and probes.
     }
@@ -165,6 +218,42 @@ export class Upstream {
       });
       await response.body.dump();
       return response.statusCode >= 200 && response.statusCode < 300;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Told when its models were read again (the router drops what it derived from them). */
+  onModels: (() => void) | undefined;
+
+  /** Adds a model it was just seen to serve (an adapter loaded on it). */
+  addModel(model: ServedModel): void {
+    this.models ??= new Map();
+    this.models.set(model.id, model);
+    this.onModels?.();
+  }
+
+  /**
+   * `POST /v1/load_lora_adapter`: true when it loaded (or already had) the adapter. vLLM answers 404 when runtime
+   * updating is off, 400 "has already been loaded" when it has it.
+   */
+  async loadAdapter(name: string, path: string, timeoutMs: number): Promise<boolean> {
+    try {
+      const response = await this.pool.request({
+        path: '/v1/load_lora_adapter',
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          ...(this.options.apiKey === undefined ? {} : { authorization: `Bearer ${this.options.apiKey}` }),
+        },
+        body: JSON.stringify({ lora_name: name, lora_path: path }),
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs,
+      });
+      const text = await response.body.text();
+      return (
+        response.statusCode === 200 || (response.statusCode === 400 && text.includes('already been loaded'))
+      );
     } catch {
       return false;
     }
@@ -197,6 +286,7 @@ export class Upstream {
         });
       }
       this.models = models;
+      this.onModels?.();
     } catch {
       // Unreachable now: what it served before stands (ejection deals with a dead replica).
     }
@@ -252,8 +342,12 @@ export class Router extends Dispatcher {
   private readonly keyCap: number;
   /** The replica the request being routed must avoid (set for the duration of `choose`). */
   private avoiding: string | undefined;
-  /** The model the request being routed needs (set for the duration of `choose`). */
-  private needing: string | undefined;
+  /** The replicas the request being routed may use, by its model (set for the duration of `choose`). */
+  private allowed: ReadonlySet<Upstream> | undefined;
+  /** Per model, the replicas serving it (dropped whenever a replica's models are read again). */
+  private readonly eligible = new Map<string, { list: Upstream[]; set: ReadonlySet<Upstream> }>();
+  /** Adapter loads in flight, by adapter name (one per name in this process). */
+  private readonly adapterLoads = new Map<string, Promise<void>>();
   private discovering: Promise<void> | undefined;
   private discovered = false;
   private modelTimer: NodeJS.Timeout | undefined;
@@ -263,6 +357,7 @@ export class Router extends Dispatcher {
   constructor(private readonly options: ResolvedClientOptions) {
     super();
     this.upstreams = options.origins.map((origin) => new Upstream(origin, options));
+    for (const upstream of this.upstreams) upstream.onModels = () => this.eligible.clear();
     this.slack = Math.ceil(options.routingLoadSlack / options.processes);
     this.keyCap =
       options.routingKeyMaxInFlight === 0
@@ -318,11 +413,8 @@ export class Router extends Dispatcher {
     }
     // Every replica ejected: try them in turn rather than fail without trying (one serving the model, if it must).
     if (best !== undefined) return best;
-    const needing = this.needing;
-    return (
-      (needing === undefined ? undefined : upstreams.find((u) => this.serves(u, needing))) ??
-      upstreams[start]!
-    );
+    const allowed = this.allowed;
+    return (allowed === undefined ? undefined : upstreams.find((u) => allowed.has(u))) ?? upstreams[start]!;
   }
 
   /** The next replica that is not ejected, in turn. */
@@ -363,7 +455,7 @@ export class Router extends Dispatcher {
     return (
       upstream.ejected ||
       upstream.origin === this.avoiding ||
-      (this.needing !== undefined && !this.serves(upstream, this.needing))
+      (this.allowed !== undefined && !this.allowed.has(upstream))
     );
   }
 
@@ -403,8 +495,89 @@ export class Router extends Dispatcher {
   replicasFor(model: string | undefined): Upstream[] | undefined {
     if (!this.routesByModel || this.upstreams.every((u) => u.models === undefined)) return undefined;
     if (model === undefined) return this.distinctModels() ? [] : undefined;
-    return this.upstreams.filter((u) => this.serves(u, model));
+    return this.servingSet(model).list;
   }
+
+  private servingSet(model: string): { list: Upstream[]; set: ReadonlySet<Upstream> } {
+    let entry = this.eligible.get(model);
+    if (entry === undefined) {
+      const list = this.upstreams.filter((u) => this.serves(u, model));
+      entry = { list, set: new Set(list) };
+      this.eligible.set(model, entry);
+    }
+    return entry;
+  }
+
+  /**
+   * The replicas a request for `model` may go to. For an adapter whose replicas report their LoRA state (load signals
+   * on), those where it runs or that have a free adapter slot, when one of them is under the load bound: a request
+   * sent where the adapter is not resident waits for a swap (llm-d's lora-affinity scoring, as a filter).
+   */
+  private placementFor(model: string): ReadonlySet<Upstream> {
+    const serving = this.servingSet(model);
+    if (serving.list.length < 2 || serving.list.some((u) => u.lora === undefined)) return serving.set;
+    const preferred = serving.list.filter((u) => !u.ejected && adapterScore(u.lora, model) >= 0.8);
+    if (preferred.length === 0 || preferred.length === serving.list.length) return serving.set;
+    let total = 0;
+    for (const upstream of serving.list) total += upstream.load();
+    const bound = loadBound(this.options.routingLoadFactor, this.slack, total, serving.list.length);
+    return preferred.some((u) => u.load() + 1 <= bound) ? new Set(preferred) : serving.set;
+  }
+
+  /** Whether some replica lists the model as a LoRA adapter. */
+  isAdapter(model: string): boolean {
+    return this.upstreams.some((u) => (u.models?.get(model)?.parent ?? null) !== null);
+  }
+
+  /**
+   * Loads a declared adapter on a replica of its base: those with a free adapter slot first, then the least loaded;
+   * the next one when a load fails. One load per adapter at a time in this process; `singleFlight` (when given) makes
+   * it one across processes. Resolves once a replica serves it; rejects when none could load it.
+   */
+  loadAdapter(name: string, base: string, path: string, timeoutMs: number): Promise<void> {
+    let flight = this.adapterLoads.get(name);
+    if (flight === undefined) {
+      const place = () => this.placeAdapter(name, base, path, timeoutMs);
+      const run = this.options.singleFlight;
+      flight = (run === undefined ? place() : run(`lora:${name}`, place))
+        .then((origin) => {
+          this.upstreams
+            .find((u) => u.origin === origin)
+            ?.addModel({ id: name, parent: base, root: path, maxModelLen: undefined });
+        })
+        .finally(() => this.adapterLoads.delete(name));
+      this.adapterLoads.set(name, flight);
+    }
+    return flight;
+  }
+
+  private async placeAdapter(name: string, base: string, path: string, timeoutMs: number): Promise<string> {
+    const already = this.upstreams.find((u) => this.serves(u, name));
+    if (already !== undefined) return already.origin;
+    const candidates = this.upstreams
+      .filter((u) => !u.ejected && this.serves(u, base))
+      .sort(
+        (a, b) =>
+          Number(adapterScore(b.lora, name) >= 0.8) - Number(adapterScore(a.lora, name) >= 0.8) ||
+          a.load() - b.load(),
+      );
+    const deadline = performance.now() + timeoutMs;
+    for (const upstream of candidates) {
+      const left = deadline - performance.now();
+      if (left <= 0) break;
+      this.adapterLoadsTotal++;
+      if (await upstream.loadAdapter(name, path, left)) return upstream.origin;
+      this.adapterLoadFailures++;
+    }
+    throw new AdapterLoadError(
+      name,
+      candidates.map((u) => u.origin),
+    );
+  }
+
+  /** Adapter loads this process asked for, and of them those that failed. */
+  adapterLoadsTotal = 0;
+  adapterLoadFailures = 0;
 
   /** True when the replicas do not all serve the same models. */
   private distinctModels(): boolean {
@@ -439,12 +612,12 @@ export class Router extends Dispatcher {
       return this.chooseFrom(opts);
     }
     this.avoiding = opts.avoid;
-    this.needing = opts.model;
+    this.allowed = opts.model === undefined ? undefined : this.placementFor(opts.model);
     try {
       return this.chooseFrom(opts);
     } finally {
       this.avoiding = undefined;
-      this.needing = undefined;
+      this.allowed = undefined;
     }
   }
 
@@ -494,6 +667,10 @@ export class Router extends Dispatcher {
         this.keyInFlight.set(key, (this.keyInFlight.get(key) ?? 0) + 1);
         handler.bindKey(key, this);
       }
+      // Until the next scrape, an adapter sent here counts as running here (so its next requests follow it).
+      const model = routed.model;
+      if (model !== undefined && upstream.lora !== undefined && upstream.models?.get(model)?.parent)
+        upstream.lora.running.add(model);
     }
     return upstream.pool.dispatch(opts, handler);
   }

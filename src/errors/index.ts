@@ -17,7 +17,8 @@ export type VllmKitErrorCode =
   | 'ERR_VK_QUEUE_FULL'
   | 'ERR_VK_QUEUE_TIMEOUT'
   | 'ERR_VK_PERMIT_TIMEOUT'
-  | 'ERR_VK_MODEL_NOT_FOUND';
+  | 'ERR_VK_MODEL_NOT_FOUND'
+  | 'ERR_VK_ADAPTER_LOAD';
 
 /** The class that carries each code (its `name`): every code once, checked against the union both ways. */
 const CLASS_OF_CODE: Record<VllmKitErrorCode, string> = {
@@ -43,6 +44,7 @@ const CLASS_OF_CODE: Record<VllmKitErrorCode, string> = {
   ERR_VK_QUEUE_TIMEOUT: 'QueueTimeoutError',
   ERR_VK_PERMIT_TIMEOUT: 'PermitTimeoutError',
   ERR_VK_MODEL_NOT_FOUND: 'ModelNotFoundError',
+  ERR_VK_ADAPTER_LOAD: 'AdapterLoadError',
 };
 
 /** Every code, for exhaustive handling and tests. */
@@ -117,6 +119,32 @@ export class ModelNotFoundError extends VllmKitError {
 /** True for {@link ModelNotFoundError}. */
 export function isModelNotFoundError(value: unknown): value is ModelNotFoundError {
   return hasCode(value, ['ERR_VK_MODEL_NOT_FOUND']);
+}
+
+/**
+ * A declared LoRA adapter (the client's `loraAdapters`) was requested, no replica served it, and no replica of its base
+ * model could load it (`POST /v1/load_lora_adapter` failed on each, or none was up). Nothing was sent for the request.
+ */
+export class AdapterLoadError extends VllmKitError {
+  readonly adapter: string;
+  /** The replicas tried, in order. */
+  readonly tried: readonly string[];
+
+  constructor(adapter: string, tried: readonly string[]) {
+    super(
+      tried.length === 0
+        ? `The LoRA adapter \`${adapter}\` could not be loaded: no replica of its base model is up`
+        : `The LoRA adapter \`${adapter}\` could not be loaded on any replica (tried ${tried.join(', ')})`,
+      'ERR_VK_ADAPTER_LOAD',
+    );
+    this.adapter = adapter;
+    this.tried = tried;
+  }
+}
+
+/** True for {@link AdapterLoadError}. */
+export function isAdapterLoadError(value: unknown): value is AdapterLoadError {
+  return hasCode(value, ['ERR_VK_ADAPTER_LOAD']);
 }
 
 /** A `serveCluster…()` function was called outside the node:cluster primary. */

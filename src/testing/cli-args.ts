@@ -16,6 +16,9 @@ const NUMERIC = {
   'embedding-dimensions': 'embeddingDimensions',
   'prefill-ms-per-token': 'prefillMsPerToken',
   'prefix-cache-tokens': 'prefixCacheTokens',
+  'lora-load-ms': 'loraLoadMs',
+  'max-loras': 'maxLoras',
+  'lora-swap-ms': 'loraSwapMs',
 } as const;
 const TEXT = {
   host: 'host',
@@ -23,6 +26,7 @@ const TEXT = {
   'api-key': 'apiKey',
   'error-shape': 'errorShape',
   'server-version': 'version',
+  task: 'task',
 } as const;
 
 export const HELP = `Usage: vllm-kit-sim [options]
@@ -50,6 +54,12 @@ A fast, faithful simulator of vLLM's OpenAI-compatible server.
   --prefix-cache-tokens N    prefix cache size in tokens, 0 = off (default 1000000)
   --prompt-tokens-details    report cached prompt tokens in usage (vLLM's --enable-prompt-tokens-details)
   --lora-adapters A,B        LoRA adapters served on top of --model (listed by /v1/models with their parent)
+  --runtime-lora-updating    accept /v1/load_lora_adapter and /v1/unload_lora_adapter
+                             (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)
+  --lora-load-ms MS          time a runtime adapter load takes (default 0)
+  --max-loras N              adapters resident in the batch at once (default 1)
+  --lora-swap-ms MS          first-token delay when an adapter is swapped in (default 0)
+  --task all|generate|embed  routes served: embed = embeddings only, generate = chat and completions (default all)
   --faults JSON              faults active from the start, e.g. '{"status":{"status":503,"times":2}}'
   --help
 `;
@@ -81,6 +91,7 @@ export function parseSimulatorArgs(argv: string[]): VllmSimulatorOptions | 'help
     flags[flag] = { type: 'string' };
   }
   flags['prompt-tokens-details'] = { type: 'boolean' };
+  flags['runtime-lora-updating'] = { type: 'boolean' };
   const { values } = parseArgs({ args: argv, options: flags, strict: true, allowPositionals: false });
   if (values.help === true) return 'help';
   const options: Record<string, unknown> = { port: 8000 };
@@ -101,6 +112,7 @@ export function parseSimulatorArgs(argv: string[]): VllmSimulatorOptions | 'help
   const faults = values.faults;
   if (typeof faults === 'string') options.faults = parseJson('faults', faults);
   if (values['prompt-tokens-details'] === true) options.promptTokensDetails = true;
+  if (values['runtime-lora-updating'] === true) options.runtimeLoraUpdating = true;
   const adapters = values['lora-adapters'];
   if (typeof adapters === 'string')
     options.loraAdapters = adapters

@@ -7,11 +7,18 @@ export interface EngineJob {
   state: 'new' | 'waiting' | 'running' | 'done';
   /** Time the job entered the queue (ms, performance clock). */
   enqueuedAt: number;
+  /** The LoRA adapter the job runs with, if any (counted for `vllm:lora_requests_info`). */
+  adapter?: string | undefined;
 }
 
 export class Engine {
   running = 0;
   waiting = 0;
+  /** Jobs per LoRA adapter, running and waiting (adapters with none are not kept). */
+  readonly adapterRunning = new Map<string, number>();
+  readonly adapterWaiting = new Map<string, number>();
+  /** Called whenever the adapters running or waiting change (the simulator stamps its LoRA gauge). */
+  onAdapterChange: (() => void) | undefined;
   private queue: (EngineJob | undefined)[] = [];
   private head = 0;
 
@@ -31,12 +38,23 @@ export class Engine {
     if (this.running < this.maxNumSeqs && this.waiting === 0) {
       this.running++;
       job.state = 'running';
+      this.countAdapter(job, this.adapterRunning, 1);
       job.start();
       return;
     }
     job.state = 'waiting';
     this.waiting++;
+    this.countAdapter(job, this.adapterWaiting, 1);
     this.queue.push(job);
+  }
+
+  private countAdapter(job: EngineJob, counts: Map<string, number>, delta: number): void {
+    const adapter = job.adapter;
+    if (adapter === undefined) return;
+    const next = (counts.get(adapter) ?? 0) + delta;
+    if (next <= 0) counts.delete(adapter);
+    else counts.set(adapter, next);
+    this.onAdapterChange?.();
   }
 
   /** Frees the job's slot or queue place (on completion or abort) and starts whoever waits next. */
@@ -44,11 +62,13 @@ export class Engine {
     if (job.state === 'running') {
       this.running--;
       job.state = 'done';
+      this.countAdapter(job, this.adapterRunning, -1);
       this.drain();
     } else if (job.state === 'waiting') {
       // Left in the array and skipped when reached: removal stays O(1).
       this.waiting--;
       job.state = 'done';
+      this.countAdapter(job, this.adapterWaiting, -1);
     }
   }
 
@@ -60,6 +80,8 @@ export class Engine {
       this.waiting--;
       this.running++;
       job.state = 'running';
+      this.countAdapter(job, this.adapterWaiting, -1);
+      this.countAdapter(job, this.adapterRunning, 1);
       job.start();
     }
     if (this.head === this.queue.length) {

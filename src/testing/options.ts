@@ -64,6 +64,26 @@ export interface VllmSimulatorOptions {
    * `/v1/models` with `parent` the base model and `root` their path, and accepted as a request's `model`. @default []
    */
   loraAdapters?: readonly string[];
+  /**
+   * Accept `POST /v1/load_lora_adapter` and `/v1/unload_lora_adapter`, as vLLM does with
+   * `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` (otherwise those routes are 404, as in vLLM). @default false
+   */
+  runtimeLoraUpdating?: boolean;
+  /** How long loading an adapter at run time takes, ms. @default 0 */
+  loraLoadMs?: number;
+  /**
+   * Adapters resident in the batch at once (vLLM's `--max-loras`, default 1): a request for an adapter that is not
+   * resident swaps it in, evicting the least recently used, and waits `loraSwapMs` more for its first token.
+   */
+  maxLoras?: number;
+  /** The first-token delay of a swap (see `maxLoras`), ms. @default 0 */
+  loraSwapMs?: number;
+  /**
+   * What the instance serves: `generate` (chat and completions; embeddings get vLLM's 400 "The model does not support
+   * Embeddings API"), `embed` (embeddings only, like `--task embed`; chat and completions get the 400), or `all` (a
+   * simulator convenience: every route). @default 'all'
+   */
+  task?: 'all' | 'generate' | 'embed';
   /** When set, `/v1*` routes require `Authorization: Bearer <apiKey>` (401 `{"error":"Unauthorized"}`). */
   apiKey?: string;
   /** Running slots, vLLM's `--max-num-seqs`. @default 256 */
@@ -125,6 +145,11 @@ export interface ResolvedOptions {
   host: string;
   model: string;
   loraAdapters: readonly string[];
+  runtimeLoraUpdating: boolean;
+  loraLoadMs: number;
+  maxLoras: number;
+  loraSwapMs: number;
+  task: 'all' | 'generate' | 'embed';
   apiKey: string | undefined;
   maxNumSeqs: number;
   maxQueue: number;
@@ -170,6 +195,11 @@ const OPTION_KEYS = [
   'faults',
   'onRequest',
   'loraAdapters',
+  'runtimeLoraUpdating',
+  'loraLoadMs',
+  'maxLoras',
+  'loraSwapMs',
+  'task',
 ] as const satisfies readonly (keyof VllmSimulatorOptions)[];
 
 const ms = { min: 0, max: 86_400_000 };
@@ -183,6 +213,11 @@ export function resolveOptions(input: VllmSimulatorOptions = {}): ResolvedOption
     host: stringOption('host', options.host, '127.0.0.1'),
     model: stringOption('model', options.model, 'meta-llama/Llama-3.1-8B-Instruct'),
     loraAdapters: adapterNames(options.loraAdapters),
+    runtimeLoraUpdating: booleanOption('runtimeLoraUpdating', options.runtimeLoraUpdating, false),
+    loraLoadMs: numberOption('loraLoadMs', options.loraLoadMs, 0, ms),
+    maxLoras: numberOption('maxLoras', options.maxLoras, 1, { min: 1, max: 1024, integer: true }),
+    loraSwapMs: numberOption('loraSwapMs', options.loraSwapMs, 0, ms),
+    task: oneOfOption('task', options.task, ['all', 'generate', 'embed'], 'all'),
     apiKey: optionalStringOption('apiKey', options.apiKey),
     maxNumSeqs: numberOption('maxNumSeqs', options.maxNumSeqs, 256, { min: 1, integer: true }),
     maxQueue: numberOption('maxQueue', options.maxQueue, Number.POSITIVE_INFINITY, {

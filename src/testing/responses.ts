@@ -132,14 +132,13 @@ export function modelList(
   model: string,
   created: number,
   maxModelLen: number,
-  adapters: readonly string[] = [],
+  adapters: ReadonlyMap<string, string> = new Map(),
 ): string {
   const base = JSON.stringify(model);
   // vLLM's ModelCard: a LoRA adapter's `parent` is its base model, its `root` the adapter's path.
   const card = (id: string, root: string, parent: string) =>
     `{"id":${id},"object":"model","created":${created},"owned_by":"vllm","root":${root},"parent":${parent},"max_model_len":${maxModelLen},"permission":[{"id":"modelperm-sim","object":"model_permission","created":${created},"allow_create_engine":false,"allow_sampling":true,"allow_logprobs":true,"allow_search_indices":false,"allow_view":true,"allow_fine_tuning":false,"organization":"*","group":null,"is_blocking":false}]}`;
   const cards = [card(base, base, 'null')];
-  for (const name of adapters)
-    cards.push(card(JSON.stringify(name), JSON.stringify(`/adapters/${name}`), base));
+  for (const [name, path] of adapters) cards.push(card(JSON.stringify(name), JSON.stringify(path), base));
   return `{"object":"list","data":[${cards.join(',')}]}`;
 }

@@ -66,6 +66,10 @@ export interface SimulatorStats {
   rejected: number;
   promptTokens: number;
   generationTokens: number;
+  /** LoRA adapters loaded through `/v1/load_lora_adapter` (each accepted call counts, even a duplicate in flight). */
+  loraLoads: number;
+  /** Requests whose adapter was not resident and was swapped in (see `maxLoras`). */
+  loraSwaps: number;
 }
 
 export interface VllmSimulator {
@@ -75,6 +79,8 @@ export interface VllmSimulator {
   readonly host: string;
   /** The served model name. */
   readonly model: string;
+  /** The LoRA adapters it serves now, name → path (started with, or loaded at run time). */
+  readonly adapters: ReadonlyMap<string, string>;
   stats(): SimulatorStats;
   /** The faults in force now (rules with `times` count down as they hit). */
   readonly faults: Readonly<SimulatorFaults>;
@@ -144,6 +150,13 @@ class Simulator implements VllmSimulator {
   private readonly idPrefix = randomBytes(6).toString('hex');
   private readonly createdAt = Math.floor(Date.now() / 1000);
   private nextId = 0;
+  readonly adapters = new Map<string, string>();
+  /** Adapters resident in the batch, least recently used first (at most `maxLoras`). */
+  private readonly resident: string[] = [];
+  /** `vllm:lora_requests_info` series: labels → the wall-clock time they were last set, newest last. */
+  private readonly loraInfo = new Map<string, number>();
+  private loraLoads = 0;
+  private loraSwaps = 0;
   private completed = 0;
   private aborted = 0;
   private failed = 0;
@@ -159,6 +172,9 @@ class Simulator implements VllmSimulator {
     this.activeFaults = options.faults;
     this.faulty = Object.keys(options.faults).length > 0;
     this.engine = new Engine(options.maxNumSeqs, options.maxQueue);
+    for (const name of options.loraAdapters) this.adapters.set(name, `/adapters/${name}`);
+    if (this.adapters.size > 0) this.stampLoraInfo();
+    this.engine.onAdapterChange = () => this.stampLoraInfo();
     this.prefixCache = options.prefixCacheTokens > 0 ? new PrefixCache(options.prefixCacheTokens) : undefined;
     // keepAliveTimeout 0: Node then neither closes idle sockets nor sends a `Keep-Alive: timeout=` hint. uvicorn sends
     // no hint either, and its idle timeout is reproduced per socket below.
@@ -214,6 +230,8 @@ class Simulator implements VllmSimulator {
       generationTokens: this.metrics.generationTokens,
       prefixCacheQueries: this.prefixCache?.queries ?? 0,
       prefixCacheHits: this.prefixCache?.hits ?? 0,
+      loraLoads: this.loraLoads,
+      loraSwaps: this.loraSwaps,
     };
   }
 
@@ -331,6 +349,10 @@ class Simulator implements VllmSimulator {
       case '/v1/completions':
       case '/v1/embeddings':
         if (method !== 'POST') return this.methodNotAllowed(req, res);
+        if (!this.checkTask(res, path)) {
+          req.resume();
+          return;
+        }
         this.readJson(req, res, (body) => {
           if (path === '/v1/embeddings') this.embeddings(res, body, reused, socket);
           else this.generate(res, body, path === '/v1/chat/completions', reused, socket);
@@ -342,8 +364,18 @@ class Simulator implements VllmSimulator {
         return this.sendJson(
           res,
           200,
-          modelList(this.model, this.createdAt, this.options.maxModelLen, this.options.loraAdapters),
+          modelList(this.model, this.createdAt, this.options.maxModelLen, this.adapters),
         );
+      case '/v1/load_lora_adapter':
+      case '/v1/unload_lora_adapter':
+        // vLLM registers these routes only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.
+        if (!this.options.runtimeLoraUpdating) break;
+        if (method !== 'POST') return this.methodNotAllowed(req, res);
+        this.readJson(req, res, (body) => {
+          if (path === '/v1/load_lora_adapter') this.loadAdapter(res, body);
+          else this.unloadAdapter(res, body);
+        });
+        return;
       case '/health':
       case '/ping':
         if (method !== 'GET' && !(path === '/ping' && method === 'POST'))
@@ -370,17 +402,94 @@ class Simulator implements VllmSimulator {
           this.options.maxNumSeqs,
           this.prefixCache,
         );
+        const body = text + this.renderLoraInfo();
         res.writeHead(200, {
           'content-type': 'text/plain; version=0.0.4; charset=utf-8',
-          'content-length': Buffer.byteLength(text),
+          'content-length': Buffer.byteLength(body),
         });
-        res.end(text);
+        res.end(body);
         return;
       }
-      default:
-        req.resume();
-        this.sendJson(res, 404, '{"detail":"Not Found"}');
     }
+    req.resume();
+    this.sendJson(res, 404, '{"detail":"Not Found"}');
+  }
+
+  // ── LoRA adapters ──────────────────────────────────────────────────────────────────────────────────────────
+
+  /** vLLM's `load_lora_adapter`: 400 without a name and path or when already loaded; 200 text after `loraLoadMs`. */
+  private loadAdapter(res: ServerResponse, body: unknown): void {
+    const { lora_name: name, lora_path: path } = (body ?? {}) as { lora_name?: unknown; lora_path?: unknown };
+    if (typeof name !== 'string' || name === '' || typeof path !== 'string' || path === '')
+      return this.sendError(res, 400, "Both 'lora_name' and 'lora_path' must be provided.");
+    if (this.adapters.has(name) || name === this.model)
+      return this.sendError(res, 400, `The lora adapter '${name}' has already been loaded.`);
+    this.loraLoads++;
+    const done = () => {
+      this.adapters.set(name, path);
+      this.stampLoraInfo();
+      this.sendText(res, `Success: LoRA adapter '${name}' added successfully.`);
+    };
+    if (this.options.loraLoadMs === 0) done();
+    else setTimeout(done, this.options.loraLoadMs).unref();
+  }
+
+  private unloadAdapter(res: ServerResponse, body: unknown): void {
+    const name = ((body ?? {}) as { lora_name?: unknown }).lora_name;
+    if (typeof name !== 'string' || name === '')
+      return this.sendError(res, 400, "'lora_name' needs to be provided to unload a LoRA adapter.");
+    if (!this.adapters.delete(name))
+      return this.sendError(res, 404, `The lora adapter '${name}' cannot be found.`);
+    const at = this.resident.indexOf(name);
+    if (at !== -1) this.resident.splice(at, 1);
+    this.sendText(res, `Success: LoRA adapter '${name}' removed successfully.`);
+  }
+
+  private sendText(res: ServerResponse, text: string): void {
+    if (res.headersSent || res.destroyed) return;
+    res.writeHead(200, {
+      'content-type': 'text/plain; charset=utf-8',
+      'content-length': Buffer.byteLength(text),
+    });
+    res.end(text);
+  }
+
+  /** A request for `adapter` starts running: the first-token delay of swapping it in, 0 when it is resident. */
+  activateAdapter(adapter: string): number {
+    const at = this.resident.indexOf(adapter);
+    if (at !== -1) {
+      this.resident.splice(at, 1);
+      this.resident.push(adapter);
+      return 0;
+    }
+    this.resident.push(adapter);
+    if (this.resident.length > this.options.maxLoras) this.resident.shift();
+    this.loraSwaps++;
+    return this.options.loraSwapMs;
+  }
+
+  /** Sets the series of the adapters running and waiting now to the current time (vLLM's set_to_current_time). */
+  private stampLoraInfo(): void {
+    const running = [...this.engine.adapterRunning.keys()].join(',');
+    const waiting = [...this.engine.adapterWaiting.keys()].join(',');
+    const labels = `max_lora="${this.options.maxLoras}",running_lora_adapters="${running}",waiting_lora_adapters="${waiting}"`;
+    this.loraInfo.delete(labels);
+    this.loraInfo.set(labels, Date.now() / 1000);
+    // vLLM keeps every label set it has seen; the simulator keeps the newest 32.
+    if (this.loraInfo.size > 32) this.loraInfo.delete(this.loraInfo.keys().next().value!);
+  }
+
+  /** `vllm:lora_requests_info`, only once an adapter has been served or loaded (as in vLLM). */
+  private renderLoraInfo(): string {
+    if (this.loraInfo.size === 0) return '';
+    const lines = [
+      '# HELP vllm:lora_requests_info Running stats on lora requests.',
+      '# TYPE vllm:lora_requests_info gauge',
+    ];
+    const model = JSON.stringify(this.model);
+    for (const [labels, at] of this.loraInfo)
+      lines.push(`vllm:lora_requests_info{${labels},model_name=${model}} ${at}`);
+    return `${lines.join('\n')}\n`;
   }
 
   private methodNotAllowed(req: IncomingMessage, res: ServerResponse): void {
@@ -465,17 +574,37 @@ class Simulator implements VllmSimulator {
   }
 
   private checkModel(res: ServerResponse, model: string | undefined): boolean {
-    if (model === undefined || model === this.model || this.options.loraAdapters.includes(model)) return true;
+    if (model === undefined || model === this.model || this.adapters.has(model)) return true;
     this.sendError(res, 404, `The model \`${model}\` does not exist.`, 'model');
     return false;
   }
 
-  newContext(prefix: string): ResponseContext {
+  /** vLLM answers 400 on a route the model's task does not serve. */
+  private checkTask(res: ServerResponse, path: string): boolean {
+    const task = this.options.task;
+    const embedding = path === '/v1/embeddings';
+    if (task === 'all' || (task === 'embed') === embedding) return true;
+    const api = embedding
+      ? 'Embeddings'
+      : path === '/v1/chat/completions'
+        ? 'Chat Completions'
+        : 'Completions';
+    this.sendError(res, 400, `The model does not support ${api} API`);
+    return false;
+  }
+
+  /** A response's id, time and model (an adapter's request is answered in the adapter's name, as vLLM does). */
+  newContext(prefix: string, adapter?: string): ResponseContext {
     return {
       id: `${prefix}${this.idPrefix}${(this.nextId++).toString(16)}`,
       created: Math.floor(Date.now() / 1000),
-      modelJson: this.modelJson,
+      modelJson: adapter === undefined ? this.modelJson : JSON.stringify(adapter),
     };
+  }
+
+  /** The adapter a request names, undefined for the base model. */
+  adapterOf(model: string | undefined): string | undefined {
+    return model !== undefined && model !== this.model && this.adapters.has(model) ? model : undefined;
   }
 
   private embeddings(res: ServerResponse, body: unknown, reused: boolean, socket: Socket): void {
@@ -505,7 +634,12 @@ class Simulator implements VllmSimulator {
           this.sendJson(
             res,
             200,
-            embeddingList(this.newContext('embd-'), vectors, request.promptTokens, request.base64),
+            embeddingList(
+              this.newContext('embd-', this.adapterOf(request.model)),
+              vectors,
+              request.promptTokens,
+              request.base64,
+            ),
           );
         };
         const delay = applyJitter(this.options.ttftMs, this.options.jitter, Math.random);
@@ -588,6 +722,7 @@ class Generation implements Job {
   private readonly extraFirstTokenMs: number;
   /** Prompt tokens found in the prefix cache when the request started running. */
   private cachedTokens = 0;
+  readonly adapter: string | undefined;
 
   constructor(
     simulator: Simulator,
@@ -607,7 +742,8 @@ class Generation implements Job {
       this.finishReason = drawn > room ? 'length' : 'stop';
     }
     for (let i = 0; i < request.choices; i++) this.tokens.push(generateTokens(this.length, this.random));
-    this.ctx = this.sim.newContext(request.chat ? 'chatcmpl-' : 'cmpl-');
+    this.adapter = this.sim.adapterOf(request.model);
+    this.ctx = this.sim.newContext(request.chat ? 'chatcmpl-' : 'cmpl-', this.adapter);
     this.resetAfter = this.sim.take('resetMidStream')?.afterTokens;
     this.errorAfter = this.sim.take('streamError');
     this.extraFirstTokenMs = this.sim.take('slowFirstToken')?.delayMs ?? 0;
@@ -628,8 +764,9 @@ class Generation implements Job {
     // Prefill only what the prefix cache does not hold.
     this.cachedTokens = this.sim.prefixCache?.admit(this.request.promptText, this.request.promptTokens) ?? 0;
     const prefillMs = (this.request.promptTokens - this.cachedTokens) * options.prefillMsPerToken;
+    const swapMs = this.adapter === undefined ? 0 : this.sim.activateAdapter(this.adapter);
     const ttft =
-      applyJitter(options.ttftMs + prefillMs, options.jitter, this.random) + this.extraFirstTokenMs;
+      applyJitter(options.ttftMs + prefillMs + swapMs, options.jitter, this.random) + this.extraFirstTokenMs;
     this.schedule(ttft);
   }
 

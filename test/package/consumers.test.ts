@@ -17,6 +17,7 @@ const node = (args: string[], cwd = consumer) => run(process.execPath, args, cwd
 
 // Every public name of `vllm-kit`, sorted: an export added or lost by accident fails here.
 const SERVER_NAMES = [
+  'AdapterLoadError',
   'ClosedError',
   'ERROR_CODES',
   'InvalidOptionError',
@@ -49,6 +50,7 @@ const SERVER_NAMES = [
   'estimatePromptTokens',
   'exceedsJsonDepth',
   'formatResetDuration',
+  'isAdapterLoadError',
   'isClosedError',
   'isInvalidOptionError',
   'isModelNotFoundError',
