@@ -29,6 +29,7 @@ import {
   REVOCATION_CHANNEL,
 } from './key-store.js';
 import { createMetrics } from './metrics.js';
+import { clusterSingleFlight } from './single-flight.js';
 import { startTelemetry } from './telemetry.js';
 import { UsageRecorder } from './usage-recorder.js';
 
@@ -139,6 +140,12 @@ export async function startWorker(
     routingLoadFactor: config.routingLoadFactor,
     // Replicas may serve different models: each one's /v1/models is read, and requests go where their model is.
     modelDiscovery: true,
+    modelRefreshMs: config.modelRefreshMs,
+    loadSignalsIntervalMs: config.loadSignalsIntervalMs,
+    loraAdapters: config.loraAdapters,
+    aliases: config.modelAliases,
+    // One load per adapter across the workers: the primary picks the worker that loads it.
+    ...(cluster.isWorker && config.workers > 1 ? { singleFlight: clusterSingleFlight() } : {}),
     // Every worker (and host) routes over the same replicas: the load bound holds for the replica, not per worker.
     processes: config.workers * config.gatewayInstances,
     ...(config.vllmApiKey ? { apiKey: config.vllmApiKey } : {}),
@@ -216,6 +223,7 @@ export async function startWorker(
     adminKeyHash:
       config.adminKey === undefined ? undefined : createHash('sha256').update(config.adminKey).digest(),
     adminElsewhere: config.metricsPort !== undefined,
+    modelAliases: config.modelAliases,
   });
   const server = createServer(
     {

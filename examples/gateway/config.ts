@@ -78,6 +78,14 @@ export interface GatewayConfig {
   gatewayInstances: number;
   /** On SIGTERM/SIGINT: the longest wait for in-flight requests and open streams, ms. */
   shutdownGraceMs: number;
+  /** LoRA adapters loaded on demand (LORA_ADAPTERS): name → base model and path. */
+  loraAdapters: Record<string, { base: string; path: string }>;
+  /** Client-facing model names → served names (MODEL_ALIASES). */
+  modelAliases: Record<string, string>;
+  /** How often each replica's /v1/models is read again, ms (a 404 for a model it was thought to serve reads it at once). */
+  modelRefreshMs: number;
+  /** How often each replica's /metrics is read for its queue and LoRA state, ms; 0 = never. */
+  loadSignalsIntervalMs: number;
   /** pino's level. */
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
@@ -144,6 +152,52 @@ function replicaUrl(raw: string): string {
     throw new ConfigError('VLLM_BASE_URL', 'VLLM_BASE_URL must not carry credentials: use VLLM_API_KEY');
   }
   return parsed.origin;
+}
+
+/** A JSON object from a variable, or a ConfigError that names it and shows the expected shape. */
+function jsonObject(env: Env, name: string, shape: string): Record<string, unknown> {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === '') return {};
+  let value: unknown;
+  try {
+    value = JSON.parse(raw);
+  } catch {
+    throw new ConfigError(name, `${name} must be JSON ${shape}, got "${raw}"`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new ConfigError(name, `${name} must be JSON ${shape}, got "${raw}"`);
+  return value as Record<string, unknown>;
+}
+
+/** LORA_ADAPTERS: `{"name": {"base": "…", "path": "…"}}`. */
+function loraAdapters(env: Env): GatewayConfig['loraAdapters'] {
+  const shape = '{"adapter": {"base": "base-model", "path": "/path/to/adapter"}}';
+  const out: GatewayConfig['loraAdapters'] = {};
+  for (const [name, spec] of Object.entries(jsonObject(env, 'LORA_ADAPTERS', shape))) {
+    const { base, path } = (spec ?? {}) as { base?: unknown; path?: unknown };
+    if (typeof base !== 'string' || base === '' || typeof path !== 'string' || path === '') {
+      throw new ConfigError(
+        'LORA_ADAPTERS',
+        `LORA_ADAPTERS.${name} must be {"base": "…", "path": "…"}, got ${JSON.stringify(spec)}`,
+      );
+    }
+    out[name] = { base, path };
+  }
+  return out;
+}
+
+/** MODEL_ALIASES: `{"alias": "served"}`, one rewrite (an alias may not name another). */
+function modelAliases(env: Env): Record<string, string> {
+  const aliases = jsonObject(env, 'MODEL_ALIASES', '{"alias": "served-model"}');
+  for (const [alias, served] of Object.entries(aliases)) {
+    if (typeof served !== 'string' || served === '' || (served !== alias && Object.hasOwn(aliases, served))) {
+      throw new ConfigError(
+        'MODEL_ALIASES',
+        `MODEL_ALIASES.${alias} must name a served model (not another alias), got ${JSON.stringify(served)}`,
+      );
+    }
+  }
+  return aliases as Record<string, string>;
 }
 
 export function loadConfig(env: Env = process.env): GatewayConfig {
@@ -315,6 +369,7 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
       `METRICS_HOST must be an IP address or a host name, got "${metricsHost}"`,
     );
   }
+  const adapters = loraAdapters(env);
   const metrics = env.METRICS ?? 'true';
   if (metrics !== 'true' && metrics !== 'false')
     throw new ConfigError('METRICS', `METRICS must be "true" or "false", got "${metrics}"`);
@@ -369,6 +424,17 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     metricsPerKey: perKey === 'true',
     healthIntervalMs: integer(env, 'HEALTH_INTERVAL_MS', 5000, 100, 600_000),
     gatewayInstances: integer(env, 'GATEWAY_INSTANCES', 1, 1, 10_000),
+    loraAdapters: adapters,
+    modelAliases: modelAliases(env),
+    modelRefreshMs: integer(env, 'MODEL_REFRESH_MS', 10_000, 0, 3_600_000),
+    // Adapter-aware placement reads each replica's vllm:lora_requests_info: on by default when adapters are declared.
+    loadSignalsIntervalMs: integer(
+      env,
+      'LOAD_SIGNALS_INTERVAL_MS',
+      Object.keys(adapters).length > 0 ? 1000 : 0,
+      0,
+      3_600_000,
+    ),
     logLevel,
   };
 }

@@ -14,6 +14,7 @@ import {
   estimatePromptTokens,
   exceedsJsonDepth,
   type IpRateLimiter,
+  isAdapterLoadError,
   isModelNotFoundError,
   isPermitTimeoutError,
   isQueueFullError,
@@ -66,6 +67,8 @@ export interface GatewayDeps {
   adminKeyHash?: Buffer | undefined;
   /** /health and /metrics are served on their own listener (METRICS_PORT): not on this one. */
   adminElsewhere?: boolean;
+  /** MODEL_ALIASES (the client rewrites them): a key allowed the served model may use its aliases, and the reverse. */
+  modelAliases?: Readonly<Record<string, string>>;
 }
 
 interface Route {
@@ -532,7 +535,7 @@ export function createGateway(deps: GatewayDeps) {
       metrics?.usageMissing('estimated');
     }
     deps.usage?.record(principal.id, prompt, completion);
-    metrics?.tokens(principal.name, prompt, completion);
+    metrics?.tokens(principal.name, prompt, completion, modelOf(exchange.parsedBody));
     return exchange.budgeted
       ? budgets.settle(exchange.reservation, principal.id, prompt + completion).catch(noop)
       : undefined;
@@ -695,6 +698,9 @@ export function createGateway(deps: GatewayDeps) {
           : res.statusCode;
     const ms = performance.now() - exchange.started;
     metrics?.observeRequest(exchange.routeLabel, status, ms / 1000);
+    // By model: only requests that reached a replica, so the label holds names some replica serves (or aliases).
+    const model = exchange.sentUpstream ? modelOf(exchange.parsedBody) : undefined;
+    if (model !== undefined) metrics?.observeModel(model, status);
     // Not settled yet: the client left, the upstream failed, or the request never went upstream.
     if (exchange.principal !== undefined) void settleUsage(exchange);
     // The span tells what went out, and why the exchange failed: a cut upstream, or a client that left.
@@ -871,6 +877,21 @@ export function createGateway(deps: GatewayDeps) {
             ),
       );
     }
+    if (isAdapterLoadError(error)) {
+      // The operator learns which replicas refused (runtime LoRA updating off, a bad path); the caller does not.
+      logger.warn({ requestId, adapter: error.adapter, tried: error.tried }, 'LoRA adapter load failed');
+      return sendError(
+        res,
+        new HttpError(
+          503,
+          `The model \`${error.adapter}\` could not be loaded; try again shortly`,
+          'service_unavailable',
+          'model_unavailable',
+          { 'retry-after': '5' },
+          'model',
+        ),
+      );
+    }
     if (isPermitTimeoutError(error)) {
       return sendError(
         res,
@@ -940,7 +961,7 @@ export function createGateway(deps: GatewayDeps) {
     send(res, 200, {
       object: 'list',
       data: list.data
-        .filter((card) => allowed === null || allowed.includes(card.id))
+        .filter((card) => allowed === null || mayUse(allowed, card.id))
         .map(({ replicas: _replicas, ...card }) => card),
     });
   }
@@ -953,7 +974,7 @@ export function createGateway(deps: GatewayDeps) {
     const allowed = principal.models;
     if (allowed === null) return;
     const model = (parsed as { model?: unknown } | null)?.model;
-    if (typeof model === 'string' && allowed.includes(model)) return;
+    if (typeof model === 'string' && mayUse(allowed, model)) return;
     if (typeof model !== 'string') {
       throw new HttpError(
         400,
@@ -972,6 +993,16 @@ export function createGateway(deps: GatewayDeps) {
       {},
       'model',
     );
+  }
+
+  /** A key's model list names the model, or what it is an alias of, or an alias of it. */
+  function mayUse(allowed: readonly string[], model: string): boolean {
+    if (allowed.includes(model)) return true;
+    const aliases = deps.modelAliases;
+    if (aliases === undefined) return false;
+    const served = Object.hasOwn(aliases, model) ? aliases[model] : undefined;
+    if (served !== undefined && allowed.includes(served)) return true;
+    return allowed.some((name) => Object.hasOwn(aliases, name) && aliases[name] === model);
   }
 
   /** The admin key, compared as SHA-256 digests in constant time. */
@@ -1070,3 +1101,9 @@ export function createGateway(deps: GatewayDeps) {
 }
 
 export type { Registry };
+
+/** The body's `model`, when it names one. */
+function modelOf(parsed: unknown): string | undefined {
+  const model = (parsed as { model?: unknown } | null | undefined)?.model;
+  return typeof model === 'string' ? model : undefined;
+}

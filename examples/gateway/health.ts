@@ -15,6 +15,8 @@ export interface ReplicaHealth {
   /** Out of rotation now (connection failures, 5xx, stalls). */
   ejected: boolean;
   connected: number;
+  /** The models it serves (LoRA adapters included), from its /v1/models; empty while unknown. */
+  models: string[];
 }
 
 export interface HealthSnapshot {
@@ -98,6 +100,7 @@ export function startHealthProbe(client: VllmClient, logger: Logger, intervalMs:
           credentials: result?.credentials ?? 'unknown',
           ejected: pool?.ejected ?? false,
           connected: pool?.connected ?? 0,
+          models: pool?.models ?? [],
         };
       });
       const usable = replicas.some((r) => r.healthy && r.credentials !== 'rejected' && !r.ejected);

@@ -13,6 +13,7 @@ import { startVllmSimulator, type VllmSimulator } from 'vllm-kit/testing';
 import { startWorker } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
 import { openKeyStore } from './key-store.js';
+import { serveSingleFlight } from './single-flight.js';
 
 /** 128 + SIGINT, as shells report a process ended by Ctrl-C. */
 const FORCED_EXIT_CODE = 130;
@@ -129,6 +130,7 @@ async function primary(): Promise<void> {
   serveClusterRateLimits();
   serveClusterBudgets();
   serveClusterPermits();
+  serveSingleFlight();
   const aggregator = new client.AggregatorRegistry();
   let stopping = false;
   const listeningWorkers = new Set<number>();

@@ -16,8 +16,10 @@ export interface GatewayMetrics {
   rateLimited(): void;
   /** Counts an upstream failure by kind. */
   upstreamFailure(kind: UpstreamFailureKind): void;
-  /** Adds a response's tokens to its key's counters (by key name: never the key itself). */
-  tokens(keyName: string, prompt: number, completion: number): void;
+  /** Adds a response's tokens to the totals, its key's (by key name: never the key itself) and its model's. */
+  tokens(keyName: string, prompt: number, completion: number, model?: string): void;
+  /** Counts a request that reached a replica, by the model it named and its outcome (ok, client_error, server_error). */
+  observeModel(model: string, status: number): void;
   /** Counts a 2xx answer whose usage was missing (or unreadable) and was counted from its content instead. */
   usageMissing(reason: 'absent' | 'malformed' | 'estimated'): void;
   /** Counts a request refused by its key's budget. */
@@ -194,6 +196,16 @@ export function createMetrics(sources: {
     'Answers without readable usage, charged from their content (reason: absent, malformed) or, cut before any answer, from the elapsed time (estimated).',
     'counter',
   );
+  const modelRequests = new LeanMetric(
+    'gateway_model_requests_total',
+    'Requests that reached a replica, by the model they named (an alias as named) and outcome (ok, client_error, server_error; a cut response is a server_error, a client that left a client_error).',
+    'counter',
+  );
+  const modelTokens = new LeanMetric(
+    'gateway_model_tokens_total',
+    'Tokens used, by model (as the request named it) and type (prompt, completion).',
+    'counter',
+  );
   const budgetRefusals = new LeanMetric(
     'gateway_budget_refusals_total',
     "Requests refused by their key's budget, by limit (requests, tokens).",
@@ -210,6 +222,8 @@ export function createMetrics(sources: {
     ...(sources.perKey ? [keyTokens] : []),
     usageMissing,
     budgetRefusals,
+    modelRequests,
+    modelTokens,
   ]) {
     registry.registerMetric(metric as unknown as client.Metric);
   }
@@ -233,6 +247,8 @@ export function createMetrics(sources: {
     completion: tokens.seriesFor('completion', { type: 'completion' }),
   };
   const tokensByKey = new Map<string, { prompt: { sum: number }; completion: { sum: number } }>();
+  const tokensByModel = new Map<string, { prompt: { sum: number }; completion: { sum: number } }>();
+  const requestsByModel = new Map<string, Record<'ok' | 'client_error' | 'server_error', { sum: number }>>();
 
   new client.Gauge({
     name: 'gateway_upstream_connections',
@@ -268,6 +284,18 @@ export function createMetrics(sources: {
         sources.client.stats().upstreams.flatMap((u) => [
           { labels: { upstream: u.url, how: 'prefix' }, value: u.prefixRouted },
           { labels: { upstream: u.url, how: 'fallback' }, value: u.fallbacks },
+        ]),
+    ) as unknown as client.Metric,
+  );
+  // On-demand LoRA loads (LORA_ADAPTERS), by adapter: sent, and of them failed.
+  registry.registerMetric(
+    new TotalsCounter(
+      'gateway_adapter_loads_total',
+      'LoRA adapter loads the gateway sent to replicas (POST /v1/load_lora_adapter), by adapter and outcome (ok, failed).',
+      () =>
+        Object.entries(sources.client.stats().adapterLoads).flatMap(([adapter, { sent, failed }]) => [
+          { labels: { adapter, outcome: 'ok' }, value: sent - failed },
+          { labels: { adapter, outcome: 'failed' }, value: failed },
         ]),
     ) as unknown as client.Metric,
   );
@@ -371,9 +399,22 @@ export function createMetrics(sources: {
     upstreamFailure(kind) {
       failureSeries.get(kind)!.sum++;
     },
-    tokens(key, prompt, completion) {
+    tokens(key, prompt, completion, model) {
       tokenSeries.prompt.sum += prompt;
       tokenSeries.completion.sum += completion;
+      if (model !== undefined) {
+        model = boundedModel(tokensByModel, model);
+        let series = tokensByModel.get(model);
+        if (series === undefined) {
+          series = {
+            prompt: modelTokens.seriesFor(`${model}\u0000prompt`, { model, type: 'prompt' }),
+            completion: modelTokens.seriesFor(`${model}\u0000completion`, { model, type: 'completion' }),
+          };
+          tokensByModel.set(model, series);
+        }
+        series.prompt.sum += prompt;
+        series.completion.sum += completion;
+      }
       if (!sources.perKey) return;
       let series = tokensByKey.get(key);
       if (series === undefined) {
@@ -386,6 +427,25 @@ export function createMetrics(sources: {
       series.prompt.sum += prompt;
       series.completion.sum += completion;
     },
+    observeModel(model, status) {
+      model = boundedModel(requestsByModel, model);
+      let series = requestsByModel.get(model);
+      if (series === undefined) {
+        series = {
+          ok: modelRequests.seriesFor(`${model}\u0000ok`, { model, outcome: 'ok' }),
+          client_error: modelRequests.seriesFor(`${model}\u0000client_error`, {
+            model,
+            outcome: 'client_error',
+          }),
+          server_error: modelRequests.seriesFor(`${model}\u0000server_error`, {
+            model,
+            outcome: 'server_error',
+          }),
+        };
+        requestsByModel.set(model, series);
+      }
+      series[status >= 500 ? 'server_error' : status >= 400 ? 'client_error' : 'ok'].sum++;
+    },
     usageMissing(reason) {
       missingSeries[reason].sum++;
     },
@@ -393,4 +453,14 @@ export function createMetrics(sources: {
       refusalSeries[type].sum++;
     },
   };
+}
+
+/**
+ * Model labels are names some replica serves (the client refuses others before sending), but a replica whose models
+ * are unknown takes any name: past this many, further names are counted as `other`.
+ */
+const MAX_MODEL_SERIES = 100;
+
+function boundedModel(seen: ReadonlyMap<string, unknown>, model: string): string {
+  return seen.has(model) || seen.size < MAX_MODEL_SERIES ? model : 'other';
 }

@@ -136,8 +136,8 @@ export interface VllmClientStats {
     /** Requests sent on a connection that had served a request before. */
     reused: number;
   };
-  /** On-demand LoRA adapter loads this process sent (`loraAdapters`), and of them those that failed. */
-  adapterLoads: { sent: number; failed: number };
+  /** On-demand LoRA adapter loads this process sent (`loraAdapters`), and of them those that failed, by adapter. */
+  adapterLoads: Record<string, { sent: number; failed: number }>;
 }
 
 export interface VllmClient {
@@ -561,10 +561,9 @@ class Client implements VllmClient {
         created: (this.router?.upstreams ?? []).reduce((sum, u) => sum + u.connectionsCreated, 0),
         reused: this.tracker.reusedRequests,
       },
-      adapterLoads: {
-        sent: this.router?.adapterLoadsTotal ?? 0,
-        failed: this.router?.adapterLoadFailures ?? 0,
-      },
+      adapterLoads: Object.fromEntries(
+        [...(this.router?.adapterLoadCounts ?? [])].map(([name, counts]) => [name, { ...counts }]),
+      ),
     };
   }
 

@@ -565,9 +565,11 @@ export class Router extends Dispatcher {
     for (const upstream of candidates) {
       const left = deadline - performance.now();
       if (left <= 0) break;
-      this.adapterLoadsTotal++;
+      const counts = this.adapterLoadCounts.get(name) ?? { sent: 0, failed: 0 };
+      this.adapterLoadCounts.set(name, counts);
+      counts.sent++;
       if (await upstream.loadAdapter(name, path, left)) return upstream.origin;
-      this.adapterLoadFailures++;
+      counts.failed++;
     }
     throw new AdapterLoadError(
       name,
@@ -575,9 +577,8 @@ export class Router extends Dispatcher {
     );
   }
 
-  /** Adapter loads this process asked for, and of them those that failed. */
-  adapterLoadsTotal = 0;
-  adapterLoadFailures = 0;
+  /** Adapter loads this process sent, and of them those that failed, by adapter (declared names only). */
+  readonly adapterLoadCounts = new Map<string, { sent: number; failed: number }>();
 
   /** True when the replicas do not all serve the same models. */
   private distinctModels(): boolean {

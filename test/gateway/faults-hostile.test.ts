@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { createServer, request } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startVllmSimulator } from '../../src/testing/index.js';
+import { postOwnConnection } from '../helpers/gateway.js';
 import { chat, trackGatewayProcesses, workerPids } from '../helpers/gateway-process.js';
 
 const { start, onCleanup } = trackGatewayProcesses();
@@ -19,29 +20,7 @@ function nested(depth: number): string {
   return `{"messages":[{"role":"user","content":${'['.repeat(depth)}"x"${']'.repeat(depth)}}],"max_tokens":4}`;
 }
 
-/** POSTs raw text; resolves with status and body, or 'reset' when the connection is cut. */
-function post(
-  url: string,
-  key: string,
-  text: string,
-  leaveAtOnce = false,
-): Promise<{ status: number; body: string }> {
-  return new Promise((done, fail) => {
-    const req = request(`${url}/v1/chat/completions`, {
-      method: 'POST',
-      agent: false,
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-    });
-    req.on('response', (res) => {
-      let body = '';
-      res.on('data', (c) => (body += c));
-      res.on('end', () => done({ status: res.statusCode!, body }));
-    });
-    req.on('error', (error) => (leaveAtOnce ? done({ status: 0, body: '' }) : fail(error)));
-    req.end(text);
-    if (leaveAtOnce) setTimeout(() => req.destroy(), 5);
-  });
-}
+const post = postOwnConnection;
 
 /** A worker's peak resident memory (VmHWM), bytes. */
 function peakRss(pid: number): number {

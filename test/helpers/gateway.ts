@@ -1,6 +1,7 @@
 // The reference gateway in one process for tests: a worker on port 0 with a fresh SQLite key store and a key, closed
 // after each test, and small request helpers.
 import { mkdtempSync, rmSync } from 'node:fs';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
@@ -77,6 +78,33 @@ export const post = (
     },
     body: init.body ?? JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }),
   });
+
+/**
+ * POSTs raw text to /v1/chat/completions on a connection of its own (a cluster's requests then spread over its
+ * workers); resolves with status and body, or status 0 when `leaveAtOnce` cuts it.
+ */
+export function postOwnConnection(
+  url: string,
+  key: string,
+  text: string,
+  leaveAtOnce = false,
+): Promise<{ status: number; body: string }> {
+  return new Promise((done, fail) => {
+    const req = request(`${url}/v1/chat/completions`, {
+      method: 'POST',
+      agent: false,
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    });
+    req.on('response', (res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => done({ status: res.statusCode!, body }));
+    });
+    req.on('error', (error) => (leaveAtOnce ? done({ status: 0, body: '' }) : fail(error)));
+    req.end(text);
+    if (leaveAtOnce) setTimeout(() => req.destroy(), 5);
+  });
+}
 
 export async function errorOf(response: Response) {
   return {
