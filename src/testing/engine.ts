@@ -21,11 +21,21 @@ export class Engine {
   onAdapterChange: (() => void) | undefined;
   private queue: (EngineJob | undefined)[] = [];
   private head = 0;
+  private draining = false;
+  private drainAgain = false;
 
   constructor(
     private readonly maxNumSeqs: number,
     private readonly maxQueue: number,
+    /** Distinct LoRA adapters in the running batch at most (vLLM's `--max-loras`). */
+    private readonly maxLoras = Number.POSITIVE_INFINITY,
   ) {}
+
+  /** A job may join the batch: it has no adapter, its adapter runs already, or an adapter slot is free. */
+  private canRun(job: EngineJob): boolean {
+    const adapter = job.adapter;
+    return adapter === undefined || this.adapterRunning.has(adapter) || this.adapterRunning.size < this.maxLoras;
+  }
 
   /** True when a new job would be refused (every slot busy and the queue at its cap). */
   get full(): boolean {
@@ -35,7 +45,7 @@ export class Engine {
   /** Runs the job now if a slot is free, otherwise queues it. Call only when not `full`. */
   submit(job: EngineJob, now: number): void {
     job.enqueuedAt = now;
-    if (this.running < this.maxNumSeqs && this.waiting === 0) {
+    if (this.running < this.maxNumSeqs && this.waiting === 0 && this.canRun(job)) {
       this.running++;
       job.state = 'running';
       this.countAdapter(job, this.adapterRunning, 1);
@@ -46,6 +56,8 @@ export class Engine {
     this.waiting++;
     this.countAdapter(job, this.adapterWaiting, 1);
     this.queue.push(job);
+    // Free slots with jobs waiting happen only when those wait for an adapter slot: this one may run past them.
+    if (this.running < this.maxNumSeqs) this.drain();
   }
 
   private countAdapter(job: EngineJob, counts: Map<string, number>, delta: number): void {
@@ -72,17 +84,24 @@ export class Engine {
     }
   }
 
+  /**
+   * Starts waiting jobs in arrival order while slots are free; a job whose adapter cannot join the batch (max_loras
+   * adapters run already) is passed over and keeps its place, as vLLM's scheduler skips it. A job that finishes
+   * synchronously as it starts calls back in: that call only asks for another pass.
+   */
   private drain(): void {
-    while (this.running < this.maxNumSeqs && this.waiting > 0) {
-      const job = this.queue[this.head];
-      this.queue[this.head++] = undefined;
-      if (job === undefined || job.state !== 'waiting') continue;
-      this.waiting--;
-      this.running++;
-      job.state = 'running';
-      this.countAdapter(job, this.adapterWaiting, -1);
-      this.countAdapter(job, this.adapterRunning, 1);
-      job.start();
+    if (this.draining) {
+      this.drainAgain = true;
+      return;
+    }
+    this.draining = true;
+    try {
+      do {
+        this.drainAgain = false;
+        this.drainPass();
+      } while (this.drainAgain);
+    } finally {
+      this.draining = false;
     }
     if (this.head === this.queue.length) {
       this.queue = [];
@@ -90,6 +109,27 @@ export class Engine {
     } else if (this.head > 1024 && this.head * 2 > this.queue.length) {
       this.queue = this.queue.slice(this.head);
       this.head = 0;
+    }
+  }
+
+  private drainPass(): void {
+    let passedOver = false;
+    for (let i = this.head; i < this.queue.length && this.running < this.maxNumSeqs && this.waiting > 0; i++) {
+      const job = this.queue[i];
+      if (job !== undefined && job.state === 'waiting' && !this.canRun(job)) {
+        passedOver = true;
+        continue;
+      }
+      this.queue[i] = undefined;
+      // The head moves past what is started or gone, up to the first job passed over.
+      if (!passedOver) this.head = i + 1;
+      if (job === undefined || job.state !== 'waiting') continue;
+      this.waiting--;
+      this.running++;
+      job.state = 'running';
+      this.countAdapter(job, this.adapterWaiting, -1);
+      this.countAdapter(job, this.adapterRunning, 1);
+      job.start();
     }
   }
 }

@@ -72,8 +72,10 @@ export interface VllmSimulatorOptions {
   /** How long loading an adapter at run time takes, ms. @default 0 */
   loraLoadMs?: number;
   /**
-   * Adapters resident in the batch at once (vLLM's `--max-loras`, default 1): a request for an adapter that is not
-   * resident swaps it in, evicting the least recently used, and waits `loraSwapMs` more for its first token.
+   * Distinct adapters in the running batch at once (vLLM's `--max-loras`, default 1): a request for another adapter
+   * waits until one of them has no request running (requests behind it may run first, as in vLLM's scheduler), and
+   * one whose adapter is not resident swaps it in, evicting the least recently used, and waits `loraSwapMs` more for
+   * its first token.
    */
   maxLoras?: number;
   /** The first-token delay of a swap (see `maxLoras`), ms. @default 0 */

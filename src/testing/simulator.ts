@@ -171,7 +171,7 @@ class Simulator implements VllmSimulator {
     this.modelJson = JSON.stringify(options.model);
     this.activeFaults = options.faults;
     this.faulty = Object.keys(options.faults).length > 0;
-    this.engine = new Engine(options.maxNumSeqs, options.maxQueue);
+    this.engine = new Engine(options.maxNumSeqs, options.maxQueue, options.maxLoras);
     for (const name of options.loraAdapters) this.adapters.set(name, `/adapters/${name}`);
     if (this.adapters.size > 0) this.stampLoraInfo();
     this.engine.onAdapterChange = () => this.stampLoraInfo();

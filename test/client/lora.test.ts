@@ -6,6 +6,7 @@ import { ModelRenamer } from '../../src/client/model-alias.js';
 import { parseLoraInfo } from '../../src/client/router.js';
 import { isAdapterLoadError, isModelNotFoundError } from '../../src/index.js';
 import { parseSimulatorArgs } from '../../src/testing/cli-args.js';
+import { Engine, type EngineJob } from '../../src/testing/engine.js';
 import { generations, trackResources } from '../helpers/fixtures.js';
 
 const use = trackResources();
@@ -81,6 +82,30 @@ describe('simulator: LoRA at run time', () => {
     expect(lines.filter((l) => l.startsWith('vllm:lora_requests_info{')).length).toBeGreaterThan(1);
     expect(parseLoraInfo(lines)).toEqual({ running: new Set(['b']), waiting: new Set(), maxLora: 2 });
     await reader.cancel();
+  });
+
+  it('runs at most max_loras adapters at once: another waits, and requests behind it run first', () => {
+    const engine = new Engine(8, 100, 2);
+    const started: string[] = [];
+    const job = (name: string, adapter?: string): EngineJob => ({
+      state: 'new',
+      enqueuedAt: 0,
+      adapter,
+      start: () => started.push(name),
+    });
+    const [a1, b1, c1, a2] = [job('a1', 'a'), job('b1', 'b'), job('c1', 'c'), job('a2', 'a')];
+    for (const j of [a1, b1, c1, a2, job('base')]) engine.submit(j, 0);
+    // c waits for an adapter slot; the second a and the base request pass it.
+    expect(started).toEqual(['a1', 'b1', 'a2', 'base']);
+    expect([...engine.adapterWaiting.keys()]).toEqual(['c']);
+    // a still runs (a2): c keeps waiting.
+    engine.finish(a1);
+    expect(started).toEqual(['a1', 'b1', 'a2', 'base']);
+    // No request of a runs any more: its slot goes to c.
+    engine.finish(a2);
+    expect(started).toEqual(['a1', 'b1', 'a2', 'base', 'c1']);
+    expect([...engine.adapterRunning.keys()].sort()).toEqual(['b', 'c']);
+    expect(c1.state).toBe('running');
   });
 
   it('serves only embeddings with task embed, and only generations with task generate', async () => {
