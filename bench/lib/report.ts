@@ -67,6 +67,13 @@ export function summarize(report: Report): { figure: string; value: string; targ
     atMost('hit rate, 2 workers vs 1, points apart', Math.abs(g.hitRatePointsTwoWorkersVsOne), 5, 1);
     atMost('share of sessions moved by removing 1 of 4 replicas', g.sessionsMovedByRemoval, 0.3, 2);
   }
+  if (r.models) {
+    const m = r.models.ratios;
+    atMost('models: misrouted requests (2 bases × 2 replicas, embedder, 6 adapters)', m.misrouted, 0, 0);
+    atMost('models: adapter TTFT p50, adapter-aware / unaware', m.adapterTtftP50AwareVsUnaware, 1, 2);
+    atMost('models: adapter swaps, adapter-aware / unaware', m.swapsAwareVsUnaware, 1, 2);
+    atMost('models: on-demand loads for 6 adapters (one each)', m.onDemandLoads, 6, 0);
+  }
   if (r.budgets) {
     const b = r.budgets;
     atLeast(
@@ -309,6 +316,41 @@ export function renderReport(
     );
     parts.push(
       `The workload's ideal hit rate (every request finds all its session's earlier prefix): ${fmt(g.ratios.idealHitRate, 3)}.`,
+    );
+  }
+
+  if (r.models) {
+    const m = r.models;
+    parts.push(
+      `## Several models (2 bases × 2 replicas with max_loras 2, an embedding replica, 6 adapters; ${m.clients} clients for ${fmt(m.durationMs / 1000)} s per set-up, gateway 2 workers)`,
+    );
+    parts.push(
+      table(
+        [
+          'set-up',
+          'requests',
+          'errors',
+          'misrouted',
+          'adapter TTFT p50 ms',
+          'adapter TTFT p99 ms',
+          'base TTFT p50 ms',
+          'adapter swaps',
+          'adapter loads',
+          'loads / min',
+        ],
+        m.results.map((x: Figures) => [
+          x.setup,
+          x.requests,
+          x.errors,
+          x.misrouted,
+          fmt(x.adapterTtftP50Ms, 1),
+          fmt(x.adapterTtftP99Ms, 1),
+          fmt(x.baseTtftP50Ms, 1),
+          x.swaps,
+          x.adapterLoads,
+          fmt(x.adapterLoadsPerMinute, 1),
+        ]),
+      ),
     );
   }
 

@@ -226,10 +226,17 @@ export class Upstream {
   /** Told when its models were read again (the router drops what it derived from them). */
   onModels: (() => void) | undefined;
 
+  /**
+   * Models added since a read of /v1/models began, with when: a read that began before an adapter was loaded answers
+   * without it, and must not undo the add (the next request would load it again, elsewhere).
+   */
+  private readonly added = new Map<string, { model: ServedModel; at: number }>();
+
   /** Adds a model it was just seen to serve (an adapter loaded on it). */
   addModel(model: ServedModel): void {
     this.models ??= new Map();
     this.models.set(model.id, model);
+    this.added.set(model.id, { model, at: performance.now() });
     this.onModels?.();
   }
 
@@ -261,6 +268,7 @@ export class Upstream {
 
   /** Reads `/v1/models`; keeps what it knew when the replica cannot answer. */
   async discoverModels(): Promise<void> {
+    const began = performance.now();
     try {
       const response = await this.pool.request({
         path: '/v1/models',
@@ -284,6 +292,10 @@ export class Upstream {
           root: typeof card.root === 'string' ? card.root : null,
           maxModelLen: typeof card.max_model_len === 'number' ? card.max_model_len : undefined,
         });
+      }
+      for (const [id, { model, at }] of this.added) {
+        if (at >= began) models.set(id, model);
+        else this.added.delete(id);
       }
       this.models = models;
       this.onModels?.();
@@ -552,6 +564,9 @@ export class Router extends Dispatcher {
   }
 
   private async placeAdapter(name: string, base: string, path: string, timeoutMs: number): Promise<string> {
+    // Read the replicas' models first: another process (a worker whose lead has ended, another gateway host) may have
+    // loaded it since this one last looked. Loads are rare; a GET per replica is nothing beside one.
+    if (this.options.modelDiscovery && this.options.models === undefined) await this.discoverModels();
     const already = this.upstreams.find((u) => this.serves(u, name));
     if (already !== undefined) return already.origin;
     const candidates = this.upstreams

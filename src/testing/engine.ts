@@ -34,7 +34,9 @@ export class Engine {
   /** A job may join the batch: it has no adapter, its adapter runs already, or an adapter slot is free. */
   private canRun(job: EngineJob): boolean {
     const adapter = job.adapter;
-    return adapter === undefined || this.adapterRunning.has(adapter) || this.adapterRunning.size < this.maxLoras;
+    return (
+      adapter === undefined || this.adapterRunning.has(adapter) || this.adapterRunning.size < this.maxLoras
+    );
   }
 
   /** True when a new job would be refused (every slot busy and the queue at its cap). */
@@ -114,7 +116,11 @@ export class Engine {
 
   private drainPass(): void {
     let passedOver = false;
-    for (let i = this.head; i < this.queue.length && this.running < this.maxNumSeqs && this.waiting > 0; i++) {
+    for (
+      let i = this.head;
+      i < this.queue.length && this.running < this.maxNumSeqs && this.waiting > 0;
+      i++
+    ) {
       const job = this.queue[i];
       if (job !== undefined && job.state === 'waiting' && !this.canRun(job)) {
         passedOver = true;
