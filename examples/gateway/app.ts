@@ -9,12 +9,14 @@ import pino, { type Logger } from 'pino';
 import pretty from 'pino-pretty';
 import client from 'prom-client';
 import {
+  clusterRoutingSync,
   createConcurrencyLimiter,
   createIpRateLimiter,
   createKeyBudgets,
   createPermitPool,
   createTokenCache,
   createVllmClient,
+  redisRoutingSync,
 } from 'vllm-kit';
 import type { GatewayConfig } from './config.js';
 import { createCors } from './cors.js';
@@ -148,6 +150,13 @@ export async function startWorker(
     ...(cluster.isWorker && config.workers > 1 ? { singleFlight: clusterSingleFlight() } : {}),
     // Every worker (and host) routes over the same replicas: the load bound holds for the replica, not per worker.
     processes: config.workers * config.gatewayInstances,
+    // What each worker sent where, shared (hosts through Redis, workers through the primary): a conversation whose
+    // turns reach different workers still finds the replica holding it.
+    ...(redis
+      ? { routingSync: redisRoutingSync(redis) }
+      : cluster.isWorker && config.workers > 1
+        ? { routingSync: clusterRoutingSync() }
+        : {}),
     ...(config.vllmApiKey ? { apiKey: config.vllmApiKey } : {}),
     ...(permits ? { permits, permitTimeoutMs: config.queueTimeoutMs } : {}),
     // Off unless exporting: the client then loads nothing and spends nothing on it.

@@ -8,7 +8,12 @@
 // (under npm, which forwards the group's SIGINT once more, only one coming half a second or more after the first).
 import cluster from 'node:cluster';
 import client from 'prom-client';
-import { serveClusterBudgets, serveClusterPermits, serveClusterRateLimits } from 'vllm-kit';
+import {
+  serveClusterBudgets,
+  serveClusterPermits,
+  serveClusterRateLimits,
+  serveClusterRoutingSync,
+} from 'vllm-kit';
 import { startVllmSimulator, type VllmSimulator } from 'vllm-kit/testing';
 import { startWorker } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
@@ -130,6 +135,7 @@ async function primary(): Promise<void> {
   serveClusterRateLimits();
   serveClusterBudgets();
   serveClusterPermits();
+  serveClusterRoutingSync();
   serveSingleFlight();
   const aggregator = new client.AggregatorRegistry();
   let stopping = false;

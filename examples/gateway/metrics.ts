@@ -279,11 +279,12 @@ export function createMetrics(sources: {
   registry.registerMetric(
     new TotalsCounter(
       'gateway_upstream_routed_total',
-      'Requests routed to each upstream by prefix routing: to their own replica (prefix) or another (fallback).',
+      'Requests routed to each upstream by prefix routing: following their cached prefix (prefix), off it because its replica was over the load bound (fallback), or new conversations placed to balance the caches (placed).',
       () =>
         sources.client.stats().upstreams.flatMap((u) => [
           { labels: { upstream: u.url, how: 'prefix' }, value: u.prefixRouted },
           { labels: { upstream: u.url, how: 'fallback' }, value: u.fallbacks },
+          { labels: { upstream: u.url, how: 'placed' }, value: u.placed },
         ]),
     ) as unknown as client.Metric,
   );

@@ -24,6 +24,7 @@ import { type ResolvedClientOptions, resolveClientOptions, type VllmClientOption
 import { isReplayableBody, ReplayDispatcher } from './replay.js';
 import { backoffDelay, isRetryableStatus, parseRetryAfter, RetryBudget } from './retry.js';
 import { type RoutedOptions, Router } from './router.js';
+import { routingBlocks } from './routing.js';
 import { SocketTracker } from './socket-tracker.js';
 import { SseParser } from './sse.js';
 import { type CallTelemetry, ClientTelemetry } from './telemetry.js';
@@ -107,10 +108,12 @@ export interface UpstreamStats {
   consecutive5xx: number;
   /** Times taken out of rotation since start. */
   ejections: number;
-  /** Keyed requests (prefix routing) sent to the replica their key maps to. */
+  /** Prefix routing: requests that followed their prompt's cached prefix here. */
   prefixRouted: number;
-  /** Keyed requests sent here because their own replica was over its load bound or ejected. */
+  /** Prefix routing: requests sent here because the replica holding their prefix was over its load bound or ejected. */
   fallbacks: number;
+  /** Prefix routing: new conversations (or prefixes every replica holds alike) placed here to balance the caches. */
+  placed: number;
   /** The replica's own queue and KV-cache use (0–1) from its /metrics, when `loadSignalsIntervalMs` is on. */
   waiting: number | undefined;
   kvCacheUsage: number | undefined;
@@ -545,6 +548,7 @@ class Client implements VllmClient {
         consecutiveFailures: upstream.consecutiveFailures,
         prefixRouted: upstream.prefixRouted,
         fallbacks: upstream.fallbacks,
+        placed: upstream.placed,
         waiting: upstream.waiting,
         kvCacheUsage: upstream.kvCacheUsage,
         models: upstream.models === undefined ? undefined : [...upstream.models.keys()],
@@ -804,6 +808,13 @@ class Client implements VllmClient {
         : options?.routingKey !== undefined
           ? `a:${options.routingKey}`
           : router.keyOf(spec.routeBody);
+    // The prefix policy matches the prompt's blocks against what each replica holds (or the caller's affinity key).
+    const blocks =
+      router?.cacheAware === true &&
+      replica === undefined &&
+      (spec.routeBody !== undefined || options?.routingKey !== undefined)
+        ? routingBlocks(spec.routeBody, this.options.routingPrefixChars, options?.routingKey)
+        : undefined;
     // Routing by model: an alias resolved, a declared adapter loaded if no replica serves it, then only replicas
     // serving the body's `model`; none → refused before anything is sent.
     let model: string | undefined;
@@ -851,7 +862,8 @@ class Client implements VllmClient {
     // Only work takes a permit (POST: generations, embeddings); probes (GET /health, /v1/models) never wait for one.
     const permits = spec.method === 'POST' ? this.options.permits : undefined;
     if (permits !== undefined) {
-      target ??= this.router === undefined ? this.origin : this.router.choose({ routeKey, model }).origin;
+      target ??=
+        this.router === undefined ? this.origin : this.router.choose({ routeKey, blocks, model }).origin;
       let permit: Permit;
       try {
         const timeoutMs = this.options.permitTimeoutMs;
@@ -885,6 +897,7 @@ class Client implements VllmClient {
         // The router sends a request that names its replica there (an injected dispatcher goes by origin).
         replica: target,
         routeKey,
+        blocks,
         avoid,
         model,
         telemetry: call,

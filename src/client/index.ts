@@ -9,7 +9,9 @@ export {
   type VllmClientStats,
 } from './client.js';
 export type { VllmClientOptions } from './options.js';
+export type { RoutingSync, RoutingUpdate } from './router.js';
 export type { RoutingCandidate, RoutingFunction, RoutingPolicy } from './routing.js';
+export { clusterRoutingSync, redisRoutingSync, serveClusterRoutingSync } from './routing-sync.js';
 export type { TelemetryOptions } from './telemetry.js';
 export type {
   ChatCompletion,

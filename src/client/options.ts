@@ -7,10 +7,12 @@ import {
   numberOption,
   objectOption,
   oneOfOption,
+  optionalNumberOption,
   optionalStringOption,
   rejectUnknownKeys,
 } from '../internal/validate.js';
 import type { PermitPool } from '../upstream-permits/index.js';
+import type { RoutingSync } from './router.js';
 import type { RoutingPolicy } from './routing.js';
 import type { ResolvedTelemetryOptions, TelemetryOptions } from './telemetry.js';
 
@@ -28,10 +30,12 @@ export interface VllmClientOptions {
   /** Several replicas of the same model; `routing` says which one each request goes to. */
   baseUrls?: string[];
   /**
-   * How requests are spread over replicas. `'prefix'`: consistent hashing with bounded loads over the prompt's
-   * leading characters (or an affinity key: `routingKey`, `prompt_cache_key`, `user`), so a conversation stays on the
-   * replica whose prefix cache holds it, and every process agrees without sharing state; a replica over
-   * `routingLoadFactor` × the mean load, or ejected, passes its keys to the next one. `'least-outstanding'`: the
+   * How requests are spread over replicas. `'prefix'`: cache-aware with bounded loads — the client keeps, per
+   * replica, the prompt blocks it sent there (an LRU the size of the replica's cache), sends a request to the replica
+   * holding the longest leading run of its prompt when that is at least half of it, and places a new conversation (or
+   * a prefix every replica holds alike) on the replica holding the least; an affinity key (`routingKey`,
+   * `prompt_cache_key`, `user`) stands for the conversation. A replica over `routingLoadFactor` × the mean load, or
+   * ejected, is passed over. Several processes share what they sent where through `routingSync`. `'least-outstanding'`: the
    * replica with the fewest requests in flight. `'round-robin'`: each in turn (a baseline). A function: your own
    * policy.
    * @default 'prefix' with two or more replicas
@@ -59,8 +63,24 @@ export interface VllmClientOptions {
    * `routingKeyMaxInFlight` are shared among them, so the bound holds for the replica, not per process. @default 1
    */
   processes?: number;
-  /** How many leading characters of the prompt form its routing key. @default 256 */
+  /**
+   * How many leading characters of the prompt are matched against the replicas' caches (in blocks of 128), for
+   * `'prefix'`; the routing key a custom policy gets is the first 256 of them. @default 16384
+   */
   routingPrefixChars?: number;
+  /**
+   * A replica's prefix cache, in tokens, for `'prefix'`: the index keeps that much of what it sent to each replica
+   * (four characters a token). Unset: read from each replica's `vllm:cache_config_info` when load signals are on,
+   * else 2M tokens.
+   */
+  routingCacheTokens?: number;
+  /**
+   * Shares, between processes routing over the same replicas (workers, gateway hosts), which prompt blocks each sent
+   * where, so that a conversation whose turns reach different processes still finds its replica. `clusterRoutingSync()`
+   * (node:cluster workers, through the primary) or `redisRoutingSync(redis)` (hosts). Without it, each process routes
+   * on what it sent itself.
+   */
+  routingSync?: RoutingSync;
   /**
    * Scrape each replica's `/metrics` this often, ms, for `vllm:num_requests_waiting` and `vllm:kv_cache_usage_perc`
    * (older: `vllm:gpu_cache_usage_perc`): a replica's queue then counts in its load. `0` = off. @default 0
@@ -214,6 +234,8 @@ export interface ResolvedClientOptions {
   routingKeyMaxInFlight: number;
   processes: number;
   routingPrefixChars: number;
+  routingCacheTokens: number | undefined;
+  routingSync: RoutingSync | undefined;
   loadSignalsIntervalMs: number;
   permits: PermitPool | undefined;
   permitTimeoutMs: number;
@@ -257,6 +279,8 @@ const KEYS = [
   'routingKeyMaxInFlight',
   'processes',
   'routingPrefixChars',
+  'routingCacheTokens',
+  'routingSync',
   'loadSignalsIntervalMs',
   'permits',
   'permitTimeoutMs',
@@ -472,7 +496,13 @@ export function resolveClientOptions(input: VllmClientOptions): ResolvedClientOp
       integer: true,
     }),
     processes: numberOption('processes', options.processes, 1, { min: 1, max: 1_000_000, integer: true }),
-    routingPrefixChars: numberOption('routingPrefixChars', options.routingPrefixChars, 256, {
+    routingCacheTokens: optionalNumberOption('routingCacheTokens', options.routingCacheTokens, {
+      min: 1,
+      max: 1e12,
+      integer: true,
+    }),
+    routingSync: routingSyncOption(options.routingSync),
+    routingPrefixChars: numberOption('routingPrefixChars', options.routingPrefixChars, 16_384, {
       min: 1,
       max: 1_000_000,
       integer: true,
@@ -489,6 +519,19 @@ function modelDiscoveryOption(value: unknown, byDefault: boolean): boolean {
   if (value === undefined) return byDefault;
   if (typeof value !== 'boolean') throw invalid('modelDiscovery', 'a boolean', value);
   return value;
+}
+
+function routingSyncOption(value: unknown): RoutingSync | undefined {
+  if (value === undefined) return undefined;
+  const sync = value as Partial<RoutingSync> | null;
+  if (
+    typeof sync !== 'object' ||
+    sync === null ||
+    typeof sync.publish !== 'function' ||
+    typeof sync.subscribe !== 'function'
+  )
+    throw invalid('routingSync', 'an object with publish() and subscribe()', value);
+  return sync as RoutingSync;
 }
 
 function functionOption<T>(option: string, value: unknown): T | undefined {

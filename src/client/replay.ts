@@ -34,8 +34,8 @@ type Abort = (reason?: Error) => void;
 export class ReplayHandler implements Handler {
   /** Set by the router when it is the dispatcher: the handler then also does the replica's accounting. */
   private upstream: Upstream | undefined;
-  private routedKey: string | undefined;
-  private keyRouter: { keyDone(key: string): void } | undefined;
+  private routedKey: number | undefined;
+  private keyRouter: { keyDone(key: number): void } | undefined;
   private attempt: Attempt | undefined;
   private abortAttempt: Abort | undefined;
   private abortReason: Error | undefined;
@@ -66,7 +66,7 @@ export class ReplayHandler implements Handler {
   }
 
   /** The attempt's routing key, counted in flight by the router until the attempt ends. */
-  bindKey(key: string, router: { keyDone(key: string): void }): void {
+  bindKey(key: number, router: { keyDone(key: number): void }): void {
     this.routedKey = key;
     this.keyRouter = router;
   }

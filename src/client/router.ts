@@ -4,8 +4,15 @@
 import { Dispatcher, Pool } from 'undici';
 import { AdapterLoadError } from '../errors/index.js';
 import type { ResolvedClientOptions } from './options.js';
+import { PrefixIndex } from './prefix-index.js';
 import { ReplayHandler } from './replay.js';
-import { HashRing, hash32, loadBound, type RoutingCandidate, routingKeyOf } from './routing.js';
+import {
+  BLOCK_CHARS,
+  loadBound,
+  type RoutingBlocks,
+  type RoutingCandidate,
+  routingKeyOf,
+} from './routing.js';
 import type { CallTelemetry } from './telemetry.js';
 
 type Handler = Dispatcher.DispatchHandler;
@@ -82,6 +89,15 @@ export function parseLoraInfo(lines: string[]): LoraState | undefined {
   };
 }
 
+/** A replica's KV cache in tokens, from vLLM's `vllm:cache_config_info` labels (`num_gpu_blocks` × `block_size`). */
+export function parseCacheTokens(lines: string[]): number | undefined {
+  const line = lines.find((l) => l.startsWith('vllm:cache_config_info{'));
+  if (line === undefined) return undefined;
+  const blocks = Number(/[{,]num_gpu_blocks="(\d+)"/.exec(line)?.[1]);
+  const size = Number(/[{,]block_size="(\d+)"/.exec(line)?.[1]);
+  return blocks > 0 && size > 0 ? blocks * size : undefined;
+}
+
 /**
  * How well a replica suits an adapter, as llm-d's lora-affinity scorer rates it: 1 when the adapter is running there,
  * 0.8 when the replica has a free adapter slot, 0.6 when the adapter is waiting there, else 0.
@@ -108,10 +124,16 @@ export class Upstream {
   /** Ejections since start (for stats). */
   ejectionsTotal = 0;
   connectionsCreated = 0;
-  /** Keyed requests that went to the replica their key maps to. */
+  /** Position in the router's list (its bit in the prefix index). */
+  index = 0;
+  /** Requests that followed their prompt's cached prefix here. */
   prefixRouted = 0;
-  /** Keyed requests that came here because their own replica was over its bound or ejected. */
+  /** Requests that came here because the replica holding their prefix was over its bound or ejected. */
   fallbacks = 0;
+  /** Requests with no prefix held anywhere (a new conversation), placed here to balance what replicas hold. */
+  placed = 0;
+  /** Its prefix cache, in tokens, from its `vllm:cache_config_info` (load signals on). */
+  cacheTokens: number | undefined;
   /** From the replica's /metrics, when load signals are scraped. */
   waiting: number | undefined;
   kvCacheUsage: number | undefined;
@@ -202,6 +224,7 @@ export class Upstream {
       this.waiting = waiting.length > 0 ? waiting.reduce((a, b) => a + b, 0) : undefined;
       this.kvCacheUsage = kvUse.length > 0 ? Math.max(...kvUse) : undefined;
       this.lora = parseLoraInfo(lines);
+      this.cacheTokens = parseCacheTokens(lines);
     } catch {
       // A replica that cannot be scraped keeps its last figures; failures eject it through requests and probes.
     }
@@ -325,12 +348,16 @@ export class Upstream {
 export interface RoutedOptions {
   /** Send to this replica (its origin) instead of choosing one. */
   replica?: string | undefined;
-  /** The call's routing key (affinity key or prompt prefix), when it has one and the policy uses it. */
+  /** The call's routing key (affinity key or prompt prefix), for a custom policy. */
   routeKey?: string | undefined;
+  /** The call's prompt as chained block hashes (or its affinity key as one), for the prefix policy. */
+  blocks?: RoutingBlocks | undefined;
   /** The call's span, told of each attempt's replica, status and bytes. */
   telemetry?: CallTelemetry | undefined;
   /** Set by the router: the replica the request went to (errors name it). */
   servedBy?: string | undefined;
+  /** Set by the router: the request went by load, off its key's replica (the key had its cap in flight). */
+  spilled?: boolean | undefined;
   /** Not this replica (a retry after it failed), unless it is the only one left. */
   avoid?: string | undefined;
   /** Only replicas serving this model (set by the client when it routes by model). */
@@ -343,12 +370,21 @@ export interface RoutedOptions {
  */
 export class Router extends Dispatcher {
   readonly upstreams: Upstream[];
-  /** Whether requests need a routing key (computing one is skipped otherwise). */
+  /** A custom policy: requests need a routing key (computing one is skipped otherwise). */
   readonly keyed: boolean;
-  private readonly ring: HashRing | undefined;
+  /** The prefix policy over several replicas: requests need their prompt's blocks. */
+  readonly cacheAware: boolean;
+  private readonly index: PrefixIndex | undefined;
+  private readonly matches: Int32Array;
+  /** Blocks this process placed that its peers have not heard of yet (sent once per event-loop turn). */
+  private unsynced: RoutingUpdate = [];
+  private syncing: NodeJS.Immediate | undefined;
+  private unsubscribe: (() => void) | undefined;
   private next = 0;
-  /** Requests in flight per routing key (keys with none are not kept). */
-  private readonly keyInFlight = new Map<string, number>();
+  /** How many requests followed a matched prefix ending at each block (a shared prefix is followed by many). */
+  private readonly follows = new Map<number, number>();
+  /** Requests in flight per prompt (its last block; prompts with none are not kept). */
+  private readonly keyInFlight = new Map<number, number>();
   /** This process's part of the bound's slack and of the per-key cap (shared by `processes`). */
   private readonly slack: number;
   private readonly keyCap: number;
@@ -369,15 +405,24 @@ export class Router extends Dispatcher {
   constructor(private readonly options: ResolvedClientOptions) {
     super();
     this.upstreams = options.origins.map((origin) => new Upstream(origin, options));
-    for (const upstream of this.upstreams) upstream.onModels = () => this.eligible.clear();
+    this.upstreams.forEach((upstream, i) => {
+      upstream.index = i;
+      upstream.onModels = () => this.eligible.clear();
+    });
     this.slack = Math.ceil(options.routingLoadSlack / options.processes);
     this.keyCap =
       options.routingKeyMaxInFlight === 0
         ? Number.POSITIVE_INFINITY
         : Math.max(1, Math.ceil(options.routingKeyMaxInFlight / options.processes));
-    this.keyed =
-      this.upstreams.length > 1 && (options.routing === 'prefix' || typeof options.routing === 'function');
-    if (options.routing === 'prefix' && this.upstreams.length > 1) this.ring = new HashRing(options.origins);
+    this.keyed = this.upstreams.length > 1 && typeof options.routing === 'function';
+    this.cacheAware = this.upstreams.length > 1 && options.routing === 'prefix';
+    this.matches = new Int32Array(this.upstreams.length);
+    if (this.cacheAware) {
+      this.index = new PrefixIndex(this.upstreams.length, cacheBlocks(options.routingCacheTokens));
+      // Peers' placements (other workers, other hosts) join this index: every process then sees what each replica
+      // was sent, whichever process sent it.
+      this.unsubscribe = options.routingSync?.subscribe((update) => this.applyPeerUpdate(update));
+    }
     if (options.healthCheckIntervalMs > 0) {
       this.healthTimer = setInterval(() => void this.checkAll(), options.healthCheckIntervalMs);
       this.healthTimer.unref();
@@ -399,7 +444,8 @@ export class Router extends Dispatcher {
       }
     }
     if (options.loadSignalsIntervalMs > 0 && this.upstreams.length > 1) {
-      const scrape = () => void Promise.all(this.upstreams.map((u) => u.scrapeLoad()));
+      const scrape = () =>
+        void Promise.all(this.upstreams.map((u) => u.scrapeLoad())).then(() => this.applyCacheSizes());
       scrape();
       this.loadTimer = setInterval(scrape, options.loadSignalsIntervalMs);
       this.loadTimer.unref();
@@ -408,7 +454,7 @@ export class Router extends Dispatcher {
 
   /** The routing key of a request body (for `request()` callers that parsed it, and the typed methods). */
   keyOf(body: unknown): string | undefined {
-    return routingKeyOf(body, this.options.routingPrefixChars);
+    return routingKeyOf(body, Math.min(256, this.options.routingPrefixChars));
   }
 
   pick(): Upstream {
@@ -440,27 +486,126 @@ export class Router extends Dispatcher {
     return upstreams[this.next]!;
   }
 
-  /** Bounded loads on the ring: the first replica clockwise from the key that is up and under the bound. */
-  private pickByKey(key: string): Upstream {
+  /**
+   * Cache-aware choice under bounded loads (SGLang's cache-aware policy, with llm-d-style block hashes): among replicas
+   * under the load bound, the one holding the longest leading run of the prompt's blocks when that run is at least
+   * `MATCH_THRESHOLD` of the prompt (ties: the least loaded); otherwise — a new conversation, or a prefix every
+   * replica holds alike — the replica holding the least against its cache (ties: the least loaded), so conversations
+   * spread by what they fill, not by a hash. Over the bound everywhere: the least loaded.
+   */
+  private pickByCache(blocks: RoutingBlocks): Upstream {
     const upstreams = this.upstreams;
+    if (blocks.length === 0) return this.pick();
+    const index = this.index!;
+    const matches = this.matches;
+    index.match(blocks, matches);
     let total = 0;
     let active = 0;
+    let held = 0;
     for (const upstream of upstreams) {
       if (this.isOut(upstream)) continue;
       total += upstream.load();
       active++;
+      held = Math.max(held, matches[upstream.index]!);
     }
     const bound = loadBound(this.options.routingLoadFactor, this.slack, total, active);
-    // The first replica the walk visits is the key's own: accepting any later one is a fallback.
-    let home = -1;
-    const index = this.ring!.find(hash32(key), (i) => {
-      if (home === -1) home = i;
-      return !this.isOut(upstreams[i]!) && upstreams[i]!.load() + 1 <= bound;
-    });
-    const chosen = index === undefined ? this.pick() : upstreams[index]!;
-    if (index === home) chosen.prefixRouted++;
+    let longest = 0;
+    for (const upstream of upstreams) {
+      if (!this.isOut(upstream) && upstream.load() + 1 <= bound)
+        longest = Math.max(longest, matches[upstream.index]!);
+    }
+    // A prefix many requests have followed (a shared system prompt, one hot prompt) is not a conversation: following
+    // it would pile every new conversation on the replica that first held it. Those spread by balance instead (each
+    // replica then prefills it once); a conversation's own history is followed by one request at a time.
+    const endpoint = longest > 0 ? blocks[longest - 1]! : 0;
+    // An affinity key is one conversation by the caller's word: followed however often (the load bound still holds).
+    const shared = longest > 0 && !blocks.affinity && (this.follows.get(endpoint) ?? 0) >= SHARED_AFTER;
+    const follow =
+      longest > 0 &&
+      !shared &&
+      longest >= MATCH_THRESHOLD * blocks.length &&
+      !this.everywhere(longest, bound);
+    if (follow) {
+      if (this.follows.size >= MAX_FOLLOWS) this.follows.clear();
+      this.follows.set(endpoint, (this.follows.get(endpoint) ?? 0) + 1);
+    }
+    // Ties go round in turn (from a rotating start), not always to the first replica.
+    const count = upstreams.length;
+    const start = this.next;
+    this.next = (start + 1) % count;
+    let chosen: Upstream | undefined;
+    for (let i = 0; i < count; i++) {
+      const upstream = upstreams[(start + i) % count]!;
+      if (this.isOut(upstream) || upstream.load() + 1 > bound) continue;
+      if (follow && matches[upstream.index]! < longest) continue;
+      if (chosen === undefined || this.better(upstream, chosen, follow)) chosen = upstream;
+    }
+    if (chosen === undefined) chosen = this.pick();
+    if (!follow) chosen.placed++;
+    else if (matches[chosen.index] === held) chosen.prefixRouted++;
     else chosen.fallbacks++;
     return chosen;
+  }
+
+  /** Every replica under the bound holds `longest` blocks: the match does not tell them apart. */
+  private everywhere(longest: number, bound: number): boolean {
+    let candidates = 0;
+    for (const upstream of this.upstreams) {
+      if (this.isOut(upstream) || upstream.load() + 1 > bound) continue;
+      if (this.matches[upstream.index]! < longest) return false;
+      candidates++;
+    }
+    return candidates > 1;
+  }
+
+  /**
+   * Following a prefix: the less loaded, then the one holding less. Placing a new conversation: the one holding less
+   * of its cache (SGLang's smallest tree), then the less loaded.
+   */
+  private better(a: Upstream, b: Upstream, follow: boolean): boolean {
+    const index = this.index!;
+    const fillA = index.held(a.index) / index.capacityOf(a.index);
+    const fillB = index.held(b.index) / index.capacityOf(b.index);
+    const loadA = a.load();
+    const loadB = b.load();
+    if (follow) return loadA < loadB || (loadA === loadB && fillA < fillB);
+    // Fill within a block of each other counts as equal: then load decides.
+    const close = Math.abs(fillA - fillB) * index.capacityOf(a.index) < 1;
+    return close ? loadA < loadB : fillA < fillB;
+  }
+
+  /** Records the prompt's blocks as sent to `upstream`, and queues what is new there for the peers. */
+  private remember(upstream: Upstream, blocks: number[]): void {
+    const added = this.index!.insert(upstream.index, blocks);
+    const sync = this.options.routingSync;
+    if (added === undefined || sync === undefined) return;
+    this.unsynced.push({ replica: upstream.origin, blocks: added });
+    this.syncing ??= setImmediate(() => {
+      this.syncing = undefined;
+      const update = this.unsynced;
+      this.unsynced = [];
+      try {
+        sync.publish(update);
+      } catch {
+        // A peer that misses an update routes that conversation by balance once: nothing worth failing a request for.
+      }
+    });
+  }
+
+  private applyPeerUpdate(update: RoutingUpdate): void {
+    for (const { replica, blocks } of update) {
+      const upstream = this.upstreams.find((u) => u.origin === replica);
+      if (upstream !== undefined && Array.isArray(blocks)) this.index!.insert(upstream.index, blocks);
+    }
+  }
+
+  /** A replica's cache size became known (its metrics): the index holds as much for it as the replica can. */
+  private applyCacheSizes(): void {
+    if (this.index === undefined || this.options.routingCacheTokens !== undefined) return;
+    for (const upstream of this.upstreams) {
+      if (upstream.cacheTokens !== undefined)
+        this.index.setCapacity(upstream.index, cacheBlocks(upstream.cacheTokens));
+    }
   }
 
   private isOut(upstream: Upstream): boolean {
@@ -645,14 +790,17 @@ export class Router extends Dispatcher {
       const url = routing({ key: routeKey, replicas: this.candidates() });
       return (url === undefined ? undefined : this.upstreams.find((u) => u.origin === url)) ?? this.pick();
     }
-    if (routeKey !== undefined && this.ring !== undefined) {
-      // A key with its cap in flight already (a client pinning a replica, one hot prompt): by load instead.
-      if ((this.keyInFlight.get(routeKey) ?? 0) >= this.keyCap) {
+    const blocks = opts.blocks;
+    if (blocks !== undefined && this.index !== undefined) {
+      // A prompt with its cap in flight already (a client pinning a replica, one hot prompt): by load instead.
+      const last = blocks.at(-1);
+      if (last !== undefined && (this.keyInFlight.get(last) ?? 0) >= this.keyCap) {
         const chosen = this.pick();
         chosen.fallbacks++;
+        opts.spilled = true;
         return chosen;
       }
-      return this.pickByKey(routeKey);
+      return this.pickByCache(blocks);
     }
     if (routing === 'round-robin') return this.nextInTurn();
     return this.pick();
@@ -678,10 +826,13 @@ export class Router extends Dispatcher {
     if (handler instanceof ReplayHandler) {
       upstream.outstanding++;
       handler.bindUpstream(upstream);
-      const key = routed.routeKey;
-      if (key !== undefined && this.ring !== undefined) {
+      const blocks = routed.blocks;
+      if (blocks !== undefined && this.index !== undefined && blocks.length > 0) {
+        const key = blocks.at(-1)!;
         this.keyInFlight.set(key, (this.keyInFlight.get(key) ?? 0) + 1);
         handler.bindKey(key, this);
+        // A request spilled off its affinity key's replica does not make that replica the conversation's home.
+        if (!(blocks.affinity && routed.spilled)) this.remember(upstream, blocks);
       }
       // Until the next scrape, an adapter sent here counts as running here (so its next requests follow it).
       const model = routed.model;
@@ -692,7 +843,7 @@ export class Router extends Dispatcher {
   }
 
   /** An attempt of a keyed request ended (completed or failed). */
-  keyDone(key: string): void {
+  keyDone(key: number): void {
     const left = (this.keyInFlight.get(key) ?? 1) - 1;
     if (left <= 0) this.keyInFlight.delete(key);
     else this.keyInFlight.set(key, left);
@@ -709,6 +860,10 @@ export class Router extends Dispatcher {
   }
 
   private stop(): void {
+    this.unsubscribe?.();
+    this.unsubscribe = undefined;
+    if (this.syncing !== undefined) clearImmediate(this.syncing);
+    this.syncing = undefined;
     if (this.modelTimer) clearInterval(this.modelTimer);
     this.modelTimer = undefined;
     if (this.healthTimer) clearInterval(this.healthTimer);
@@ -727,4 +882,31 @@ export class Router extends Dispatcher {
     this.stop();
     await Promise.all(this.upstreams.map((u) => u.pool.destroy()));
   }
+}
+
+/** How much of a prompt a replica must hold, as a share of its blocks, for the request to follow it there. */
+const MATCH_THRESHOLD = 0.5;
+/** Requests that may follow one matched prefix before it counts as shared (a conversation follows each of its own once). */
+const SHARED_AFTER = 3;
+/** Matched prefixes remembered (then forgotten all at once: a shared one is soon recognised again). */
+const MAX_FOLLOWS = 100_000;
+/** Tokens per prompt block (four characters a token). */
+const TOKENS_PER_BLOCK = BLOCK_CHARS / 4;
+/** What the index keeps per replica when its cache size is unknown: 2M tokens, about 6 MB of index. */
+const DEFAULT_CACHE_TOKENS = 2_097_152;
+
+function cacheBlocks(tokens: number | undefined): number {
+  return Math.max(1, Math.floor((tokens ?? DEFAULT_CACHE_TOKENS) / TOKENS_PER_BLOCK));
+}
+
+/** Blocks newly sent to replicas (by URL), as one process tells the others. */
+export type RoutingUpdate = { replica: string; blocks: number[] }[];
+
+/**
+ * How processes routing over the same replicas share what they sent where (`routingSync`): `publish` is called with
+ * this process's new placements, at most once per event-loop turn; `subscribe` hands over the others'.
+ */
+export interface RoutingSync {
+  publish(update: RoutingUpdate): void;
+  subscribe(handler: (update: RoutingUpdate) => void): () => void;
 }

@@ -1,10 +1,7 @@
-// Prefix-cache-aware routing. vLLM keeps the KV cache of recent prompt prefixes per replica, so a conversation whose
-// earlier turns went to one replica is prefilled there in a fraction of the time. Consistent hashing with bounded loads
-// (Mirrokni, Thorup, Zadimoghaddam 2016) over a hash of the prompt's leading characters — or of an affinity key the
-// caller gives — keeps a conversation on one replica, with no state shared between processes or hosts: every process
-// with the same replica list builds the same ring. A replica over its load bound or ejected passes the key on to the
-// next replica clockwise (so only its share of keys moves), and when every replica is over its bound the request goes
-// to the least loaded.
+// Prefix-cache-aware routing: a request's prompt as chained block hashes (the router matches them against what it
+// sent to each replica: prefix-index.ts), the routing key a custom policy gets, and the bound on a replica's load.
+// vLLM keeps the KV cache of recent prompt prefixes per replica, so a conversation whose earlier turns went to one
+// replica is prefilled there in a fraction of the time.
 
 /** How requests are spread over replicas (`round-robin` is there as a baseline to compare with). */
 export type RoutingPolicy = 'prefix' | 'least-outstanding' | 'round-robin' | RoutingFunction;
@@ -45,53 +42,6 @@ export function hash32(text: string): number {
   return h >>> 0;
 }
 
-/** Points per replica on the ring: enough that each replica's share of keys is within a few percent of 1/n. */
-const VIRTUAL_NODES = 400;
-
-/** The hash ring over replica URLs (its order does not matter: every process builds the same ring). */
-export class HashRing {
-  private readonly points: Uint32Array;
-  private readonly owners: Uint16Array;
-
-  constructor(private readonly urls: readonly string[]) {
-    const entries: [number, number][] = [];
-    urls.forEach((url, index) => {
-      for (let v = 0; v < VIRTUAL_NODES; v++) entries.push([hash32(`${url}#${v}`), index]);
-    });
-    entries.sort((a, b) => a[0] - b[0] || urls[a[1]]!.localeCompare(urls[b[1]]!));
-    this.points = Uint32Array.from(entries, (e) => e[0]);
-    this.owners = Uint16Array.from(entries, (e) => e[1]);
-  }
-
-  /** Replica indexes in ring order from the key's position clockwise, each once; stops when `accept` says so. */
-  find(keyHash: number, accept: (index: number) => boolean): number | undefined {
-    const points = this.points;
-    // The first point at or after the key (binary search), wrapping around.
-    let lo = 0;
-    let hi = points.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (points[mid]! < keyHash) lo = mid + 1;
-      else hi = mid;
-    }
-    const seen = new Uint8Array(this.urls.length);
-    let left = this.urls.length;
-    for (let i = 0; i < points.length && left > 0; i++) {
-      const owner = this.owners[(lo + i) % points.length]!;
-      if (seen[owner] === 1) continue;
-      seen[owner] = 1;
-      left--;
-      if (accept(owner)) return owner;
-    }
-    return undefined;
-  }
-
-  /** The replica a key maps to when every replica is available and none is over its bound. */
-  home(keyHash: number): number {
-    return this.find(keyHash, () => true)!;
-  }
-}
-
 /**
  * The routing key of an OpenAI-shaped request body: the caller's `prompt_cache_key` or `user` when present
  * (affinity), else the prompt's first `chars` characters — the system prompt and earliest turns of `messages`, or
@@ -130,6 +80,97 @@ export function routingKeyOf(body: unknown, chars: number): string | undefined {
     if (typeof first === 'number') return `t:${prompt.slice(0, Math.ceil(chars / 4)).join(',')}`;
   }
   return undefined;
+}
+
+/** Characters per prompt block (about 32 tokens): the unit in which prompts are matched against replicas' caches. */
+export const BLOCK_CHARS = 128;
+
+/**
+ * Hashes text into chained blocks as it is fed: the FNV-1a state runs on across blocks, so each full block's hash
+ * (the state at its end, finalised) stands for the whole prefix up to it, as vLLM's block hashes do.
+ */
+class BlockHasher {
+  readonly blocks: number[] = [];
+  private state = 0x811c9dc5;
+  private inBlock = 0;
+
+  constructor(private readonly maxBlocks: number) {}
+
+  get full(): boolean {
+    return this.blocks.length >= this.maxBlocks;
+  }
+
+  feed(text: string): void {
+    let h = this.state;
+    let n = this.inBlock;
+    for (let i = 0; i < text.length; i++) {
+      h ^= text.charCodeAt(i);
+      h = Math.imul(h, 0x01000193);
+      if (++n === BLOCK_CHARS) {
+        n = 0;
+        let f = h ^ (h >>> 16);
+        f = Math.imul(f, 0x85ebca6b);
+        f ^= f >>> 13;
+        f = Math.imul(f, 0xc2b2ae35);
+        f ^= f >>> 16;
+        this.blocks.push(f >>> 0);
+        if (this.blocks.length >= this.maxBlocks) break;
+      }
+    }
+    this.state = h;
+    this.inBlock = n;
+  }
+}
+
+/** A prompt's blocks; `affinity` marks the one block of an affinity key (one conversation by the caller's word). */
+export type RoutingBlocks = number[] & { affinity?: true };
+
+function affinityBlock(key: string): RoutingBlocks {
+  const blocks: RoutingBlocks = [hash32(key)];
+  blocks.affinity = true;
+  return blocks;
+}
+
+/**
+ * A request body's prompt as chained block hashes, for cache-aware routing: the text vLLM prefills — each message's
+ * role and content, or `prompt` / `input` — in full blocks of {@link BLOCK_CHARS}, up to `maxChars`. An affinity key
+ * (`prompt_cache_key`, `user`, or the caller's `affinity`) stands for the whole conversation instead: one block.
+ * Empty when the body has no prompt, or one shorter than a block.
+ */
+export function routingBlocks(body: unknown, maxChars: number, affinity?: string): RoutingBlocks {
+  if (affinity !== undefined) return affinityBlock(`a:${affinity}`);
+  if (typeof body !== 'object' || body === null) return [];
+  const record = body as Record<string, unknown>;
+  if (typeof record.prompt_cache_key === 'string' && record.prompt_cache_key !== '')
+    return affinityBlock(`k:${record.prompt_cache_key}`);
+  if (typeof record.user === 'string' && record.user !== '') return affinityBlock(`u:${record.user}`);
+  const hasher = new BlockHasher(Math.max(1, Math.floor(maxChars / BLOCK_CHARS)));
+  // vLLM's cache is per model (an adapter's blocks are not its base's): the model starts the chain.
+  if (typeof record.model === 'string') hasher.feed(`${record.model}\n`);
+  const messages = record.messages;
+  if (Array.isArray(messages)) {
+    for (const message of messages) {
+      if (hasher.full) break;
+      if (typeof message !== 'object' || message === null) continue;
+      const { role, content } = message as { role?: unknown; content?: unknown };
+      hasher.feed(typeof role === 'string' ? role : '');
+      hasher.feed('\n');
+      if (typeof content === 'string') hasher.feed(content);
+      else if (Array.isArray(content)) {
+        for (const part of content) {
+          const partText = (part as { text?: unknown } | null)?.text;
+          if (typeof partText === 'string') hasher.feed(partText);
+        }
+      }
+      hasher.feed('\n');
+    }
+    return hasher.blocks;
+  }
+  const prompt = record.prompt ?? record.input;
+  const first = Array.isArray(prompt) ? prompt[0] : prompt;
+  if (typeof first === 'string') hasher.feed(first);
+  else if (Array.isArray(prompt) && typeof first === 'number') hasher.feed(prompt.join(','));
+  return hasher.blocks;
 }
 
 /**

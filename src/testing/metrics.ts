@@ -67,6 +67,8 @@ export class SimulatorMetrics {
     waiting: number,
     maxNumSeqs: number,
     prefixCache?: { queries: number; hits: number },
+    /** The KV cache's size in tokens (`vllm:cache_config_info`), when prefix caching is on. */
+    cacheTokens?: number,
   ): string {
     const labels = `engine="0",model_name=${JSON.stringify(model)}`;
     const lines: string[] = [];
@@ -79,6 +81,11 @@ export class SimulatorMetrics {
     metric('vllm:num_requests_waiting', 'gauge', 'Number of requests waiting to be processed.', [
       `vllm:num_requests_waiting{${labels}} ${waiting}`,
     ]);
+    if (cacheTokens !== undefined && cacheTokens > 0) {
+      metric('vllm:cache_config_info', 'gauge', 'Information of the LLMEngine CacheConfig', [
+        `vllm:cache_config_info{block_size="16",enable_prefix_caching="True",engine="0",num_gpu_blocks="${Math.floor(cacheTokens / 16)}"} 1.0`,
+      ]);
+    }
     metric('vllm:kv_cache_usage_perc', 'gauge', 'KV-cache usage. 1 means 100 percent usage.', [
       `vllm:kv_cache_usage_perc{${labels}} ${running / maxNumSeqs}`,
     ]);

@@ -401,6 +401,7 @@ class Simulator implements VllmSimulator {
           this.engine.waiting,
           this.options.maxNumSeqs,
           this.prefixCache,
+          this.options.prefixCacheTokens,
         );
         const body = text + this.renderLoraInfo();
         res.writeHead(200, {

@@ -1,19 +1,17 @@
-// Prefix-cache-aware routing: consistent hashing with bounded loads, stable across processes, affinity keys, ejection
-// moving only the ejected replica's keys, custom policies, and the options.
-import { spawnSync } from 'node:child_process';
-import { resolve } from 'node:path';
+// Prefix-cache-aware routing: prompts as chained blocks matched against what each replica holds, conversations placed
+// by balance and followed, shared prefixes spread, affinity keys, several processes sharing their placements,
+// ejection moving only the ejected replica's conversations, custom policies, and the options.
+
+import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { HashRing, hash32, routingKeyOf } from '../../src/client/routing.js';
-import { isInvalidOptionError } from '../../src/index.js';
+import { PrefixIndex } from '../../src/client/prefix-index.js';
+import type { RoutingSync, RoutingUpdate } from '../../src/client/router.js';
+import { BLOCK_CHARS, routingBlocks, routingKeyOf } from '../../src/client/routing.js';
+import { isInvalidOptionError, redisRoutingSync, type VllmClient } from '../../src/index.js';
 import { generations, trackResources } from '../helpers/fixtures.js';
+import { REDIS_URL, uniqueName } from '../helpers/services.js';
 
 const use = trackResources();
-const root = resolve(import.meta.dirname, '../..');
-const urls = ['http://10.0.0.1:8000', 'http://10.0.0.2:8000', 'http://10.0.0.3:8000', 'http://10.0.0.4:8000'];
-const prompts = Array.from(
-  { length: 1000 },
-  (_, i) => `You are assistant number ${i}. ${'Context. '.repeat(30)}`,
-);
 /** A conversation: its own system prompt, then `turns` user/assistant exchanges. */
 const conversation = (id: number, turns: number) => [
   { role: 'system', content: `Session ${id}: ${'You answer questions about topic '.repeat(12)}${id}.` },
@@ -24,39 +22,86 @@ const conversation = (id: number, turns: number) => [
   { role: 'user', content: 'And now?' },
 ];
 
-describe('the hash ring', () => {
-  it('maps 1,000 prompts the same way in two processes (no seed, no shared state)', () => {
-    const here = prompts.map((p) => new HashRing(urls).home(hash32(routingKeyOf({ prompt: p }, 256)!)));
-    const code = `
-      import { HashRing, hash32, routingKeyOf } from './src/client/routing.ts';
-      const urls = ${JSON.stringify([...urls].reverse())};
-      const prompts = Array.from({ length: 1000 }, (_, i) => \`You are assistant number \${i}. \${'Context. '.repeat(30)}\`);
-      const ring = new HashRing(urls);
-      process.stdout.write(JSON.stringify(prompts.map((p) => urls[ring.home(hash32(routingKeyOf({ prompt: p }, 256)))])));
-    `;
-    const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], {
-      cwd: root,
-      encoding: 'utf8',
-    });
-    expect(child.stderr).toBe('');
-    // The other process listed the replicas in another order: the ring does not depend on it.
-    expect(JSON.parse(child.stdout)).toEqual(here.map((i) => urls[i]));
-    // And the keys spread over every replica, about a quarter each.
-    const counts = urls.map((_, i) => here.filter((h) => h === i).length);
-    for (const count of counts) expect(count).toBeGreaterThan(150);
+describe('prompt blocks and the prefix index', () => {
+  const system = (id: number, chars = 1200) =>
+    `Session ${id}. ${'You answer questions about the topic. '.repeat(40)}`.slice(0, chars);
+  const chat = (messages: { role: string; content: string }[], extra: object = {}) => ({
+    messages,
+    ...extra,
   });
 
-  it('moves only the ejected replica’s keys when it leaves, and gives them back when it returns', () => {
-    const ring = new HashRing(urls);
-    const hashes = prompts.map((p) => hash32(p));
-    const before = hashes.map((h) => ring.home(h));
-    const without2 = hashes.map((h) => ring.find(h, (i) => i !== 2)!);
-    const moved = before.filter((home, k) => home !== without2[k]);
-    // Exactly the keys that lived on replica 2 moved, spread over the others.
-    expect(moved.every((home) => home === 2)).toBe(true);
-    expect(moved.length).toBe(before.filter((home) => home === 2).length);
-    expect(new Set(without2.filter((_, k) => before[k] === 2))).toEqual(new Set([0, 1, 3]));
-    expect(hashes.map((h) => ring.home(h))).toEqual(before);
+  it('hashes a prompt into chained blocks: a later turn extends an earlier one, another prompt shares nothing', () => {
+    const turn1 = routingBlocks(
+      chat([
+        { role: 'system', content: system(1) },
+        { role: 'user', content: 'Q1?' },
+      ]),
+      16384,
+    );
+    const turn2 = routingBlocks(
+      chat([
+        { role: 'system', content: system(1) },
+        { role: 'user', content: 'Q1?' },
+        { role: 'assistant', content: 'A1. '.repeat(60) },
+        { role: 'user', content: 'Q2?' },
+      ]),
+      16384,
+    );
+    // Only full 128-character blocks: 1,200 characters of system prompt and a question make 9.
+    expect(turn1.length).toBe(Math.floor(('system\n'.length + 1200 + '\nuser\nQ1?\n'.length) / BLOCK_CHARS));
+    expect(turn2.slice(0, turn1.length)).toEqual(turn1);
+    expect(turn2.length).toBeGreaterThan(turn1.length);
+    const other = routingBlocks(chat([{ role: 'system', content: system(2) }]), 16384);
+    expect(other.filter((b) => turn1.includes(b))).toEqual([]);
+    // A shared system prompt, then each its own document: the leading blocks agree, then they part.
+    const shared = 'Shared rules. '.repeat(100);
+    const a = routingBlocks(chat([{ role: 'system', content: shared + 'A doc. '.repeat(100) }]), 16384);
+    const b = routingBlocks(chat([{ role: 'system', content: shared + 'B doc. '.repeat(100) }]), 16384);
+    const common = a.findIndex((h, i) => h !== b[i]);
+    expect(common).toBe(Math.floor(('system\n'.length + shared.length) / BLOCK_CHARS));
+    // The model starts the chain (vLLM's cache is per model, an adapter's apart from its base's).
+    expect(
+      routingBlocks({ model: 'x', ...chat([{ role: 'system', content: system(1) }]) }, 16384)[0],
+    ).not.toBe(routingBlocks(chat([{ role: 'system', content: system(1) }]), 16384)[0]);
+    // Bounded: at most maxChars of the prompt are hashed.
+    expect(routingBlocks({ prompt: 'x'.repeat(100_000) }, 1024).length).toBe(8);
+    expect(routingBlocks({ prompt: 'short' }, 16384)).toEqual([]);
+    expect(routingBlocks({ model: 'm' }, 16384)).toEqual([]);
+  });
+
+  it('lets an affinity key stand for the conversation: one block, marked', () => {
+    const messages = [{ role: 'user', content: 'x'.repeat(1000) }];
+    const byKey = routingBlocks({ messages, prompt_cache_key: 'conv-9', user: 'u' }, 16384);
+    expect(byKey.length).toBe(1);
+    expect(byKey.affinity).toBe(true);
+    expect(
+      routingBlocks({ messages: [{ role: 'user', content: 'other' }], prompt_cache_key: 'conv-9' }, 16384),
+    ).toEqual(byKey);
+    expect(routingBlocks({ messages, user: 'alice' }, 16384)).not.toEqual(byKey);
+    expect(routingBlocks({ messages }, 16384, 'session-1').affinity).toBe(true);
+    expect(routingBlocks({ messages }, 16384).affinity).toBeUndefined();
+  });
+
+  it('matches a prompt against what each replica holds, and forgets the oldest beyond a replica’s capacity', () => {
+    const index = new PrefixIndex(3, 4);
+    const matches = new Int32Array(3);
+    expect(index.insert(0, [1, 2, 3])).toEqual([1, 2, 3]);
+    expect(index.insert(1, [1, 2])).toEqual([1, 2]);
+    expect(index.insert(0, [1, 2, 3, 4])).toEqual([4]);
+    expect(index.insert(0, [1, 2])).toBeUndefined();
+    index.match([1, 2, 3, 4, 5], matches);
+    expect([...matches]).toEqual([4, 2, 0]);
+    // Capacity 4: a fifth block evicts replica 0's least recently sent (3, as 1 and 2 were sent again since).
+    index.insert(0, [9]);
+    expect(index.held(0)).toBe(4);
+    index.match([1, 2, 3, 4], matches);
+    expect([...matches]).toEqual([2, 2, 0]);
+    index.setCapacity(1, 1);
+    index.match([1, 2], matches);
+    expect([...matches]).toEqual([2, 0, 0]);
+    index.clear(0);
+    index.match([1, 2], matches);
+    expect([...matches]).toEqual([0, 0, 0]);
   });
 
   it('keys a body by its affinity fields first, then the prompt’s leading characters', () => {
@@ -86,12 +131,135 @@ describe('createVllmClient routing', () => {
       }
     }
     const stats = client.stats().upstreams;
-    expect(stats.reduce((sum, u) => sum + u.prefixRouted, 0)).toBe(90);
+    // Each conversation's first turn was placed; its two later turns followed it.
+    expect(stats.reduce((sum, u) => sum + u.placed, 0)).toBe(30);
+    expect(stats.reduce((sum, u) => sum + u.prefixRouted, 0)).toBe(60);
     expect(stats.reduce((sum, u) => sum + u.fallbacks, 0)).toBe(0);
-    // Each replica served whole conversations (3 turns each); the conversations spread over the replicas (which
-    // ones depends on the ring, and so on the simulators' random ports: at least two of three here, always).
-    for (const sim of sims) expect(generations(sim) % 3).toBe(0);
-    expect(sims.filter((sim) => generations(sim) > 0).length).toBeGreaterThanOrEqual(2);
+    // Placed by what each replica holds, the 30 conversations split 10/10/10, each whole on its replica.
+    expect(sims.map((sim) => generations(sim))).toEqual([30, 30, 30]);
+  });
+
+  it('places few conversations evenly (a hash would leave one replica half again its share)', async () => {
+    const sims = await replicas(4);
+    const client = use.client({ baseUrls: sims.map((s) => s.url) });
+    for (let turn = 0; turn < 4; turn++) {
+      for (let id = 0; id < 8; id++)
+        await client.chatCompletion({ messages: conversation(id, turn), max_tokens: 1 });
+    }
+    expect(sims.map((sim) => generations(sim))).toEqual([8, 8, 8, 8]);
+  });
+
+  it('spreads conversations that share a system prompt, then keeps each on its replica', async () => {
+    const sims = await replicas(4);
+    const client = use.client({ baseUrls: sims.map((s) => s.url) });
+    const shared = 'Shared retrieval instructions. '.repeat(70);
+    const session = (id: number, turns: number) => [
+      { role: 'system' as const, content: `${shared}Document ${id}: ${`fact ${id} `.repeat(200)}` },
+      ...Array.from({ length: turns }, (_, t) => [
+        { role: 'user' as const, content: `Question ${t}?` },
+        { role: 'assistant' as const, content: `Answer ${t} of ${id}. `.repeat(20) },
+      ]).flat(),
+      { role: 'user' as const, content: 'Next?' },
+    ];
+    const homes: number[][] = Array.from({ length: 20 }, () => []);
+    for (let turn = 0; turn < 3; turn++) {
+      for (let id = 0; id < 20; id++) {
+        const before = sims.map((s) => generations(s));
+        await client.chatCompletion({ messages: session(id, turn), max_tokens: 1 });
+        homes[id]!.push(sims.findIndex((s, k) => generations(s) > before[k]!));
+      }
+    }
+    // 142 of 160 went to one replica when the key was the first 256 characters.
+    expect(sims.map((sim) => generations(sim))).toEqual([15, 15, 15, 15]);
+    for (const visited of homes) expect(new Set(visited).size).toBe(1);
+  });
+
+  it('spreads one hot prompt sent by everyone over the replicas', async () => {
+    const sims = await replicas(4);
+    const client = use.client({ baseUrls: sims.map((s) => s.url) });
+    const hot = [{ role: 'user' as const, content: 'What are your opening hours? '.repeat(30) }];
+    for (let i = 0; i < 40; i++) await client.chatCompletion({ messages: hot, max_tokens: 1 });
+    const counts = sims.map((sim) => generations(sim));
+    expect(Math.max(...counts) / (40 / 4)).toBeLessThanOrEqual(1.3);
+  });
+
+  it('shares placements between processes (routingSync): a conversation continued elsewhere finds its replica', async () => {
+    const sims = await replicas(4);
+    const handlers: ((update: RoutingUpdate) => void)[] = [];
+    const published: RoutingUpdate[] = [];
+    const sync = (me: number): RoutingSync => ({
+      publish(update) {
+        published.push(update);
+        for (const [i, handler] of handlers.entries()) if (i !== me) handler(update);
+      },
+      subscribe(handler) {
+        handlers[me] = handler;
+        return () => {};
+      },
+    });
+    const a = use.client({ baseUrls: sims.map((s) => s.url), routingSync: sync(0) });
+    const b = use.client({ baseUrls: sims.map((s) => s.url), routingSync: sync(1) });
+    const homeOf = async (client: VllmClient, id: number, turn: number) => {
+      const before = sims.map((s) => generations(s));
+      await client.chatCompletion({ messages: conversation(id, turn), max_tokens: 1 });
+      return sims.findIndex((s, k) => generations(s) > before[k]!);
+    };
+    const first: number[] = [];
+    for (let id = 0; id < 12; id++) first.push(await homeOf(a, id, 0));
+    // Updates go out once per event-loop turn.
+    await new Promise((r) => setImmediate(r));
+    expect(published.length).toBeGreaterThan(0);
+    for (let id = 0; id < 12; id++) expect(await homeOf(b, id, 1)).toBe(first[id]);
+    // And b's placements reach a: it balances against them (b placed nothing new, so the spread stays 3 each).
+    expect(new Set(first).size).toBe(4);
+  });
+
+  it('shares placements across hosts through Redis (redisRoutingSync)', async () => {
+    const sims = await replicas(3);
+    const redisA = new Redis(REDIS_URL, { lazyConnect: false });
+    const redisB = new Redis(REDIS_URL, { lazyConnect: false });
+    use.onCleanup(async () => {
+      redisA.disconnect();
+      redisB.disconnect();
+    });
+    const channel = uniqueName('routing');
+    const a = use.client({
+      baseUrls: sims.map((s) => s.url),
+      routingSync: redisRoutingSync(redisA, { channel }),
+    });
+    const b = use.client({
+      baseUrls: sims.map((s) => s.url),
+      routingSync: redisRoutingSync(redisB, { channel }),
+    });
+    // Both subscriptions live before the first placement.
+    await new Promise((r) => setTimeout(r, 300));
+    const homeOf = async (client: VllmClient, id: number, turn: number) => {
+      const before = sims.map((s) => generations(s));
+      await client.chatCompletion({ messages: conversation(id, turn), max_tokens: 1 });
+      return sims.findIndex((s, k) => generations(s) > before[k]!);
+    };
+    const first: number[] = [];
+    for (let id = 0; id < 9; id++) first.push(await homeOf(a, id, 0));
+    await new Promise((r) => setTimeout(r, 200));
+    for (let id = 0; id < 9; id++) expect(await homeOf(b, id, 1)).toBe(first[id]);
+  });
+
+  it('sizes its index of each replica from vllm:cache_config_info when load signals are on', async () => {
+    // Caches of 512 tokens, 16 of the index's 32-token blocks: conversations of 4 blocks each, 8 per replica, so the
+    // oldest are evicted from the index as from the replica.
+    const sims = await replicas(2, { prefixCacheTokens: 512 });
+    const text = await (await fetch(`${sims[0]!.url}/metrics`)).text();
+    expect(text).toContain(
+      'vllm:cache_config_info{block_size="16",enable_prefix_caching="True",engine="0",num_gpu_blocks="32"} 1.0',
+    );
+    const client = use.client({ baseUrls: sims.map((s) => s.url), loadSignalsIntervalMs: 20 });
+    await new Promise((r) => setTimeout(r, 100));
+    for (let id = 0; id < 16; id++)
+      await client.chatCompletion({ messages: conversation(id, 0), max_tokens: 1 });
+    // Conversation 0 was evicted from its replica's cache and from the index: its next turn is placed anew.
+    const before = client.stats().upstreams.reduce((sum, u) => sum + u.placed, 0);
+    await client.chatCompletion({ messages: conversation(0, 1), max_tokens: 1 });
+    expect(client.stats().upstreams.reduce((sum, u) => sum + u.placed, 0)).toBe(before + 1);
   });
 
   it('spreads a hot prefix under bounded loads instead of pinning one replica (strict bound, no slack)', async () => {
@@ -220,7 +388,13 @@ describe('createVllmClient routing', () => {
       [{ routingPrefixChars: 0 }, 'Expected `routingPrefixChars` to be an integer >= 1'],
       [{ routingLoadSlack: -1 }, 'Expected `routingLoadSlack` to be an integer >= 0'],
       [{ loadSignalsIntervalMs: -1 }, 'Expected `loadSignalsIntervalMs` to be a number >= 0'],
+      [{ routingCacheTokens: 0 }, 'Expected `routingCacheTokens` to be an integer >= 1'],
+      [
+        { routingSync: { publish() {} } },
+        'Expected `routingSync` to be an object with publish() and subscribe()',
+      ],
     ];
+    const urls = ['http://10.0.0.1:8000', 'http://10.0.0.2:8000'];
     for (const [options, message] of cases) {
       let error: unknown;
       try {

@@ -3,7 +3,6 @@
 // never queued behind the attacker.
 import { request } from 'node:http';
 import { describe, expect, it } from 'vitest';
-import { HashRing, hash32 } from '../../src/client/routing.js';
 import { startVllmSimulator, type VllmSimulator } from '../../src/testing/index.js';
 import { generations } from '../helpers/gateway.js';
 import { trackGatewayProcesses } from '../helpers/gateway-process.js';
@@ -62,11 +61,20 @@ describe('a client-chosen affinity key', () => {
     const sims = await replicas({ ttftMs: 20, itlMs: 10, maxNumSeqs: 12, batchSlowdown: 1 });
     const urls = sims.map((s) => s.url);
     const gateway = await start(urls.join(','), { env: { WORKERS: '2', RATE_LIMIT_POINTS: '100000' } });
-    // A victim session whose home replica is the attacker's.
-    const ring = new HashRing(urls);
-    const home = ring.home(hash32('a:attacker'));
-    let victim = 'victim-0';
-    for (let i = 1; ring.home(hash32(`a:${victim}`)) !== home; i++) victim = `victim-${i}`;
+    // The attacker's session starts alone; then a victim session living on the same replica (sessions are placed by
+    // what replicas hold, in turn, so one of the first few lands there).
+    const servedBy = async (session: string) => {
+      const before = sims.map((s) => generations(s));
+      await call(gateway.url, gateway.key, session, 2);
+      return sims.findIndex((s, k) => generations(s) > before[k]!);
+    };
+    const home = await servedBy('attacker');
+    let victim = '';
+    for (let i = 0; victim === '' && i < 20; i++)
+      if ((await servedBy(`victim-${i}`)) === home) victim = `victim-${i}`;
+    expect(victim).not.toBe('');
+    // Sessions stay where they were placed, whichever worker takes the turn (the workers share placements).
+    for (let i = 0; i < 4; i++) expect(await servedBy(victim)).toBe(home);
     const attack = Promise.all(
       Array.from({ length: 24 }, () => call(gateway.url, gateway.key, 'attacker', 300).catch(() => 0)),
     );

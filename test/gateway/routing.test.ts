@@ -29,12 +29,19 @@ describe('gateway routing', () => {
         await reply.arrayBuffer();
       }
     }
-    for (const sim of [a, b, c]) expect(generations(sim) % 3).toBe(0);
+    // Nine conversations placed three per replica, each whole on its replica.
+    expect([a, b, c].map((sim) => generations(sim))).toEqual([9, 9, 9]);
     const metrics = await (await fetch(`${url}/metrics`)).text();
-    const routed = [
-      ...metrics.matchAll(/gateway_upstream_routed_total\{upstream="[^"]+",how="prefix"\} (\d+)/g),
-    ];
-    expect(routed.map((m) => Number(m[1])).reduce((x, y) => x + y, 0)).toBe(27);
+    const total = (how: string) =>
+      [
+        ...metrics.matchAll(
+          new RegExp(`gateway_upstream_routed_total\\{upstream="[^"]+",how="${how}"\\} (\\d+)`, 'g'),
+        ),
+      ]
+        .map((m) => Number(m[1]))
+        .reduce((x, y) => x + y, 0);
+    // Each first turn placed, the later turns following their conversation's cached prefix.
+    expect([total('placed'), total('prefix'), total('fallback')]).toEqual([9, 18, 0]);
   });
 
   it('X-Session-Id keeps a session together whatever its prompts; ROUTING=least-outstanding ignores prefixes', async () => {

@@ -41,6 +41,7 @@ const SERVER_NAMES = [
   'UpstreamTimeoutError',
   'UsageMeter',
   'VllmKitError',
+  'clusterRoutingSync',
   'createConcurrencyLimiter',
   'createIpRateLimiter',
   'createKeyBudgets',
@@ -63,11 +64,13 @@ const SERVER_NAMES = [
   'isUpstreamHttpError',
   'isUpstreamTimeoutError',
   'isVllmKitError',
+  'redisRoutingSync',
   'requestUsage',
   'reservationFor',
   'serveClusterBudgets',
   'serveClusterPermits',
   'serveClusterRateLimits',
+  'serveClusterRoutingSync',
 ];
 
 beforeAll(() => {
