@@ -60,11 +60,42 @@ export function summarize(report: Report): { figure: string; value: string; targ
   }
   if (r.routing) {
     const g = r.routing.ratios;
-    atMost('prefix routing TTFT p50 / least-outstanding', g.ttftP50VsLeastOutstanding, 0.6, 2);
-    atMost('prefix routing TTFT p99 / least-outstanding', g.ttftP99VsLeastOutstanding, 0.8, 2);
-    atMost('prefix hit rate, points below the ideal', g.hitRatePointsBelowIdeal, 5, 1);
-    atMost('requests per replica, max / mean', g.maxOverMeanRequests, 1.3, 2);
-    atMost('hit rate, 2 workers vs 1, points apart', Math.abs(g.hitRatePointsTwoWorkersVsOne), 5, 1);
+    // Where prefix affinity is the point (sessions with their own prompts): the worst over workloads and replica sets.
+    const reuse = Object.entries(g.worst as Record<string, Figures>).filter(
+      ([name]) => name !== 'one hot prompt',
+    );
+    const worstOn = (field: string) => Math.max(...reuse.map(([, w]) => w[field] as number));
+    atMost(
+      'prefix routing TTFT p50 / least-outstanding, worst workload × replica set',
+      worstOn('worstP50VsLeastOutstanding'),
+      0.6,
+      2,
+    );
+    atMost(
+      'prefix routing TTFT p99 / least-outstanding, worst (own-prompt sessions)',
+      Math.max(
+        ...reuse
+          .filter(([n]) => n.includes('sessions'))
+          .map(([, w]) => w.worstP99VsLeastOutstanding as number),
+      ),
+      0.85,
+      2,
+    );
+    atMost(
+      'prefix routing TTFT p50 and p99 / least-outstanding, worst of any workload',
+      Math.max(g.worstP50OnReuse, g.worstP99OnReuse),
+      1,
+      2,
+    );
+    atMost(
+      'prefix hit rate, points below the ideal for the cache sizes, worst',
+      g.worstPointsBelowIdeal,
+      5,
+      1,
+    );
+    atMost('requests per replica, max / mean, worst', g.worstMaxOverMean, 1.3, 2);
+    atMost('hit rate, 4 workers or 2 gateways vs 1 worker, points apart', g.worstPointsProcessesVsOne, 5, 1);
+    atMost('200 sessions: TTFT p50 / least-outstanding (median of the sets)', g.twoHundredMedianP50, 0.6, 2);
     atMost('share of sessions moved by removing 1 of 4 replicas', g.sessionsMovedByRemoval, 0.3, 2);
   }
   if (r.models) {
@@ -284,38 +315,41 @@ export function renderReport(
   if (r.routing) {
     const g = r.routing;
     parts.push(
-      `## Prefix routing (4 replicas with prefix caching, ${g.sessions} sessions × ${g.turns} turns, gateway in front)`,
+      `## Prefix routing on every workload (4 replicas with prefix caching, ${g.replicaSets} replica sets each, caches 1.0–1.5× a replica's share, gateway 2 workers)`,
     );
     parts.push(
       table(
         [
-          'policy',
-          'workers',
-          'requests',
-          'errors',
-          'TTFT p50 ms',
-          'TTFT p99 ms',
-          'prefix hit rate',
-          'max/mean per replica',
-          'per replica',
-          'sessions moved',
+          'workload',
+          'worst p50 / LO',
+          'median p50 / LO',
+          'worst p99 / LO',
+          'worst max/mean',
+          'worst points below ideal',
         ],
-        g.results.map((x: Figures) => [
-          x.policy,
-          x.workers,
-          x.requests,
-          x.errors,
-          fmt(x.ttftP50Ms, 1),
-          fmt(x.ttftP99Ms, 1),
-          fmt(x.hitRate, 3),
-          fmt(x.maxOverMeanRequests, 2),
-          x.requestsPerReplica.join(' / '),
-          x.sessionsMoved === undefined ? '' : `${fmt(x.sessionsMoved * 100, 0)}%`,
+        Object.entries(g.ratios.worst as Record<string, Figures>).map(([name, w]) => [
+          name,
+          fmt(w.worstP50VsLeastOutstanding, 2),
+          fmt(w.medianP50VsLeastOutstanding, 2),
+          fmt(w.worstP99VsLeastOutstanding, 2),
+          fmt(w.worstMaxOverMean, 2),
+          fmt(w.worstPointsBelowIdeal, 1),
         ]),
       ),
     );
     parts.push(
-      `The workload's ideal hit rate (every request finds all its session's earlier prefix): ${fmt(g.ratios.idealHitRate, 3)}.`,
+      table(
+        ['workload', 'hit rate, 1 worker', '4 workers, points', '2 gateway processes (Redis), points'],
+        Object.entries(g.ratios.agreement as Record<string, Figures>).map(([name, a]) => [
+          name,
+          fmt(a.hitRateOneWorker, 3),
+          fmt(a.pointsFourWorkersVsOne, 1),
+          fmt(a.pointsTwoGatewaysVsOne, 1),
+        ]),
+      ),
+    );
+    parts.push(
+      `Removing one of four replicas half-way through 200 sessions moved ${fmt(g.ratios.sessionsMovedByRemoval * 100, 0)}% of them.`,
     );
   }
 

@@ -181,9 +181,13 @@ export class Upstream {
     if (limit > 0 && ++this.consecutive5xx >= limit && !this.ejected) this.eject();
   }
 
+  /** Told when it is ejected. */
+  onEject: (() => void) | undefined;
+
   eject(): void {
     if (this.ejected) return;
     this.ejected = true;
+    this.onEject?.();
     this.ejections++;
     this.ejectionsTotal++;
     // Out for longer each time in a row (Envoy's base_ejection_time × ejections, capped), then probed.
@@ -203,20 +207,36 @@ export class Upstream {
     return this.outstanding + (this.waiting ?? 0);
   }
 
+  /** The replica's Prometheus /metrics as lines; undefined when it cannot answer. */
+  private async metricsLines(): Promise<string[] | undefined> {
+    const response = await this.pool.request({
+      path: '/metrics',
+      method: 'GET',
+      headersTimeout: this.options.connectTimeoutMs,
+      bodyTimeout: this.options.connectTimeoutMs,
+    });
+    if (response.statusCode !== 200) {
+      await response.body.dump();
+      return undefined;
+    }
+    return (await response.body.text()).split('\n');
+  }
+
+  /** Reads only its cache size (once at start when load signals are off: the cache's size does not change). */
+  async readCacheSize(): Promise<void> {
+    try {
+      const lines = await this.metricsLines();
+      if (lines !== undefined) this.cacheTokens = parseCacheTokens(lines) ?? this.cacheTokens;
+    } catch {
+      // Unknown: the index keeps its default size.
+    }
+  }
+
   /** Reads the replica's load signals from its Prometheus /metrics (vLLM's names); keeps the last on failure. */
   async scrapeLoad(): Promise<void> {
     try {
-      const response = await this.pool.request({
-        path: '/metrics',
-        method: 'GET',
-        headersTimeout: this.options.connectTimeoutMs,
-        bodyTimeout: this.options.connectTimeoutMs,
-      });
-      if (response.statusCode !== 200) {
-        await response.body.dump();
-        return;
-      }
-      const lines = (await response.body.text()).split('\n');
+      const lines = await this.metricsLines();
+      if (lines === undefined) return;
       // Queues add up over a replica's engines; its KV use is its fullest engine's.
       const waiting = sampleValues(lines, 'vllm:num_requests_waiting');
       const kv = sampleValues(lines, 'vllm:kv_cache_usage_perc');
@@ -383,6 +403,8 @@ export class Router extends Dispatcher {
   private next = 0;
   /** How many requests followed a matched prefix ending at each block (a shared prefix is followed by many). */
   private readonly follows = new Map<number, number>();
+  /** Whole prompts routed before (a prompt sent again is a hot one, not a conversation's next turn). */
+  private readonly prompts = new Set<number>();
   /** Requests in flight per prompt (its last block; prompts with none are not kept). */
   private readonly keyInFlight = new Map<number, number>();
   /** This process's part of the bound's slack and of the per-key cap (shared by `processes`). */
@@ -408,6 +430,8 @@ export class Router extends Dispatcher {
     this.upstreams.forEach((upstream, i) => {
       upstream.index = i;
       upstream.onModels = () => this.eligible.clear();
+      // An ejected replica may come back restarted, its cache empty: what the index knew of it is dropped.
+      upstream.onEject = () => this.index?.clear(i);
     });
     this.slack = Math.ceil(options.routingLoadSlack / options.processes);
     this.keyCap =
@@ -442,6 +466,9 @@ export class Router extends Dispatcher {
         this.modelTimer = setInterval(() => void this.discoverModels(), options.modelRefreshMs);
         this.modelTimer.unref();
       }
+    }
+    if (this.cacheAware && options.routingCacheTokens === undefined && options.loadSignalsIntervalMs === 0) {
+      void Promise.all(this.upstreams.map((u) => u.readCacheSize())).then(() => this.applyCacheSizes());
     }
     if (options.loadSignalsIntervalMs > 0 && this.upstreams.length > 1) {
       const scrape = () =>
@@ -519,7 +546,10 @@ export class Router extends Dispatcher {
     // replica then prefills it once); a conversation's own history is followed by one request at a time.
     const endpoint = longest > 0 ? blocks[longest - 1]! : 0;
     // An affinity key is one conversation by the caller's word: followed however often (the load bound still holds).
-    const shared = longest > 0 && !blocks.affinity && (this.follows.get(endpoint) ?? 0) >= SHARED_AFTER;
+    // The same prompt again is not a conversation's next turn (that always adds text): a hot prompt, spread at once.
+    const repeat = blocks.prompt !== undefined && this.seenPrompt(blocks.prompt);
+    const shared =
+      longest > 0 && !blocks.affinity && (repeat || (this.follows.get(endpoint) ?? 0) >= SHARED_AFTER);
     const follow =
       longest > 0 &&
       !shared &&
@@ -545,6 +575,14 @@ export class Router extends Dispatcher {
     else if (matches[chosen.index] === held) chosen.prefixRouted++;
     else chosen.fallbacks++;
     return chosen;
+  }
+
+  /** Whether this whole prompt was routed before (and remembers it). */
+  private seenPrompt(prompt: number): boolean {
+    if (this.prompts.has(prompt)) return true;
+    if (this.prompts.size >= MAX_FOLLOWS) this.prompts.clear();
+    this.prompts.add(prompt);
+    return false;
   }
 
   /** Every replica under the bound holds `longest` blocks: the match does not tell them apart. */

@@ -90,7 +90,12 @@ describe('replicas', () => {
   it('sends a call to the replica it names, and refuses one that is not a baseUrl', async () => {
     const a = await use.simulator();
     const b = await use.simulator();
-    const client = use.client({ baseUrls: [a.url, b.url], modelDiscovery: false });
+    // (Least-outstanding: prefix routing would also read each replica's cache size from its /metrics at start.)
+    const client = use.client({
+      baseUrls: [a.url, b.url],
+      modelDiscovery: false,
+      routing: 'least-outstanding',
+    });
     for (let i = 0; i < 3; i++) await client.models({ replica: `${b.url}/` });
     expect(await client.health({ replica: a.url })).toBe(true);
     expect([a.stats().requestsReceived, b.stats().requestsReceived]).toEqual([1, 3]);

@@ -49,7 +49,7 @@ describe('prompt blocks and the prefix index', () => {
     );
     // Only full 128-character blocks: 1,200 characters of system prompt and a question make 9.
     expect(turn1.length).toBe(Math.floor(('system\n'.length + 1200 + '\nuser\nQ1?\n'.length) / BLOCK_CHARS));
-    expect(turn2.slice(0, turn1.length)).toEqual(turn1);
+    expect(turn2.slice(0, turn1.length)).toEqual([...turn1]);
     expect(turn2.length).toBeGreaterThan(turn1.length);
     const other = routingBlocks(chat([{ role: 'system', content: system(2) }]), 16384);
     expect(other.filter((b) => turn1.includes(b))).toEqual([]);
@@ -65,8 +65,15 @@ describe('prompt blocks and the prefix index', () => {
     ).not.toBe(routingBlocks(chat([{ role: 'system', content: system(1) }]), 16384)[0]);
     // Bounded: at most maxChars of the prompt are hashed.
     expect(routingBlocks({ prompt: 'x'.repeat(100_000) }, 1024).length).toBe(8);
-    expect(routingBlocks({ prompt: 'short' }, 16384)).toEqual([]);
-    expect(routingBlocks({ model: 'm' }, 16384)).toEqual([]);
+    expect(routingBlocks({ prompt: 'short' }, 16384).length).toBe(0);
+    expect(routingBlocks({ model: 'm' }, 16384).length).toBe(0);
+    // The whole prompt's hash (its partial last block too) tells a repeat from a next turn.
+    expect(routingBlocks({ prompt: 'short' }, 16384).prompt).toBe(
+      routingBlocks({ prompt: 'short' }, 16384).prompt,
+    );
+    expect(routingBlocks({ prompt: 'short.' }, 16384).prompt).not.toBe(
+      routingBlocks({ prompt: 'short' }, 16384).prompt,
+    );
   });
 
   it('lets an affinity key stand for the conversation: one block, marked', () => {
@@ -305,9 +312,10 @@ describe('createVllmClient routing', () => {
       );
     }
     expect(sims.map((s) => generations(s)).sort()).toEqual([0, 0, 0, 8]);
-    const body = { messages: conversation(3, 1), max_tokens: 1 };
     const targets = new Set<number>();
     for (let i = 0; i < 4; i++) {
+      // One conversation's turns, each a longer prompt.
+      const body = { messages: conversation(3, i), max_tokens: 1 };
       const before = sims.map((s) => generations(s));
       const reply = await client.request({
         method: 'POST',
@@ -322,7 +330,7 @@ describe('createVllmClient routing', () => {
     expect(targets.size).toBe(1);
   });
 
-  it('sends an ejected replica’s keys to the next replica, and only those', async () => {
+  it('moves only an ejected replica’s conversations', async () => {
     const sims = await replicas(3);
     const client = use.client({
       baseUrls: sims.map((s) => s.url),
@@ -331,9 +339,9 @@ describe('createVllmClient routing', () => {
       retryBaseDelayMs: 1,
       retryMaxDelayMs: 2,
     });
-    const homeOf = async (id: number) => {
+    const homeOf = async (id: number, turn = 0) => {
       const before = sims.map((s) => generations(s));
-      await client.chatCompletion({ messages: conversation(id, 0), max_tokens: 1 });
+      await client.chatCompletion({ messages: conversation(id, turn), max_tokens: 1 });
       return sims.findIndex((s, k) => generations(s) > before[k]!);
     };
     const homes: number[] = [];
@@ -341,9 +349,9 @@ describe('createVllmClient routing', () => {
     const down = homes[0]!;
     // The replica goes away (its open connections too).
     await sims[down]!.close();
-    // The first request keyed to it fails over (and ejects it); from then on its keys go to the next replica.
+    // The first request for it fails over (and ejects it); from then on its conversations go elsewhere.
     const after: number[] = [];
-    for (let id = 0; id < 30; id++) after.push(await homeOf(id));
+    for (let id = 0; id < 30; id++) after.push(await homeOf(id, 1));
     for (let id = 0; id < 30; id++) {
       if (homes[id] === down) expect(after[id]).not.toBe(down);
       else expect(after[id]).toBe(homes[id]);
