@@ -559,6 +559,9 @@ export class Router extends Dispatcher {
       if (this.follows.size >= MAX_FOLLOWS) this.follows.clear();
       this.follows.set(endpoint, (this.follows.get(endpoint) ?? 0) + 1);
     }
+    // A prompt some replica holds whole (one hot prompt again) adds nothing to a cache: it only costs compute, so it is
+    // balanced by load. One that brings new blocks (a new conversation) is balanced by what replicas hold.
+    const mode = follow ? 'follow' : held === blocks.length ? 'load' : 'fill';
     // Ties go round in turn (from a rotating start), not always to the first replica.
     const count = upstreams.length;
     const start = this.next;
@@ -568,7 +571,7 @@ export class Router extends Dispatcher {
       const upstream = upstreams[(start + i) % count]!;
       if (this.isOut(upstream) || upstream.load() + 1 > bound) continue;
       if (follow && matches[upstream.index]! < longest) continue;
-      if (chosen === undefined || this.better(upstream, chosen, follow)) chosen = upstream;
+      if (chosen === undefined || this.better(upstream, chosen, mode)) chosen = upstream;
     }
     if (chosen === undefined) chosen = this.pick();
     if (!follow) chosen.placed++;
@@ -598,15 +601,16 @@ export class Router extends Dispatcher {
 
   /**
    * Following a prefix: the less loaded, then the one holding less. Placing a new conversation: the one holding less
-   * of its cache (SGLang's smallest tree), then the less loaded.
+   * of its cache (SGLang's smallest tree), then the less loaded. A prompt held whole somewhere: the less loaded.
    */
-  private better(a: Upstream, b: Upstream, follow: boolean): boolean {
+  private better(a: Upstream, b: Upstream, mode: 'follow' | 'fill' | 'load'): boolean {
     const index = this.index!;
     const fillA = index.held(a.index) / index.capacityOf(a.index);
     const fillB = index.held(b.index) / index.capacityOf(b.index);
     const loadA = a.load();
     const loadB = b.load();
-    if (follow) return loadA < loadB || (loadA === loadB && fillA < fillB);
+    if (mode === 'load') return loadA < loadB;
+    if (mode === 'follow') return loadA < loadB || (loadA === loadB && fillA < fillB);
     // Fill within a block of each other counts as equal: then load decides.
     const close = Math.abs(fillA - fillB) * index.capacityOf(a.index) < 1;
     return close ? loadA < loadB : fillA < fillB;
