@@ -14,6 +14,7 @@ const SCRIPTS = {
   streaming: 'scenarios/streaming.ts',
   saturation: 'scenarios/saturation.ts',
   routing: 'scenarios/routing.ts',
+  'routing-cost': 'routing-cost.ts',
   models: 'scenarios/models.ts',
   budgets: 'scenarios/budgets.ts',
   fairness: 'scenarios/fairness.ts',

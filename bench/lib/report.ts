@@ -98,6 +98,14 @@ export function summarize(report: Report): { figure: string; value: string; targ
     atMost('200 sessions: TTFT p50 / least-outstanding (median of the sets)', g.twoHundredMedianP50, 0.6, 2);
     atMost('share of sessions moved by removing 1 of 4 replicas', g.sessionsMovedByRemoval, 0.3, 2);
   }
+  if (r['routing-cost']) {
+    const c = r['routing-cost'];
+    add(
+      'prefix routing per request, 6.8K-character prompts: hash; decision (µs)',
+      `${fmt(c.hashMicros, 1)}; ${fmt(c.decisionMicros, 1)}`,
+    );
+    add('prefix routing: placements shared with peers, bytes per request', fmt(c.syncBytesPerRequest));
+  }
   if (r.models) {
     const m = r.models.ratios;
     atMost('models: misrouted requests (2 bases × 2 replicas, embedder, 6 adapters)', m.misrouted, 0, 0);

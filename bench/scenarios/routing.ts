@@ -18,7 +18,7 @@ import { type RunningGateway, startGateway } from '../lib/gateway.js';
 import { summarize } from '../lib/load.js';
 
 const quick = process.argv.includes('--quick');
-const REPLICA_SETS = quick ? 2 : 10;
+const REPLICA_SETS = quick ? 1 : 10;
 const ARRIVAL_GAP_MS = quick ? 20 : 40;
 const THINK_MS = quick ? 50 : 300;
 const REPLY_TOKENS = 160;
@@ -81,9 +81,7 @@ const only = process.argv
   ?.slice('--workloads='.length)
   .split(',');
 const WORKLOADS: Workload[] = (
-  quick
-    ? [distinct(16), distinct(32), rag, hot]
-    : [distinct(16), distinct(32), distinct(64), distinct(200), rag, hot, mix]
+  quick ? [distinct(16), rag, hot] : [distinct(16), distinct(32), distinct(64), distinct(200), rag, hot, mix]
 ).filter((w) => only === undefined || only.some((name) => w.name.toLowerCase().includes(name)));
 const SETS = Number(
   process.argv.find((a) => a.startsWith('--sets='))?.slice('--sets='.length) ?? REPLICA_SETS,
@@ -370,7 +368,7 @@ for (const workload of WORKLOADS) {
 
 // Do processes agree? The same workloads through 1 worker, 4 workers, and 2 gateway processes (Redis).
 const agreement: Record<string, Record<string, number>> = {};
-for (const workload of only === undefined ? [distinct(32), rag] : []) {
+for (const workload of only !== undefined ? [] : quick ? [distinct(16)] : [distinct(32), rag]) {
   const one = await measure(workload, 'prefix', 0, 1.1, { workers: 1 });
   const four = await measure(workload, 'prefix', 0, 1.1, { workers: 4 });
   const two = await measure(workload, 'prefix', 0, 1.1, { workers: 2, gateways: 2 });
@@ -383,7 +381,7 @@ for (const workload of only === undefined ? [distinct(32), rag] : []) {
 }
 const removal =
   only === undefined
-    ? await measure(distinct(quick ? 32 : 200), 'prefix', 0, 1.1, { removeOne: true })
+    ? await measure(distinct(quick ? 16 : 200), 'prefix', 0, 1.1, { removeOne: true })
     : undefined;
 if (removal !== undefined) results.push({ ...removal, policy: 'prefix, one replica removed midway' });
 

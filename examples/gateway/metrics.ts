@@ -246,8 +246,8 @@ export function createMetrics(sources: {
     prompt: tokens.seriesFor('prompt', { type: 'prompt' }),
     completion: tokens.seriesFor('completion', { type: 'completion' }),
   };
-  const tokensByKey = new Map<string, { prompt: { sum: number }; completion: { sum: number } }>();
-  const tokensByModel = new Map<string, { prompt: { sum: number }; completion: { sum: number } }>();
+  const tokensByKey = new Map<string, TokenSeries>();
+  const tokensByModel = new Map<string, TokenSeries>();
   const requestsByModel = new Map<string, Record<'ok' | 'client_error' | 'server_error', { sum: number }>>();
 
   new client.Gauge({
@@ -404,29 +404,16 @@ export function createMetrics(sources: {
       tokenSeries.prompt.sum += prompt;
       tokenSeries.completion.sum += completion;
       if (model !== undefined) {
-        model = boundedModel(tokensByModel, model);
-        let series = tokensByModel.get(model);
-        if (series === undefined) {
-          series = {
-            prompt: modelTokens.seriesFor(`${model}\u0000prompt`, { model, type: 'prompt' }),
-            completion: modelTokens.seriesFor(`${model}\u0000completion`, { model, type: 'completion' }),
-          };
-          tokensByModel.set(model, series);
-        }
-        series.prompt.sum += prompt;
-        series.completion.sum += completion;
+        addTokens(
+          tokensByModel,
+          modelTokens,
+          'model',
+          boundedModel(tokensByModel, model),
+          prompt,
+          completion,
+        );
       }
-      if (!sources.perKey) return;
-      let series = tokensByKey.get(key);
-      if (series === undefined) {
-        series = {
-          prompt: keyTokens.seriesFor(`${key}\u0000prompt`, { key, type: 'prompt' }),
-          completion: keyTokens.seriesFor(`${key}\u0000completion`, { key, type: 'completion' }),
-        };
-        tokensByKey.set(key, series);
-      }
-      series.prompt.sum += prompt;
-      series.completion.sum += completion;
+      if (sources.perKey) addTokens(tokensByKey, keyTokens, 'key', key, prompt, completion);
     },
     observeModel(model, status) {
       model = boundedModel(requestsByModel, model);
@@ -454,6 +441,29 @@ export function createMetrics(sources: {
       refusalSeries[type].sum++;
     },
   };
+}
+
+type TokenSeries = { prompt: { sum: number }; completion: { sum: number } };
+
+/** Adds tokens to the prompt and completion series of one label value (made on first use). */
+function addTokens(
+  seen: Map<string, TokenSeries>,
+  metric: LeanMetric,
+  label: 'key' | 'model',
+  value: string,
+  prompt: number,
+  completion: number,
+): void {
+  let series = seen.get(value);
+  if (series === undefined) {
+    series = {
+      prompt: metric.seriesFor(`${value}\u0000prompt`, { [label]: value, type: 'prompt' }),
+      completion: metric.seriesFor(`${value}\u0000completion`, { [label]: value, type: 'completion' }),
+    };
+    seen.set(value, series);
+  }
+  series.prompt.sum += prompt;
+  series.completion.sum += completion;
 }
 
 /**
