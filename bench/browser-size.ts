@@ -13,4 +13,5 @@ const result = buildSync({
 });
 const code = result.outputFiles[0]!.contents;
 const gzip = gzipSync(code, { level: 9 }).length;
+console.log(`vllm-kit/browser: ${code.length} bytes minified, ${gzip} bytes min+gzip`);
 console.log(JSON.stringify({ bench: 'browser-size', minBytes: code.length, minGzipBytes: gzip }));

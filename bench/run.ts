@@ -34,6 +34,11 @@ const onlyArg = args.find((a) => a.startsWith('--only='))?.slice('--only='.lengt
 const names = (onlyArg ? onlyArg.split(',') : Object.keys(SCRIPTS)) as BenchName[];
 for (const name of names) if (!(name in SCRIPTS)) throw new Error(`bench: unknown benchmark "${name}"`);
 
+if (quick) {
+  console.log(
+    'bench --quick: every benchmark runs briefly to prove the suite works; its figures mean nothing and no target is judged (run `npm run bench` for the report).',
+  );
+}
 const results: Partial<Record<BenchName, unknown>> = {};
 const failed: string[] = [];
 const started = Date.now();
@@ -77,7 +82,7 @@ const { markdown, charts } = renderReport(report, date);
 writeFileSync(resolve(dir, `${date}.md`), markdown);
 for (const [file, svg] of Object.entries(charts)) writeFileSync(resolve(dir, file), svg);
 
-console.log('\n# Summary');
+console.log(quick ? '\n# Summary (--quick: figures not meaningful, targets not judged)' : '\n# Summary');
 console.table(summarize(report));
 console.log(
   `\nwrote ${resolve(dir, `${date}.json`)} and ${resolve(dir, `${date}.md`)} (${Object.keys(charts).length} charts)`,

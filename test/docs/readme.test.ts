@@ -3,6 +3,8 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { buildSync } from 'esbuild';
 import { afterAll, describe, expect, it } from 'vitest';
 
 const root = resolve(import.meta.dirname, '../..');
@@ -87,11 +89,59 @@ describe('the docs', () => {
     for (const page of pages) {
       const text = readFileSync(join(root, page), 'utf8');
       for (const [, target] of text.matchAll(/\]\(([^)\s]+)\)/g)) {
-        if (/^(https?:|mailto:|#)/.test(target!)) continue;
-        const file = resolve(dirname(join(root, page)), target!.split('#')[0]!);
+        if (/^(https?:|mailto:)/.test(target!)) continue;
+        const [path, anchor] = target!.split('#') as [string, string | undefined];
+        const file = path === '' ? join(root, page) : resolve(dirname(join(root, page)), path);
         if (!file.startsWith(root) || !existsSync(file)) broken.push(`${page}: ${target}`);
+        // An anchor into a Markdown page must name one of its headings, as GitHub makes their ids.
+        else if (anchor !== undefined && file.endsWith('.md') && !headingIds(file).has(anchor))
+          broken.push(`${page}: ${target} (no such heading)`);
       }
     }
     expect(broken).toEqual([]);
   });
+
+  it('state the browser module’s size as measured (min+gzip, as bench/browser-size.ts measures it)', () => {
+    const code = buildSync({
+      entryPoints: [join(root, 'src/browser/index.ts')],
+      bundle: true,
+      minify: true,
+      format: 'esm',
+      platform: 'browser',
+      write: false,
+    }).outputFiles[0]!.contents;
+    const measured = gzipSync(code, { level: 9 }).length;
+    const claims = ['README.md', 'docs/browser.md', 'docs/performance.md'].flatMap((page) =>
+      [
+        ...readFileSync(join(root, page), 'utf8').matchAll(
+          /([\d,]+) bytes(?:\*\*)? min\+gzip|min\+gzip \| ([\d,]+) bytes/g,
+        ),
+      ].map((m) => ({ page, bytes: Number((m[1] ?? m[2])!.replaceAll(',', '')) })),
+    );
+    expect(claims.length).toBeGreaterThanOrEqual(3);
+    // Within 1% (zlib's output may differ by a few bytes between Node versions).
+    for (const claim of claims)
+      expect(Math.abs(claim.bytes - measured) / measured, claim.page).toBeLessThan(0.01);
+  });
 });
+
+/** The ids GitHub gives a Markdown page's headings: lower case, punctuation dropped, spaces to hyphens, -1, -2 for repeats. */
+function headingIds(file: string): Set<string> {
+  const ids = new Set<string>();
+  const seen = new Map<string, number>();
+  let fenced = false;
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    if (line.startsWith('```')) fenced = !fenced;
+    const heading = fenced ? null : /^#{1,6}\s+(.*)$/.exec(line);
+    if (heading === null) continue;
+    const base = heading[1]!
+      .trim()
+      .toLowerCase()
+      .replace(/[^\p{L}\p{N}\s_-]/gu, '')
+      .replace(/\s/g, '-');
+    const count = seen.get(base) ?? 0;
+    seen.set(base, count + 1);
+    ids.add(count === 0 ? base : `${base}-${count}`);
+  }
+  return ids;
+}
