@@ -3,6 +3,7 @@ import type { Dispatcher } from 'undici';
 import { InvalidOptionError } from '../errors/index.js';
 import {
   booleanOption,
+  functionOption,
   invalid,
   numberOption,
   objectOption,
@@ -532,11 +533,6 @@ function routingSyncOption(value: unknown): RoutingSync | undefined {
   )
     throw invalid('routingSync', 'an object with publish() and subscribe()', value);
   return sync as RoutingSync;
-}
-
-function functionOption<T>(option: string, value: unknown): T | undefined {
-  if (value !== undefined && typeof value !== 'function') throw invalid(option, 'a function', value);
-  return value as T | undefined;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -98,6 +98,12 @@ export function oneOfOption<T extends string>(
   return value as T;
 }
 
+/** A function, or undefined. */
+export function functionOption<T>(option: string, value: unknown): T | undefined {
+  if (value !== undefined && typeof value !== 'function') throw invalid(option, 'a function', value);
+  return value as T | undefined;
+}
+
 export function objectOption(option: string, value: unknown): Record<string, unknown> | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== 'object' || value === null || Array.isArray(value))

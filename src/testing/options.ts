@@ -1,6 +1,7 @@
 // The simulator's options: types with units and defaults, resolved and validated in one place.
 import {
   booleanOption,
+  functionOption,
   invalid,
   numberOption,
   objectOption,
@@ -255,11 +256,6 @@ export function resolveOptions(input: VllmSimulatorOptions = {}): ResolvedOption
     faults: resolveFaults(options.faults),
     onRequest: functionOption('onRequest', options.onRequest),
   };
-}
-
-function functionOption<T>(option: string, value: unknown): T | undefined {
-  if (value !== undefined && typeof value !== 'function') throw invalid(option, 'a function', value);
-  return value as T | undefined;
 }
 
 function resolveOutputTokens(value: unknown, maxModelLen: number): ResolvedOptions['outputTokens'] {
