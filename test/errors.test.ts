@@ -17,6 +17,7 @@ const use = trackResources();
 /** One instance of each exported error class, built as the library builds it. */
 const INSTANCES: Record<string, () => Error> = {
   VllmKitError: () => new kit.VllmKitError('x', 'ERR_VK_CLOSED'),
+  OverloadError: () => new kit.OverloadError('x', 'ERR_VK_QUEUE_FULL', 'queue_full', 1),
   InvalidOptionError: () => new kit.InvalidOptionError('x', 'bad x'),
   ClosedError: () => new kit.ClosedError('client'),
   NotClusterPrimaryError: () => new kit.NotClusterPrimaryError('serveClusterRateLimits'),
@@ -56,7 +57,8 @@ describe('the error family', () => {
       expect(error, name).toBeInstanceOf(VllmKitError);
       expect(isVllmKitError(error), name).toBe(true);
       expect(ERROR_CODES, name).toContain((error as VllmKitError).code);
-      if (name !== 'VllmKitError') {
+      // The bases are named after the code they are built with.
+      if (name !== 'VllmKitError' && name !== 'OverloadError') {
         expect(Object.hasOwn(error, 'name'), name).toBe(true);
         expect(error.name, name).toBe(name);
       }
@@ -67,6 +69,34 @@ describe('the error family', () => {
     expect(kit.isUpstreamHttpError(new kit.UpstreamConnectionError('x'))).toBe(false);
     expect(kit.isUpstreamHttpError(INSTANCES.UpstreamRateLimitError!())).toBe(true);
     expect(kit.isClosedError(new kit.RequestAbortedError())).toBe(false);
+  });
+
+  it('every "busy, retry later" error is an OverloadError carrying its 503 answer', () => {
+    const errors = [
+      new kit.QueueFullError(3),
+      new kit.QueueTimeoutError(2500, 4),
+      new kit.PermitTimeoutError(2500, 'r'),
+    ];
+    expect(errors.map((error) => [error.refusal.code, error.refusal.headers['retry-after']])).toEqual([
+      ['queue_full', '3'],
+      ['queue_timeout', '4'],
+      ['upstream_busy', '3'],
+    ]);
+    for (const error of errors) {
+      expect(error).toBeInstanceOf(kit.OverloadError);
+      expect(kit.isOverloadError(error)).toBe(true);
+      expect(error.status).toBe(503);
+      expect(error.refusal).toMatchObject({
+        status: 503,
+        type: 'service_unavailable',
+        message: error.message,
+      });
+      expect(JSON.parse(kit.refusalBody(error.refusal))).toEqual({
+        error: { message: error.message, type: 'service_unavailable', param: null, code: error.reason },
+      });
+    }
+    expect(kit.isOverloadError(new kit.ClosedError('client'))).toBe(false);
+    expect(kit.isOverloadError(new Error('x'))).toBe(false);
   });
 
   it('the code type is the closed list (no arbitrary string)', () => {

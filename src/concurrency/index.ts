@@ -2,13 +2,23 @@
 // and an adaptive limit (Envoy's gradient controller) that finds the upstream's capacity instead of trusting a
 // hand-set number.
 import pLimit, { type LimitFunction } from 'p-limit';
-import { ClosedError, isVllmKitError, RequestAbortedError, VllmKitError } from '../errors/index.js';
+import {
+  ClosedError,
+  isQueueFullError,
+  isQueueTimeoutError,
+  QueueFullError,
+  QueueTimeoutError,
+  RequestAbortedError,
+} from '../errors/index.js';
 import { type AbortSignalLike, toAbortSignal } from '../internal/abort.js';
 import { numberOption } from '../internal/validate.js';
 import { FairQueue } from './fair-queue.js';
 import { type ConcurrencyLimiterOptions, type ResolvedAdaptiveOptions, resolveOptions } from './options.js';
 
 export type { AdaptiveOptions, ConcurrencyLimiterOptions } from './options.js';
+// The overload errors live in the error family (one base with a status and a Retry-After); re-exported here, where
+// they are thrown.
+export { isQueueFullError, isQueueTimeoutError, QueueFullError, QueueTimeoutError };
 
 /** What `fn` receives. */
 export interface TaskContext {
@@ -58,34 +68,6 @@ export interface ConcurrencyLimiter {
   stats(): ConcurrencyLimiterStats;
   /** Rejects every queued task with a closed error; running tasks finish. */
   close(): Promise<void>;
-}
-
-/** The queue is full: answer 503 with `Retry-After: retryAfterSec`. */
-export class QueueFullError extends VllmKitError {
-  readonly retryAfterSec: number;
-  constructor(retryAfterSec: number) {
-    super('Too many requests are waiting: the queue is full', 'ERR_VK_QUEUE_FULL');
-    this.retryAfterSec = retryAfterSec;
-  }
-}
-
-/** The task waited longer than `queueTimeoutMs`: answer 503. */
-export class QueueTimeoutError extends VllmKitError {
-  readonly retryAfterSec: number;
-  constructor(waitedMs: number, retryAfterSec: number) {
-    super(`Waited ${Math.round(waitedMs)} ms in the queue without a free slot`, 'ERR_VK_QUEUE_TIMEOUT');
-    this.retryAfterSec = retryAfterSec;
-  }
-}
-
-/** True for {@link QueueFullError}, from any copy of the package. */
-export function isQueueFullError(value: unknown): value is QueueFullError {
-  return isVllmKitError(value) && value.code === 'ERR_VK_QUEUE_FULL';
-}
-
-/** True for {@link QueueTimeoutError}. */
-export function isQueueTimeoutError(value: unknown): value is QueueTimeoutError {
-  return isVllmKitError(value) && value.code === 'ERR_VK_QUEUE_TIMEOUT';
 }
 
 /** What `fn` receives; its `signal` is made only if the task reads it. */

@@ -80,7 +80,7 @@ function hasCode(value: unknown, codes: readonly VllmKitErrorCode[]): boolean {
 
 /** The piece was closed: no new work is taken (and work still waiting is refused with this). */
 export class ClosedError extends VllmKitError {
-  /** Which piece: `client`, `token cache`, `concurrency limiter`, `permit pool`, `cluster channel`. */
+  /** Which piece: `client`, `token cache`, `rate limiter`, `key budgets`, `concurrency limiter`, `permit pool`, `cluster channel`. */
   readonly piece: string;
 
   constructor(piece: string) {
@@ -356,4 +356,120 @@ export class TokenVerificationError extends VllmKitError {
 /** True for {@link TokenVerificationError}. */
 export function isTokenVerificationError(value: unknown): value is TokenVerificationError {
   return hasCode(value, ['ERR_VK_TOKEN_LOOKUP_FAILED']);
+}
+
+// ── refusals: "busy, retry later" and every other answer a piece tells a server to send ─────────────────────────
+
+/**
+ * What a server answers for a request a piece refused, in OpenAI's error shape: the status, the body's `type`,
+ * `code`, `message` and `param`, and the headers (`Retry-After`, `x-ratelimit-*`). The rate limiter's and the budgets'
+ * refused decisions carry one, and so does every {@link OverloadError}; a server sends it as it is
+ * ({@link refusalBody} for the body).
+ */
+export interface Refusal {
+  readonly status: number;
+  readonly type: string;
+  readonly code: string;
+  readonly message: string;
+  readonly param: string | null;
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+/** The JSON body of a refusal: `{"error":{"message","type","param","code"}}`, as OpenAI's API answers errors. */
+export function refusalBody(refusal: Refusal): string {
+  return JSON.stringify({
+    error: { message: refusal.message, type: refusal.type, param: refusal.param, code: refusal.code },
+  });
+}
+
+/** The overload codes: queue full or timed out (the concurrency limiter), no upstream permit in time (the pool). */
+export type OverloadErrorCode = 'ERR_VK_QUEUE_FULL' | 'ERR_VK_QUEUE_TIMEOUT' | 'ERR_VK_PERMIT_TIMEOUT';
+
+/**
+ * Busy, retry later: the base of every error that means "not now" rather than "not ever" — answer it with its
+ * {@link OverloadError.refusal} (503, `Retry-After`), as hono's `HTTPException` carries its response. Check with
+ * {@link isOverloadError}.
+ */
+export class OverloadError extends VllmKitError {
+  declare readonly code: OverloadErrorCode;
+  /** The HTTP status a server answers with: 503. */
+  readonly status: number = 503;
+  /** Whole seconds a client should wait before retrying (`Retry-After`). */
+  readonly retryAfterSec: number;
+  /** The OpenAI-style error `code` of the answer: `queue_full`, `queue_timeout`, `upstream_busy`. */
+  readonly reason: string;
+
+  constructor(message: string, code: OverloadErrorCode, reason: string, retryAfterSec: number) {
+    super(message, code);
+    this.reason = reason;
+    this.retryAfterSec = retryAfterSec;
+  }
+
+  /** The answer to send: 503, `service_unavailable`, this error's reason as `code`, `Retry-After`. */
+  get refusal(): Refusal {
+    return {
+      status: this.status,
+      type: 'service_unavailable',
+      code: this.reason,
+      message: this.message,
+      param: null,
+      headers: { 'retry-after': String(this.retryAfterSec) },
+    };
+  }
+}
+
+/** True for any {@link OverloadError} (queue full or timed out, permit timeout), from any copy of the package. */
+export function isOverloadError(value: unknown): value is OverloadError {
+  return hasCode(value, ['ERR_VK_QUEUE_FULL', 'ERR_VK_QUEUE_TIMEOUT', 'ERR_VK_PERMIT_TIMEOUT']);
+}
+
+/** The concurrency limiter's queue is full: answer 503 with `Retry-After: retryAfterSec`. */
+export class QueueFullError extends OverloadError {
+  constructor(retryAfterSec: number) {
+    super(
+      'Too many requests are waiting: the queue is full',
+      'ERR_VK_QUEUE_FULL',
+      'queue_full',
+      retryAfterSec,
+    );
+  }
+}
+
+/** The task waited longer than the limiter's `queueTimeoutMs`: answer 503. */
+export class QueueTimeoutError extends OverloadError {
+  constructor(waitedMs: number, retryAfterSec: number) {
+    super(
+      `Waited ${Math.round(waitedMs)} ms in the queue without a free slot`,
+      'ERR_VK_QUEUE_TIMEOUT',
+      'queue_timeout',
+      retryAfterSec,
+    );
+  }
+}
+
+/** No upstream permit came within `timeoutMs`: answer 503 with `Retry-After`. */
+export class PermitTimeoutError extends OverloadError {
+  constructor(waitedMs: number, resource: string) {
+    super(
+      `Waited ${Math.round(waitedMs)} ms for a permit to ${resource}`,
+      'ERR_VK_PERMIT_TIMEOUT',
+      'upstream_busy',
+      Math.max(1, Math.ceil(waitedMs / 1000)),
+    );
+  }
+}
+
+/** True for {@link QueueFullError}, from any copy of the package. */
+export function isQueueFullError(value: unknown): value is QueueFullError {
+  return hasCode(value, ['ERR_VK_QUEUE_FULL']);
+}
+
+/** True for {@link QueueTimeoutError}. */
+export function isQueueTimeoutError(value: unknown): value is QueueTimeoutError {
+  return hasCode(value, ['ERR_VK_QUEUE_TIMEOUT']);
+}
+
+/** True for {@link PermitTimeoutError}. */
+export function isPermitTimeoutError(value: unknown): value is PermitTimeoutError {
+  return hasCode(value, ['ERR_VK_PERMIT_TIMEOUT']);
 }

@@ -2,9 +2,11 @@
 // every host (Redis), with OpenAI's x-ratelimit-* headers and adapters for node:http, Express and Fastify. Tokens are
 // charged from the response's own usage, before its last byte goes out.
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ClosedError, type Refusal, refusalBody } from '../errors/index.js';
 import { invalid } from '../internal/validate.js';
 import type { FastifyReplyLike } from '../rate-limit/index.js';
 import { type KeyBudgetsOptions, resolveOptions } from './options.js';
+import { type BudgetSettlement, type BudgetSettlementOptions, Settlement } from './settlement.js';
 import {
   type BudgetState,
   type BudgetStore,
@@ -15,12 +17,14 @@ import {
   RESERVE_REST,
   RedisBudgetStore,
 } from './stores.js';
-import { estimatePromptTokens, type TokenUsage, UsageMeter } from './usage.js';
+import { estimatePromptTokens, type UsageMeter } from './usage.js';
 
 export type { KeyBudgetsOptions } from './options.js';
 export { type RequestCost, reservationFor } from './reserve.js';
+export type { BudgetSettlement, BudgetSettlementOptions } from './settlement.js';
 export { serveClusterBudgets } from './stores.js';
 export {
+  createUsageMeter,
   estimatePromptTokens,
   requestUsage,
   type TokenUsage,
@@ -64,6 +68,18 @@ export interface BudgetDecision {
   exceedsLimit: boolean;
   /** The tokens the request asked to reserve (shown in the refusal). */
   requestedTokens: number;
+  /** When refused: the 429 to answer (OpenAI's error shape, with the `x-ratelimit-*` headers and `Retry-After`). */
+  refusal: Refusal | undefined;
+}
+
+export interface KeyBudgetsStats {
+  admitted: number;
+  refused: number;
+  /** Requests settled to their usage, and admitted requests refunded (never sent upstream). */
+  settled: number;
+  refunded: number;
+  /** Operations answered while the store failed (by the insurance or the `onStoreError` policy). */
+  degraded: number;
 }
 
 /** Tokens held for an admitted request until its usage is known. */
@@ -104,8 +120,14 @@ export interface KeyBudgets {
   reset(key: string): Promise<void>;
   /** OpenAI's `x-ratelimit-*` headers for a decision (`retry-after` too when refused). */
   headers(decision: BudgetDecision): Record<string, string>;
-  /** OpenAI's 429 body for a refused decision. */
+  /** OpenAI's 429 body for a refused decision (the same as `refusalBody(decision.refusal)`). */
   errorBody(decision: BudgetDecision): string;
+  /**
+   * The usage of one request, settled exactly once: charged from what its meter reads of the upstream's bytes, or
+   * refunded (with its reservation) when it never went upstream. What the adapters use, and the gateway.
+   */
+  settlement(options: BudgetSettlementOptions): BudgetSettlement;
+  stats(): KeyBudgetsStats;
   /**
    * node:http: admits (answering 429 itself and resolving false when refused), sets the headers, then watches
    * what is written to `res` and charges the usage it carries before the response's last byte — or, when the client
@@ -123,6 +145,7 @@ export interface KeyBudgets {
     request: { raw: IncomingMessage },
     reply: FastifyReplyLike & { raw: ServerResponse },
   ) => Promise<unknown>;
+  /** Closes the store; idempotent. Calls after it reject with a `ClosedError`. */
   close(): Promise<void>;
 }
 
@@ -173,6 +196,14 @@ class Budgets implements KeyBudgets {
   /** The store failed since the last success: once it answers again, the insurance's windows are handed to it. */
   private degraded = false;
   private reconciling: Promise<void> | undefined;
+  private closed: Promise<void> | undefined;
+  private readonly counts: KeyBudgetsStats = {
+    admitted: 0,
+    refused: 0,
+    settled: 0,
+    refunded: 0,
+    degraded: 0,
+  };
 
   constructor(input: KeyBudgetsOptions) {
     const { store, name, onStoreError, storeTimeoutMs, windowSec, now, processes } = resolveOptions(input);
@@ -198,6 +229,7 @@ class Budgets implements KeyBudgets {
     b: number,
     c: number,
   ): Promise<{ state: BudgetState | undefined; degraded: boolean }> {
+    if (this.closed !== undefined) throw new ClosedError('key budgets');
     let state: BudgetState;
     try {
       // Back from an outage? What was counted meanwhile goes to the store before any new decision there.
@@ -206,6 +238,7 @@ class Budgets implements KeyBudgets {
       state = pending instanceof Promise ? await pending : pending;
     } catch {
       this.degraded = true;
+      this.counts.degraded++;
       if (this.insurance === undefined) return { state: undefined, degraded: true };
       // This process's share of each limit (÷ processes, at least 1): together they stay within it.
       const share = (limit: number) =>
@@ -255,6 +288,16 @@ class Budgets implements KeyBudgets {
   }
 
   async admit(key: string, limits: BudgetLimits, options?: AdmitOptions): Promise<BudgetDecision> {
+    const decision = await this.decide(key, limits, options);
+    if (decision.allowed) this.counts.admitted++;
+    else {
+      this.counts.refused++;
+      decision.refusal = this.refusalOf(decision);
+    }
+    return decision;
+  }
+
+  private async decide(key: string, limits: BudgetLimits, options?: AdmitOptions): Promise<BudgetDecision> {
     const requests = limitOf('requests', limits.requests);
     const tokens = limitOf('tokens', limits.tokens);
     const asked = options?.reserveTokens ?? 0;
@@ -279,6 +322,7 @@ class Budgets implements KeyBudgets {
         reservation: undefined,
         exceedsLimit: true,
         requestedTokens: reserved,
+        refusal: undefined,
       };
     }
     // Nothing is reserved against no limit.
@@ -299,6 +343,7 @@ class Budgets implements KeyBudgets {
         reservation: undefined,
         exceedsLimit: false,
         requestedTokens: Math.max(0, reserved),
+        refusal: undefined,
       };
     }
     const resetMs = Math.max(0, state.resetAt - this.now());
@@ -323,6 +368,7 @@ class Budgets implements KeyBudgets {
           : undefined,
       exceedsLimit: false,
       requestedTokens: Math.max(0, reserved),
+      refusal: undefined,
     };
   }
 
@@ -333,6 +379,7 @@ class Budgets implements KeyBudgets {
   async settle(reservation: BudgetReservation | undefined, key: string, tokens: number): Promise<void> {
     // Usage comes from upstream bytes: never let a bad figure reach the store (or throw at the caller).
     const used = Number.isSafeInteger(tokens) && tokens > 0 ? tokens : 0;
+    this.counts.settled++;
     if (reservation === undefined) {
       if (used > 0) await this.apply(Op.Charge, key, used, 0, -1);
       return;
@@ -341,10 +388,12 @@ class Budgets implements KeyBudgets {
   }
 
   async refund(key: string, reservation?: BudgetReservation): Promise<void> {
+    this.counts.refunded++;
     await this.apply(Op.Refund, key, 0, reservation?.tokens ?? 0, reservation?.window ?? -1);
   }
 
   async reset(key: string): Promise<void> {
+    if (this.closed !== undefined) throw new ClosedError('key budgets');
     this.insurance?.apply(Op.Reset, key, 0, 0, 0);
     await this.store.apply(Op.Reset, key, 0, 0, 0);
   }
@@ -367,6 +416,10 @@ class Budgets implements KeyBudgets {
   }
 
   errorBody(decision: BudgetDecision): string {
+    return refusalBody(decision.refusal ?? this.refusalOf(decision));
+  }
+
+  private refusalOf(decision: BudgetDecision): Refusal {
     const type = decision.refusedBy ?? 'requests';
     const limit = type === 'tokens' ? decision.limitTokens : decision.limitRequests;
     const per = this.windowMs === 60_000 ? 'minute' : `${this.windowMs / 1000} seconds`;
@@ -375,7 +428,22 @@ class Budgets implements KeyBudgets {
       : limit === undefined
         ? `Rate limit reached (the budget store is unavailable). Try again in ${decision.retryAfterSec}s.`
         : `Rate limit reached for ${type} per ${per}: limit ${limit}. Try again in ${formatResetDuration(decision.resetMs)}.`;
-    return JSON.stringify({ error: { message, type, param: null, code: 'rate_limit_exceeded' } });
+    return {
+      status: 429,
+      type,
+      code: 'rate_limit_exceeded',
+      message,
+      param: null,
+      headers: this.headers(decision),
+    };
+  }
+
+  settlement(options: BudgetSettlementOptions): BudgetSettlement {
+    return new Settlement(this, options);
+  }
+
+  stats(): KeyBudgetsStats {
+    return { ...this.counts };
   }
 
   async handle(req: IncomingMessage, res: ServerResponse, target: BudgetTarget): Promise<boolean> {
@@ -383,13 +451,17 @@ class Budgets implements KeyBudgets {
     const decision = await this.admit(target.key, target.limits);
     const headers = this.headers(decision);
     for (const name in headers) res.setHeader(name, headers[name]!);
-    if (!decision.allowed) {
-      const body = this.errorBody(decision);
-      res.writeHead(429, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    const refusal = decision.refusal;
+    if (refusal !== undefined) {
+      const body = refusalBody(refusal);
+      res.writeHead(refusal.status, {
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(body),
+      });
       res.end(body);
       return false;
     }
-    this.watch(req, res, target.key);
+    this.watch(req, res, this.settlement({ key: target.key, decision }));
     return true;
   }
 
@@ -397,27 +469,22 @@ class Budgets implements KeyBudgets {
    * Meters what the application writes to `res`: the usage is charged before the last byte (`end` waits for the
    * store), or on close when the client left first. Only 2xx JSON and SSE answers carry usage.
    */
-  private watch(req: IncomingMessage, res: ServerResponse, key: string): void {
-    let meter: UsageMeter | undefined;
-    let charged = false;
+  private watch(req: IncomingMessage, res: ServerResponse, settlement: BudgetSettlement): void {
+    // The application answers: the request has reached whatever it calls, and is charged rather than refunded.
+    settlement.sent();
     const meterFor = (): UsageMeter | undefined => {
-      if (meter !== undefined || res.statusCode >= 300) return meter;
+      if (settlement.usageMeter !== undefined || res.statusCode >= 300) return settlement.usageMeter;
       const type = String(res.getHeader('content-type') ?? '');
       const stream = type.startsWith('text/event-stream');
       if (!stream && !type.startsWith('application/json')) return undefined;
-      meter = new UsageMeter({
+      return settlement.meter({
         stream,
         // Express and Fastify body parsers leave the parsed request here by the time the response ends.
         promptTokensEstimate: () => estimatePromptTokens((req as { body?: unknown }).body),
       });
-      return meter;
     };
-    const charge = (): Promise<void> => {
-      if (charged || meter === undefined) return Promise.resolve();
-      charged = true;
-      const usage: TokenUsage = meter.usage();
-      return this.charge(key, usage.promptTokens + usage.completionTokens);
-    };
+    // Nothing metered (not a 2xx JSON or SSE answer): nothing to charge.
+    const charge = (): Promise<void> => settlement.settle() ?? Promise.resolve();
     const write = res.write;
     const end = res.end;
     const toBuffer = (chunk: unknown, encoding: unknown): Buffer =>
@@ -484,17 +551,21 @@ class Budgets implements KeyBudgets {
       const decision = await this.admit(target.key, target.limits);
       const headers = this.headers(decision);
       for (const name in headers) reply.header(name, headers[name]!);
-      if (!decision.allowed) {
-        reply.code(429);
+      const refusal = decision.refusal;
+      if (refusal !== undefined) {
+        reply.code(refusal.status);
         reply.type('application/json');
-        return reply.send(this.errorBody(decision));
+        return reply.send(refusalBody(refusal));
       }
-      this.watch(request.raw, reply.raw, target.key);
+      this.watch(request.raw, reply.raw, this.settlement({ key: target.key, decision }));
     };
   }
 
-  async close(): Promise<void> {
-    await this.store.close();
-    await this.insurance?.close();
+  close(): Promise<void> {
+    this.closed ??= (async () => {
+      await this.store.close();
+      await this.insurance?.close();
+    })();
+    return this.closed;
   }
 }

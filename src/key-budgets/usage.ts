@@ -72,6 +72,11 @@ const KEEP = 0;
 const DROP = 1;
 const CUT = 2;
 
+/** Creates a {@link UsageMeter} (the factory every piece has; `new UsageMeter()` works too). */
+export function createUsageMeter(options: UsageMeterOptions): UsageMeter {
+  return new UsageMeter(options);
+}
+
 /**
  * Watches one response's bytes. `write` each chunk in order and forward what it returns; `end` returns the bytes
  * still held; `usage` is known at any point (after `end`, or mid-way for a stream cut short). The last bytes — a

@@ -2,6 +2,7 @@
 // workers and across hosts, with IETF RateLimit headers and adapters for node:http, Express and Fastify.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type BlockList, isIP } from 'node:net';
+import { ClosedError, type Refusal, refusalBody } from '../errors/index.js';
 import { clientIp, ipKey, normalizeIp, type TrustRule } from './client-ip.js';
 import type { WindowState } from './memory-store.js';
 import { type IpRateLimiterOptions, type RequestLike, resolveOptions } from './options.js';
@@ -25,6 +26,18 @@ export interface RateLimitDecision {
   key: string | undefined;
   /** True when the store failed and the decision came from `onStoreError`. */
   degraded: boolean;
+  /** When refused: the 429 to answer (OpenAI's error shape, with the limit headers and `Retry-After`), as it is. */
+  refusal: Refusal | undefined;
+}
+
+export interface RateLimiterStats {
+  /** Requests counted (skipped and allowlisted ones are not). */
+  checked: number;
+  refused: number;
+  /** Decisions taken while the store failed (by the insurance or the `onStoreError` policy). */
+  degraded: number;
+  /** Times the store failed (an error or its timeout). */
+  storeErrors: number;
 }
 
 export interface IpRateLimiter {
@@ -37,10 +50,15 @@ export interface IpRateLimiter {
   headers(decision: RateLimitDecision): Record<string, string>;
   /** node:http: sets the headers; when denied also answers 429 itself and resolves false. */
   handle(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
-  /** Express middleware. */
+  /**
+   * Express middleware. Store failures never reach it (`onStoreError` answers); an error that still escapes (a
+   * throwing `keyGenerator` or `skip`) goes to `next(error)`, as the budgets' adapter does.
+   */
   express(): (req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => void;
   /** Fastify `onRequest` hook: `app.addHook('onRequest', limiter.fastify())`. */
   fastify(): (request: { raw: IncomingMessage }, reply: FastifyReplyLike) => Promise<unknown>;
+  stats(): RateLimiterStats;
+  /** Closes the store; idempotent. Checks after it reject with a `ClosedError`. */
   close(): Promise<void>;
 }
 
@@ -60,10 +78,10 @@ export interface FastifyReplyLike {
  * app.use(limiter.express());
  */
 export function createIpRateLimiter(options: IpRateLimiterOptions = {}): IpRateLimiter {
-  return new Limiter(options);
+  return new IpLimiter(options);
 }
 
-class Limiter implements IpRateLimiter {
+class IpLimiter implements IpRateLimiter {
   private readonly points: number;
   private readonly windowSec: number;
   private readonly name: string;
@@ -84,6 +102,8 @@ class Limiter implements IpRateLimiter {
   /** What this process admitted while the store failed, by key: handed to the store once it is back. */
   private outage: Map<string, { consumed: number; resetAt: number }> | undefined;
   private reconciling: Promise<void> | undefined;
+  private closed: Promise<void> | undefined;
+  private readonly counts: RateLimiterStats = { checked: 0, refused: 0, degraded: 0, storeErrors: 0 };
 
   constructor(input: IpRateLimiterOptions) {
     const options = resolveOptions(input);
@@ -128,6 +148,7 @@ class Limiter implements IpRateLimiter {
   }
 
   check(reqOrIp: RequestLike | string): Promise<RateLimitDecision> {
+    if (this.closed !== undefined) return Promise.reject(new ClosedError('rate limiter'));
     if (typeof reqOrIp === 'string') {
       const ip = normalizeIp(reqOrIp);
       if (this.isAllowlisted(ip)) return Promise.resolve(this.skipped());
@@ -148,10 +169,13 @@ class Limiter implements IpRateLimiter {
       retryAfterSec: 0,
       key: undefined,
       degraded: false,
+      refusal: undefined,
     };
   }
 
   consume(key: string, cost = 1): Promise<RateLimitDecision> {
+    if (this.closed !== undefined) return Promise.reject(new ClosedError('rate limiter'));
+    this.counts.checked++;
     // Back from an outage? What was admitted meanwhile goes to the store before any new decision there.
     if (this.outage !== undefined) return this.reconcileThenConsume(key, cost);
     let pending: Promise<WindowState> | WindowState;
@@ -199,6 +223,8 @@ class Limiter implements IpRateLimiter {
 
   /** The store failed: the insurance limiter counts (this process's share), or the fail-open/closed policy answers. */
   private fallback(key: string, cost: number): RateLimitDecision {
+    this.counts.storeErrors++;
+    this.counts.degraded++;
     if (this.insurance !== undefined) {
       const state = this.insurance.consume(key, cost);
       const decision = this.decide(state, key, true, this.share);
@@ -212,29 +238,51 @@ class Limiter implements IpRateLimiter {
       return decision;
     }
     const allowed = this.onStoreError === 'open';
-    return {
-      allowed,
-      limit: this.points,
-      remaining: allowed ? this.points : 0,
-      resetMs: this.windowSec * 1000,
-      retryAfterSec: allowed ? 0 : this.windowSec,
-      key,
-      degraded: true,
-    };
+    return this.decision(allowed, this.points, allowed ? this.points : 0, this.windowSec * 1000, key, true);
   }
 
   private decide(state: WindowState, key: string, degraded: boolean, limit = this.points): RateLimitDecision {
-    const allowed = state.consumed <= limit;
     const resetMs = Math.max(0, state.resetAt - this.now());
-    return {
+    return this.decision(
+      state.consumed <= limit,
+      this.points,
+      Math.max(0, limit - state.consumed),
+      resetMs,
+      key,
+      degraded,
+    );
+  }
+
+  private decision(
+    allowed: boolean,
+    limit: number,
+    remaining: number,
+    resetMs: number,
+    key: string,
+    degraded: boolean,
+  ): RateLimitDecision {
+    const decision: RateLimitDecision = {
       allowed,
-      limit: this.points,
-      remaining: Math.max(0, limit - state.consumed),
+      limit,
+      remaining,
       resetMs,
       retryAfterSec: allowed ? 0 : Math.min(this.windowSec, Math.max(1, Math.ceil(resetMs / 1000))),
       key,
       degraded,
+      refusal: undefined,
     };
+    if (!allowed) {
+      this.counts.refused++;
+      decision.refusal = {
+        status: 429,
+        type: 'rate_limit_exceeded',
+        code: 'rate_limit_exceeded',
+        message: `Rate limit exceeded: ${limit} requests per ${this.windowSec} seconds. Retry after ${decision.retryAfterSec} seconds.`,
+        param: null,
+        headers: this.headers(decision),
+      };
+    }
+    return decision;
   }
 
   async reset(key: string): Promise<void> {
@@ -259,22 +307,18 @@ class Limiter implements IpRateLimiter {
     return headers;
   }
 
-  /** The OpenAI-style 429 body. */
-  private body(decision: RateLimitDecision): string {
-    const message = `Rate limit exceeded: ${decision.limit} requests per ${this.windowSec} seconds. Retry after ${decision.retryAfterSec} seconds.`;
-    return JSON.stringify({
-      error: { message, type: 'rate_limit_exceeded', param: null, code: 'rate_limit_exceeded' },
-    });
-  }
-
   async handle(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
     const decision = await this.check(req);
     if (decision.key === undefined) return true;
     const headers = this.headers(decision);
     for (const name in headers) res.setHeader(name, headers[name]!);
-    if (decision.allowed) return true;
-    const body = this.body(decision);
-    res.writeHead(429, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    const refusal = decision.refusal;
+    if (refusal === undefined) return true;
+    const body = refusalBody(refusal);
+    res.writeHead(refusal.status, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+    });
     res.end(body);
     return false;
   }
@@ -285,8 +329,8 @@ class Limiter implements IpRateLimiter {
         (allowed) => {
           if (allowed) next();
         },
-        // A limiter bug must not take the API down: let the request through.
-        () => next(),
+        // Store failures were answered by onStoreError already: what is left is a bug, and Express's to report.
+        (error) => next(error),
       );
     };
   }
@@ -297,15 +341,23 @@ class Limiter implements IpRateLimiter {
       if (decision.key === undefined) return;
       const headers = this.headers(decision);
       for (const name in headers) reply.header(name, headers[name]!);
-      if (decision.allowed) return;
-      reply.code(429);
+      const refusal = decision.refusal;
+      if (refusal === undefined) return;
+      reply.code(refusal.status);
       reply.type('application/json');
-      return reply.send(this.body(decision));
+      return reply.send(refusalBody(refusal));
     };
   }
 
-  async close(): Promise<void> {
-    await this.store.close();
-    await this.insurance?.close();
+  stats(): RateLimiterStats {
+    return { ...this.counts };
+  }
+
+  close(): Promise<void> {
+    this.closed ??= (async () => {
+      await this.store.close();
+      await this.insurance?.close();
+    })();
+    return this.closed;
   }
 }

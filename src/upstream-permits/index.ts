@@ -2,13 +2,20 @@
 // a host (the cluster primary) and every host (Redis). Permits are leases: renewed while held, returned on release,
 // and — should a process die holding them — expired by Redis within the lease time (the primary returns a dead
 // worker's at once). A store outage falls back to a local share of the limit instead of failing requests.
-import { ClosedError, isVllmKitError, RequestAbortedError, VllmKitError } from '../errors/index.js';
+import {
+  ClosedError,
+  isPermitTimeoutError,
+  PermitTimeoutError,
+  RequestAbortedError,
+} from '../errors/index.js';
 import type { AbortSignalLike } from '../internal/abort.js';
 import { type PermitPoolOptions, resolveOptions } from './options.js';
 import { ClusterPermitStore, MemoryPermitStore, type PermitStore, RedisPermitStore } from './stores.js';
 
 export type { PermitPoolOptions } from './options.js';
 export { serveClusterPermits } from './stores.js';
+// In the error family (one overload base with a status and a Retry-After); re-exported where it is thrown.
+export { isPermitTimeoutError, PermitTimeoutError };
 
 export interface AcquireOptions {
   /** Gives up waiting (RequestAbortedError). */
@@ -49,20 +56,6 @@ export interface PermitPool {
   stats(): PermitPoolStats;
   /** Rejects every waiting acquire; permits held stay valid until released. */
   close(): Promise<void>;
-}
-
-/** No permit came within `timeoutMs`: answer 503 with `Retry-After`. */
-export class PermitTimeoutError extends VllmKitError {
-  readonly retryAfterSec: number;
-  constructor(waitedMs: number, resource: string) {
-    super(`Waited ${Math.round(waitedMs)} ms for a permit to ${resource}`, 'ERR_VK_PERMIT_TIMEOUT');
-    this.retryAfterSec = Math.max(1, Math.ceil(waitedMs / 1000));
-  }
-}
-
-/** True for {@link PermitTimeoutError}. */
-export function isPermitTimeoutError(value: unknown): value is PermitTimeoutError {
-  return isVllmKitError(value) && value.code === 'ERR_VK_PERMIT_TIMEOUT';
 }
 
 /**

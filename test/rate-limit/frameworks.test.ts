@@ -45,6 +45,33 @@ describe('Express', () => {
     expect(Number(results[3]!.retryAfter)).toBeGreaterThan(0);
     expect(JSON.parse(results[3]!.body).error.type).toBe('rate_limit_exceeded');
   });
+
+  it("passes an error that is not the store's to next(error), as the budgets' middleware does", async () => {
+    const limiter = createIpRateLimiter({
+      keyGenerator: () => {
+        throw new Error('keyGenerator bug');
+      },
+    });
+    const app = express();
+    app.use(limiter.express());
+    app.get('/', (_req, res) => {
+      res.send('ok');
+    });
+    const seen: string[] = [];
+    app.use((error: Error, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+      seen.push(error.message);
+      res.status(500).send('handled');
+    });
+    const server = app.listen(0, '127.0.0.1');
+    await new Promise((resolve) => server.once('listening', resolve));
+    cleanups.push(
+      () => limiter.close(),
+      () => new Promise((resolve) => server.close(resolve)),
+    );
+    const [result] = await statuses(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`, 1);
+    expect(result).toMatchObject({ status: 500, body: 'handled' });
+    expect(seen).toEqual(['keyGenerator bug']);
+  });
 });
 
 describe('Fastify', () => {
