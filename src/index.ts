@@ -88,8 +88,8 @@ export {
   type VllmKitErrorCode,
   type VllmKitErrorOptions,
 } from './errors/index.js';
-// Shared by the client and the concurrency limiter.
-export type { AbortSignalLike } from './internal/abort.js';
+// Shared by the client, the concurrency limiter and the permit pool.
+export { type AbortSignalLike, LightAbortSignal } from './internal/abort.js';
 export { exceedsJsonDepth, MAX_JSON_DEPTH } from './json-depth/index.js';
 export {
   type AdmitOptions,

@@ -168,7 +168,7 @@ export async function startWorker(
         }
       : false,
   });
-  const tokens = createTokenCache<ApiKey>({
+  const keyCache = createTokenCache<ApiKey>({
     // The database stores SHA-256 of each key (hex); the cache keys by the same digest.
     verify: async (token) => (await keyStore.findActiveByHash(hashKey(token))) ?? null,
     ttlMs: config.tokenCacheTtlSec * 1000,
@@ -179,8 +179,8 @@ export async function startWorker(
   });
   // Serve only once revocations can reach us (a message published before the subscription is lost), but never
   // wait more than 2 s for a Redis that is down: the cache TTL still bounds a revoked key's life then.
-  await Promise.race([tokens.ready(), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);
-  const rateLimiter = createIpRateLimiter({
+  await Promise.race([keyCache.ready(), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);
+  const ipRateLimiter = createIpRateLimiter({
     points: config.rateLimitPoints,
     windowSec: config.rateLimitWindowSec,
     name: config.rateLimitName,
@@ -192,7 +192,7 @@ export async function startWorker(
   // Keys with rpm/tpm: one budget per key across every worker and host.
   const budgets = createKeyBudgets({ store: sharedStore, name: 'gateway', processes });
   const usage = new UsageRecorder(keyStore, config.usageFlushMs, logger);
-  const limiter = createConcurrencyLimiter({
+  const concurrencyLimiter = createConcurrencyLimiter({
     concurrency: config.limitConcurrency,
     maxQueue: config.maxQueue,
     queueTimeoutMs: config.queueTimeoutMs,
@@ -200,7 +200,7 @@ export async function startWorker(
     maxQueuePerKey: config.maxQueuePerKey,
   });
   const metrics = config.metrics
-    ? createMetrics({ client: vllm, tokens: tokens as never, limiter, permits, perKey: config.metricsPerKey })
+    ? createMetrics({ client: vllm, keyCache, concurrencyLimiter, permits, perKey: config.metricsPerKey })
     : undefined;
   // The replicas' health, probed on its own schedule: /health and /readyz answer from it. The first probe is awaited
   // (2 s at most), so readiness is known before the first request.
@@ -215,9 +215,9 @@ export async function startWorker(
     : undefined;
   const gateway = createGateway({
     client: vllm,
-    tokens,
-    rateLimiter,
-    limiter,
+    keyCache,
+    ipRateLimiter,
+    concurrencyLimiter,
     logger,
     metrics,
     renderMetrics,
@@ -276,7 +276,12 @@ export async function startWorker(
       timer.unref();
       await closed;
       clearTimeout(timer);
-      await Promise.all([limiter.close(), rateLimiter.close(), tokens.close(), budgets.close()]);
+      await Promise.all([
+        concurrencyLimiter.close(),
+        ipRateLimiter.close(),
+        keyCache.close(),
+        budgets.close(),
+      ]);
       await vllm.close();
       await permits?.close();
       // Every span has ended: the last batch (and the last metrics) go out before the worker exits.

@@ -4,7 +4,7 @@
 // client's outlier detection) are read live, so a replica taken out shows at once.
 import type { Logger } from 'pino';
 import type { VllmClient } from 'vllm-kit';
-import { discard } from './gateway.js';
+import { discard } from './http.js';
 
 export interface ReplicaHealth {
   url: string;

@@ -6,7 +6,6 @@ import client from 'prom-client';
 import type { ConcurrencyLimiter, PermitPool, TokenCache, VllmClient } from 'vllm-kit';
 
 export interface GatewayMetrics {
-  registry: client.Registry;
   /** Counts a finished request and observes its duration. */
   observeRequest(route: string, status: number, seconds: number): void;
   observeTtft(route: string, seconds: number): void;
@@ -17,7 +16,7 @@ export interface GatewayMetrics {
   /** Counts an upstream failure by kind. */
   upstreamFailure(kind: UpstreamFailureKind): void;
   /** Adds a response's tokens to the totals, its key's (by key name: never the key itself) and its model's. */
-  tokens(keyName: string, prompt: number, completion: number, model?: string): void;
+  llmTokens(keyName: string, prompt: number, completion: number, model?: string): void;
   /** Counts a request that reached a replica, by the model it named and its outcome (ok, client_error, server_error). */
   observeModel(model: string, status: number): void;
   /** Counts a 2xx answer whose usage was missing (or unreadable) and was counted from its content instead. */
@@ -125,6 +124,23 @@ class TotalsCounter {
   reset(): void {}
 }
 
+/** What prom-client's registry needs of a metric: its name, help, type, how the primary aggregates it, and `get()`. */
+interface CustomMetric {
+  readonly name: string;
+  readonly help: string;
+  readonly type: 'counter' | 'histogram';
+  readonly aggregator: 'sum';
+  get(): { name: string; help: string; type: string; aggregator: string; values: Sample[] };
+}
+
+/**
+ * Registers a metric of our own. prom-client's `registerMetric` is typed for its own classes only, though the registry
+ * (and its cluster aggregation) call no more than `CustomMetric` has: the one place that says so to the compiler.
+ */
+function registerCustom(registry: client.Registry, metric: CustomMetric): void {
+  registry.registerMetric(metric as unknown as client.Metric);
+}
+
 /** Adds one observation to a histogram series. */
 function observe(buckets: readonly number[], series: { counts: number[]; sum: number }, value: number): void {
   let i = 0;
@@ -146,8 +162,8 @@ const UPSTREAM_FAILURE_KINDS = [
 
 export function createMetrics(sources: {
   client: VllmClient;
-  tokens: TokenCache<unknown>;
-  limiter: ConcurrencyLimiter;
+  keyCache: Pick<TokenCache<unknown>, 'stats'>;
+  concurrencyLimiter: ConcurrencyLimiter;
   permits?: PermitPool | undefined;
   /** Series by key name (`gateway_key_tokens_total`): only where the metrics are not public. */
   perKey?: boolean;
@@ -225,7 +241,7 @@ export function createMetrics(sources: {
     modelRequests,
     modelTokens,
   ]) {
-    registry.registerMetric(metric as unknown as client.Metric);
+    registerCustom(registry, metric);
   }
   // Present from the start (at 0), so dashboards and alerts see them before the first event.
   const rateLimitedSeries = rateLimited.seriesFor('', {});
@@ -265,18 +281,20 @@ export function createMetrics(sources: {
     },
   });
   // Totals the pieces keep themselves, read at scrape time (counters: the primary sums them across workers).
-  registry.registerMetric(
+  registerCustom(
+    registry,
     new TotalsCounter('gateway_token_cache_total', 'Token-cache lookups by outcome.', () => {
-      const stats = sources.tokens.stats();
+      const stats = sources.keyCache.stats();
       return [
         { labels: { outcome: 'hit' }, value: stats.hits },
         { labels: { outcome: 'miss' }, value: stats.misses },
         { labels: { outcome: 'negative_hit' }, value: stats.negativeHits },
       ];
-    }) as unknown as client.Metric,
+    }),
   );
   // Per replica: keyed requests sent to the replica their key maps to, and those it took over (load bound, ejection).
-  registry.registerMetric(
+  registerCustom(
+    registry,
     new TotalsCounter(
       'gateway_upstream_routed_total',
       'Requests routed to each upstream by prefix routing: following their cached prefix (prefix), off it because its replica was over the load bound (fallback), or new conversations placed to balance the caches (placed).',
@@ -286,10 +304,11 @@ export function createMetrics(sources: {
           { labels: { upstream: u.url, how: 'fallback' }, value: u.fallbacks },
           { labels: { upstream: u.url, how: 'placed' }, value: u.placed },
         ]),
-    ) as unknown as client.Metric,
+    ),
   );
   // On-demand LoRA loads (LORA_ADAPTERS), by adapter: sent, and of them failed.
-  registry.registerMetric(
+  registerCustom(
+    registry,
     new TotalsCounter(
       'gateway_adapter_loads_total',
       'LoRA adapter loads the gateway sent to replicas (POST /v1/load_lora_adapter), by adapter and outcome (ok, failed).',
@@ -298,13 +317,13 @@ export function createMetrics(sources: {
           { labels: { adapter, outcome: 'ok' }, value: sent - failed },
           { labels: { adapter, outcome: 'failed' }, value: failed },
         ]),
-    ) as unknown as client.Metric,
+    ),
   );
   new client.Gauge({
     name: 'gateway_queue_depth',
     help: 'Requests waiting for an upstream slot.',
     collect() {
-      this.set(sources.limiter.pendingCount);
+      this.set(sources.concurrencyLimiter.pendingCount);
     },
   });
   new client.Gauge({
@@ -313,7 +332,7 @@ export function createMetrics(sources: {
     labelNames: ['priority'] as const,
     collect() {
       this.reset();
-      for (const [priority, n] of Object.entries(sources.limiter.stats().pendingByPriority))
+      for (const [priority, n] of Object.entries(sources.concurrencyLimiter.stats().pendingByPriority))
         this.set({ priority }, n);
     },
   });
@@ -321,7 +340,7 @@ export function createMetrics(sources: {
     name: 'gateway_queue_keys',
     help: 'API keys with requests waiting (the fair queue serves them in turn).',
     collect() {
-      this.set(Object.keys(sources.limiter.stats().pendingByKey).length);
+      this.set(Object.keys(sources.concurrencyLimiter.stats().pendingByKey).length);
     },
   });
   const permits = sources.permits;
@@ -345,12 +364,13 @@ export function createMetrics(sources: {
         this.set(permits.stats().degraded ? 1 : 0);
       },
     });
-    registry.registerMetric(
+    registerCustom(
+      registry,
       new TotalsCounter(
         'gateway_upstream_permits_fallback_total',
         'Permits granted from the local share while the permit store was failing.',
         () => [{ labels: {}, value: permits.stats().fallbackAcquired }],
-      ) as unknown as client.Metric,
+      ),
     );
   }
 
@@ -377,7 +397,6 @@ export function createMetrics(sources: {
     return entry;
   };
   return {
-    registry,
     observeRequest(route, status, seconds) {
       const entry = routeSeries(route);
       let counter = entry.byStatus.get(status);
@@ -400,7 +419,7 @@ export function createMetrics(sources: {
     upstreamFailure(kind) {
       failureSeries.get(kind)!.sum++;
     },
-    tokens(key, prompt, completion, model) {
+    llmTokens(key, prompt, completion, model) {
       tokenSeries.prompt.sum += prompt;
       tokenSeries.completion.sum += completion;
       if (model !== undefined) {

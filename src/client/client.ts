@@ -1,6 +1,5 @@
 // createVllmClient: typed calls, raw passthrough and a fetch over one keep-alive pool per replica, with timeouts,
 // safe retries within a budget, and errors from one mapping function.
-import { EventEmitter } from 'node:events';
 import type { Readable } from 'node:stream';
 import { Dispatcher, Headers, Response as UndiciResponse, fetch as undiciFetch } from 'undici';
 import {
@@ -16,7 +15,7 @@ import {
   UpstreamTimeoutError,
   type VllmKitError,
 } from '../errors/index.js';
-import type { AbortSignalLike } from '../internal/abort.js';
+import { type AbortSignalLike, LightAbortSignal } from '../internal/abort.js';
 import type { Permit } from '../upstream-permits/index.js';
 import { errorFromStatus, errorFromStreamEvent, errorFromTransport } from './map-error.js';
 import { type ModelAlias, renameModelStream, renameModelWebStream } from './model-alias.js';
@@ -216,12 +215,10 @@ interface Sent {
 }
 
 /**
- * The call's own abort signal. undici accepts any EventEmitter with `aborted` and `reason`; this one costs a fraction
- * of an AbortController, which matters on a path taken by every request.
+ * The call's own abort signal: light (undici takes any object with `addEventListener`, `aborted` and `reason`), which
+ * matters on a path taken by every request; aborted by the caller's signal or the total timeout.
  */
-class CallSignal extends EventEmitter {
-  aborted = false;
-  reason: unknown = undefined;
+class CallSignal extends LightAbortSignal {
   private timer: NodeJS.Timeout | undefined;
   private onUserAbort: (() => void) | undefined;
 
@@ -246,21 +243,6 @@ class CallSignal extends EventEmitter {
     signal.abort(new UpstreamTimeoutError('total', signal.totalMs, { requestId: signal.requestId }));
   }
 
-  readonly abort = (reason: Error): void => {
-    if (this.aborted) return;
-    this.aborted = true;
-    this.reason = reason;
-    this.emit('abort');
-  };
-
-  // AbortSignalLike, for the permit pool's wait.
-  addEventListener(_type: 'abort', listener: () => void): void {
-    this.once('abort', listener);
-  }
-  removeEventListener(_type: 'abort', listener: () => void): void {
-    this.off('abort', listener);
-  }
-
   /** Clears the total timer and the caller's signal listener once the call is over. */
   readonly done = (): void => {
     if (this.timer) clearTimeout(this.timer);
@@ -282,7 +264,7 @@ interface SendSpec {
   /** Retry connection failures before the first byte (health checks answer at once instead). @default true */
   retry?: boolean;
   /** The body as an object, for the routing key (the typed methods' own body; `request()`'s `routingBody`). */
-  routeBody?: unknown;
+  routingBody?: unknown;
   /**
    * Retry 408/409/429/5xx. A passthrough answers them at once instead: its caller decides (and passes Retry-After on),
    * and sleeping here would hold the caller's concurrency slot. @default true
@@ -381,7 +363,7 @@ class Client implements VllmClient {
           json: true,
           stream: false,
           passErrors: true,
-          routeBody: body,
+          routingBody: body,
         },
         init.signal ? { signal: init.signal } : undefined,
       );
@@ -518,7 +500,7 @@ class Client implements VllmClient {
         passErrors: true,
         retryStatuses: false,
         retryElsewhere: true,
-        routeBody: request.routingBody,
+        routingBody: request.routingBody,
       },
       request,
     );
@@ -595,7 +577,7 @@ class Client implements VllmClient {
         json: body !== undefined,
         stream: false,
         passErrors: false,
-        routeBody: body,
+        routingBody: body,
       },
       options,
     );
@@ -625,7 +607,7 @@ class Client implements VllmClient {
         json: true,
         stream: true,
         passErrors: false,
-        routeBody: body,
+        routingBody: body,
       },
       options,
     );
@@ -702,14 +684,14 @@ class Client implements VllmClient {
     options: CallOptions | undefined,
   ): Promise<{ spec: SendSpec; model: string | undefined; alias: ModelAlias | undefined }> {
     const router = this.router!;
-    const named = (spec.routeBody as { model?: unknown }).model;
+    const named = (spec.routingBody as { model?: unknown }).model;
     let wanted = typeof named === 'string' ? named : undefined;
     let alias: ModelAlias | undefined;
     if (wanted !== undefined && this.hasAliases && Object.hasOwn(this.options.aliases, wanted)) {
       const served = this.options.aliases[wanted]!;
       alias = { alias: wanted, served };
-      const routeBody = { ...(spec.routeBody as object), model: served };
-      spec = { ...spec, routeBody, body: JSON.stringify(routeBody) };
+      const routingBody = { ...(spec.routingBody as object), model: served };
+      spec = { ...spec, routingBody, body: JSON.stringify(routingBody) };
       wanted = served;
     }
     if (!router.routesByModel) return { spec, model: undefined, alias };
@@ -807,13 +789,13 @@ class Client implements VllmClient {
         ? undefined
         : options?.routingKey !== undefined
           ? `a:${options.routingKey}`
-          : router.keyOf(spec.routeBody);
+          : router.keyOf(spec.routingBody);
     // The prefix policy matches the prompt's blocks against what each replica holds (or the caller's affinity key).
     const blocks =
       router?.cacheAware === true &&
       replica === undefined &&
-      (spec.routeBody !== undefined || options?.routingKey !== undefined)
-        ? routingBlocks(spec.routeBody, this.options.routingPrefixChars, options?.routingKey)
+      (spec.routingBody !== undefined || options?.routingKey !== undefined)
+        ? routingBlocks(spec.routingBody, this.options.routingPrefixChars, options?.routingKey)
         : undefined;
     // Routing by model: an alias resolved, a declared adapter loaded if no replica serves it, then only replicas
     // serving the body's `model`; none → refused before anything is sent.
@@ -824,7 +806,7 @@ class Client implements VllmClient {
     if (
       router !== undefined &&
       replica === undefined &&
-      spec.routeBody !== undefined &&
+      spec.routingBody !== undefined &&
       (router.routesByModel || this.hasAliases)
     ) {
       const resolving = performance.now();
@@ -844,8 +826,8 @@ class Client implements VllmClient {
     // A span for an inference call (telemetry on): it ends with the call, and its context goes upstream.
     const call = this.telemetry?.start({
       path: spec.path,
-      body: spec.routeBody,
-      stream: spec.stream || (spec.routeBody as { stream?: unknown } | undefined)?.stream === true,
+      body: spec.routingBody,
+      stream: spec.stream || (spec.routingBody as { stream?: unknown } | undefined)?.stream === true,
       parent: options?.traceContext,
       requestId,
       origin: target ?? (this.router === undefined ? this.origin : undefined),
@@ -1154,11 +1136,11 @@ function sleep(ms: number, signal: CallSignal): Promise<void> {
   return new Promise((resolve) => {
     const finish = () => {
       clearTimeout(timer);
-      signal.off('abort', finish);
+      signal.removeEventListener('abort', finish);
       resolve();
     };
     const timer = setTimeout(finish, ms);
-    signal.once('abort', finish);
+    signal.addEventListener('abort', finish);
   });
 }
 

@@ -369,7 +369,7 @@ export function isTokenVerificationError(value: unknown): value is TokenVerifica
 export interface Refusal {
   readonly status: number;
   readonly type: string;
-  readonly code: string;
+  readonly code: string | null;
   readonly message: string;
   readonly param: string | null;
   readonly headers: Readonly<Record<string, string>>;

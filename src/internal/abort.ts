@@ -21,3 +21,34 @@ export function toAbortSignal(source: AbortSignalLike | undefined): AbortSignal 
   else source.addEventListener('abort', () => controller.abort(source.reason), { once: true });
   return controller.signal;
 }
+
+/**
+ * The cheap {@link AbortSignalLike}: an array of listeners, no EventTarget, no DOMException. What the client makes per
+ * call and the reference gateway per request (exported for servers that want the same); undici, the concurrency
+ * limiter and the permit pool all take it.
+ */
+export class LightAbortSignal implements AbortSignalLike {
+  aborted = false;
+  reason: unknown = undefined;
+  private listeners: (() => void)[] | undefined = undefined;
+
+  addEventListener(_type: 'abort', listener: () => void): void {
+    (this.listeners ??= []).push(listener);
+  }
+
+  removeEventListener(_type: 'abort', listener: () => void): void {
+    const listeners = this.listeners;
+    const at = listeners === undefined ? -1 : listeners.indexOf(listener);
+    if (at !== -1) listeners!.splice(at, 1);
+  }
+
+  /** Aborts once (later calls do nothing): sets `reason`, then calls each listener once. An arrow: pass it around. */
+  readonly abort = (reason: unknown): void => {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    const listeners = this.listeners;
+    this.listeners = undefined;
+    if (listeners !== undefined) for (const listener of listeners) listener();
+  };
+}
