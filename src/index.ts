@@ -32,6 +32,7 @@ export {
   type VllmClientOptions,
   type VllmClientStats,
 } from './client/index.js';
+export { type ClusterServer, type ServeClusterOptions, serveCluster } from './cluster/index.js';
 export {
   type AdaptiveOptions,
   type ConcurrencyLimiter,

@@ -8,12 +8,7 @@
 // (under npm, which forwards the group's SIGINT once more, only one coming half a second or more after the first).
 import cluster from 'node:cluster';
 import client from 'prom-client';
-import {
-  serveClusterBudgets,
-  serveClusterPermits,
-  serveClusterRateLimits,
-  serveClusterRoutingSync,
-} from 'vllm-kit';
+import { serveCluster } from 'vllm-kit';
 import { startVllmSimulator, type VllmSimulator } from 'vllm-kit/testing';
 import { startWorker } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
@@ -132,10 +127,7 @@ async function primary(): Promise<void> {
     connectTimeoutMs: config.databaseConnectTimeoutMs,
   });
   await keyStore.close();
-  serveClusterRateLimits();
-  serveClusterBudgets();
-  serveClusterPermits();
-  serveClusterRoutingSync();
+  serveCluster();
   serveSingleFlight();
   const aggregator = new client.AggregatorRegistry();
   let stopping = false;

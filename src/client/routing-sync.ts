@@ -42,7 +42,11 @@ export function clusterRoutingSync(name = 'default'): RoutingSync {
   };
 }
 
-/** In the cluster primary: relays every worker's routing updates to the other workers. */
+/**
+ * In the cluster primary: relays every worker's routing updates to the other workers. `serveCluster()` starts it with
+ * the other pieces' servers.
+ * @deprecated Call `serveCluster()` once in the primary; this name stays for one release.
+ */
 export function serveClusterRoutingSync(): { close(): void } {
   if (!cluster.isPrimary) throw new NotClusterPrimaryError('serveClusterRoutingSync');
   const onMessage = (from: Worker, message: unknown) => {

@@ -12,6 +12,7 @@ import {
 } from '../errors/index.js';
 import { type AbortSignalLike, toAbortSignal } from '../internal/abort.js';
 import { numberOption } from '../internal/validate.js';
+import { type GiveUp, Waiter } from '../internal/waiter.js';
 import { FairQueue } from './fair-queue.js';
 import { type ConcurrencyLimiterOptions, type ResolvedAdaptiveOptions, resolveOptions } from './options.js';
 
@@ -94,16 +95,21 @@ function percentileOf(samples: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
 }
 
-interface Waiter {
-  cancelled: boolean;
-  enqueuedAt: number;
-  reject: (error: unknown) => void;
-  timer: NodeJS.Timeout | undefined;
-  cleanup: (() => void) | undefined;
-  /** Fair policy: its flow and band, and how it starts when its turn comes. */
-  key: string;
-  priority: number;
-  start: (() => void) | undefined;
+/** A task waiting for a slot. */
+class QueuedTask extends Waiter {
+  cancelled = false;
+  /** Fair policy: how it starts when its turn comes. */
+  start: (() => void) | undefined = undefined;
+
+  constructor(
+    enqueuedAt: number,
+    readonly reject: (error: unknown) => void,
+    /** Fair policy: its flow and band. */
+    readonly key: string,
+    readonly priority: number,
+  ) {
+    super(enqueuedAt);
+  }
 }
 
 /**
@@ -126,14 +132,14 @@ class Limiter implements ConcurrencyLimiter {
   private readonly adaptive: ResolvedAdaptiveOptions | undefined;
   private readonly now: () => number;
   /** Fair policy: the waiting room, the limit, each key's running tasks and its queue cap. */
-  private readonly fair: FairQueue<Waiter> | undefined;
+  private readonly fair: FairQueue<QueuedTask> | undefined;
   private fairConcurrency = 0;
   private readonly runningByKey = new Map<string, number>();
   private readonly maxQueuePerKey: number;
   private waiting = 0;
   /** Tasks inside `fn` now (p-limit's own count lags a microtask behind completions). */
   private running = 0;
-  private readonly waiters = new Set<Waiter>();
+  private readonly waiters = new Set<QueuedTask>();
   /** Gradient controller state: the no-load latency, the current window's samples, and the minRTT phase. */
   private minRtt = Number.NaN;
   private samples: number[] = [];
@@ -164,7 +170,7 @@ class Limiter implements ConcurrencyLimiter {
     this.limit = pLimit(options.initial);
     this.maxQueuePerKey = options.maxQueuePerKey;
     if (options.queuePolicy === 'fair') {
-      this.fair = new FairQueue<Waiter>();
+      this.fair = new FairQueue<QueuedTask>();
       this.fairConcurrency = options.initial;
     }
   }
@@ -231,7 +237,7 @@ class Limiter implements ConcurrencyLimiter {
       return Promise.reject(new QueueFullError(this.retryAfterSec()));
     }
     return new Promise<T>((resolve, reject) => {
-      const waiter: Waiter | undefined = immediate ? undefined : this.enqueue(reject, signal);
+      const waiter: QueuedTask | undefined = immediate ? undefined : this.enqueue(reject, signal);
       const task = async () => {
         if (waiter !== undefined) {
           // Cancelled (aborted, timed out, closed) while queued: never runs; its caller was answered already.
@@ -314,39 +320,27 @@ class Limiter implements ConcurrencyLimiter {
     signal: AbortSignalLike | undefined,
     key = '',
     priority = 0,
-  ): Waiter {
+  ): QueuedTask {
     this.waiting++;
-    const waiter: Waiter = {
-      cancelled: false,
-      enqueuedAt: this.now(),
-      reject,
-      timer: undefined,
-      cleanup: undefined,
-      key,
-      priority,
-      start: undefined,
-    };
+    const waiter = new QueuedTask(this.now(), reject, key, priority);
     this.waiters.add(waiter);
-    if (this.queueTimeoutMs > 0) {
-      waiter.timer = setTimeout(() => {
-        this.counts.rejectedQueueTimeout++;
-        this.cancel(waiter, new QueueTimeoutError(this.now() - waiter.enqueuedAt, this.retryAfterSec()));
-      }, this.queueTimeoutMs);
-      waiter.timer.unref();
-    }
-    if (signal !== undefined) {
-      const onAbort = () => {
-        this.counts.abortedWhileQueued++;
-        this.cancel(waiter, new RequestAbortedError({ cause: signal.reason }));
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      waiter.cleanup = () => signal.removeEventListener('abort', onAbort);
-    }
+    waiter.watch(this.queueTimeoutMs, signal, this.giveUp);
     return waiter;
   }
 
+  /** A queued task gives up: its queue timeout, or its caller's signal. */
+  private readonly giveUp = (waiter: QueuedTask, why: GiveUp): void => {
+    if (why === 'timeout') {
+      this.counts.rejectedQueueTimeout++;
+      this.cancel(waiter, new QueueTimeoutError(this.now() - waiter.enqueuedAt, this.retryAfterSec()));
+    } else {
+      this.counts.abortedWhileQueued++;
+      this.cancel(waiter, new RequestAbortedError({ cause: waiter.abortReason }));
+    }
+  };
+
   /** Takes a waiter out of the count at once and answers its caller; its placeholder is skipped when reached. */
-  private cancel(waiter: Waiter, error: unknown): void {
+  private cancel(waiter: QueuedTask, error: unknown): void {
     if (waiter.cancelled) return;
     waiter.cancelled = true;
     this.fair?.remove(waiter);
@@ -354,18 +348,17 @@ class Limiter implements ConcurrencyLimiter {
     waiter.reject(error);
   }
 
-  private dequeue(waiter: Waiter): void {
+  private dequeue(waiter: QueuedTask): void {
     this.release(waiter);
     const waited = this.now() - waiter.enqueuedAt;
     this.counts.queueWaitTotalMs += waited;
     this.counts.queueWaitCount++;
   }
 
-  private release(waiter: Waiter): void {
+  private release(waiter: QueuedTask): void {
     this.waiting--;
     this.waiters.delete(waiter);
-    if (waiter.timer) clearTimeout(waiter.timer);
-    waiter.cleanup?.();
+    waiter.stopWatching();
   }
 
   private async execute<T>(

@@ -3,6 +3,7 @@
 // charged from the response's own usage, before its last byte goes out.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ClosedError, type Refusal, refusalBody } from '../errors/index.js';
+import { chooseStore, StoreOutage } from '../internal/shared-store.js';
 import { invalid } from '../internal/validate.js';
 import type { FastifyReplyLike } from '../rate-limit/index.js';
 import { type KeyBudgetsOptions, resolveOptions } from './options.js';
@@ -16,6 +17,7 @@ import {
   Op,
   RESERVE_REST,
   RedisBudgetStore,
+  type RedisScriptClient,
 } from './stores.js';
 import { estimatePromptTokens, type UsageMeter } from './usage.js';
 
@@ -192,10 +194,8 @@ class Budgets implements KeyBudgets {
   private readonly onStoreError: 'insurance' | 'open' | 'closed';
   private readonly windowMs: number;
   private readonly now: () => number;
-  private readonly processes: number;
-  /** The store failed since the last success: once it answers again, the insurance's windows are handed to it. */
-  private degraded = false;
-  private reconciling: Promise<void> | undefined;
+  /** The shared stores' outage policy: once the store answers again, the insurance's windows are handed to it. */
+  private readonly outage: StoreOutage;
   private closed: Promise<void> | undefined;
   private readonly counts: KeyBudgetsStats = {
     admitted: 0,
@@ -207,16 +207,15 @@ class Budgets implements KeyBudgets {
 
   constructor(input: KeyBudgetsOptions) {
     const { store, name, onStoreError, storeTimeoutMs, windowSec, now, processes } = resolveOptions(input);
-    this.processes = processes;
     this.onStoreError = onStoreError;
     this.windowMs = windowSec * 1000;
     this.now = now;
-    this.store =
-      store === 'memory'
-        ? new MemoryBudgetStore(this.windowMs, this.now)
-        : store === 'cluster'
-          ? new ClusterBudgetStore(name, this.windowMs, storeTimeoutMs)
-          : new RedisBudgetStore(store, name, this.windowMs, this.now);
+    this.store = chooseStore<RedisScriptClient, BudgetStore>(store, {
+      memory: () => new MemoryBudgetStore(this.windowMs, this.now),
+      cluster: () => new ClusterBudgetStore(name, this.windowMs, storeTimeoutMs),
+      redis: (client) => new RedisBudgetStore(client, name, this.windowMs, this.now),
+    });
+    this.outage = new StoreOutage(processes, () => this.handOver());
     if (store !== 'memory' && this.onStoreError === 'insurance')
       this.insurance = new MemoryBudgetStore(this.windowMs, this.now);
   }
@@ -233,16 +232,15 @@ class Budgets implements KeyBudgets {
     let state: BudgetState;
     try {
       // Back from an outage? What was counted meanwhile goes to the store before any new decision there.
-      if (this.degraded) await (this.reconciling ??= this.reconcile());
+      if (this.outage.degraded) await this.outage.recover();
       const pending = this.store.apply(op, key, a, b, c);
       state = pending instanceof Promise ? await pending : pending;
     } catch {
-      this.degraded = true;
+      this.outage.failed();
       this.counts.degraded++;
       if (this.insurance === undefined) return { state: undefined, degraded: true };
-      // This process's share of each limit (÷ processes, at least 1): together they stay within it.
-      const share = (limit: number) =>
-        limit === NO_LIMIT ? limit : Math.max(1, Math.floor(limit / this.processes));
+      // This process's share of each limit: together they stay within it.
+      const share = (limit: number) => (limit === NO_LIMIT ? limit : this.outage.share(limit));
       return {
         state:
           op === Op.Admit
@@ -259,31 +257,26 @@ class Budgets implements KeyBudgets {
    * not start over (a Redis restarted empty would otherwise admit each key's whole limit again). Rejects, keeping what
    * it could not hand over, when the store fails again.
    */
-  private async reconcile(): Promise<void> {
+  private async handOver(): Promise<void> {
     const insurance = this.insurance;
-    try {
-      if (insurance === undefined) return;
-      const windows = [...insurance.drain()];
-      for (let i = 0; i < windows.length; i++) {
-        const [key, counts] = windows[i]!;
-        try {
-          while (counts.requests > 0) {
-            await this.store.apply(Op.Admit, key, NO_LIMIT, NO_LIMIT, 0);
-            counts.requests--;
-          }
-          if (counts.tokens > 0) await this.store.apply(Op.Charge, key, counts.tokens, 0, -1);
-        } catch (error) {
-          // Down again: what is left stays counted here.
-          for (const [rest, left] of windows.slice(i)) {
-            for (let r = 0; r < left.requests; r++) insurance.apply(Op.Admit, rest, NO_LIMIT, NO_LIMIT, 0);
-            if (left.tokens > 0) insurance.apply(Op.Charge, rest, left.tokens, 0, -1);
-          }
-          throw error;
+    if (insurance === undefined) return;
+    const windows = [...insurance.drain()];
+    for (let i = 0; i < windows.length; i++) {
+      const [key, counts] = windows[i]!;
+      try {
+        while (counts.requests > 0) {
+          await this.store.apply(Op.Admit, key, NO_LIMIT, NO_LIMIT, 0);
+          counts.requests--;
         }
+        if (counts.tokens > 0) await this.store.apply(Op.Charge, key, counts.tokens, 0, -1);
+      } catch (error) {
+        // Down again: what is left stays counted here.
+        for (const [rest, left] of windows.slice(i)) {
+          for (let r = 0; r < left.requests; r++) insurance.apply(Op.Admit, rest, NO_LIMIT, NO_LIMIT, 0);
+          if (left.tokens > 0) insurance.apply(Op.Charge, rest, left.tokens, 0, -1);
+        }
+        throw error;
       }
-      this.degraded = false;
-    } finally {
-      this.reconciling = undefined;
     }
   }
 

@@ -1,10 +1,9 @@
 // Where key budgets live: this process (memory), the cluster primary (one budget for all workers), or Redis (one
 // budget for all hosts, one Lua script per decision). Every store decides admission and records a charge atomically,
 // so N processes admit exactly what one would.
-import cluster from 'node:cluster';
-import { InvalidOptionError, NotClusterPrimaryError } from '../errors/index.js';
-import { ClusterCaller, serveClusterChannel } from '../internal/cluster-rpc.js';
+import type { ClusterCaller } from '../internal/cluster-rpc.js';
 import { RedisScript, type RedisScriptClient } from '../internal/redis-script.js';
+import { clusterCaller, GenerationMap, serveClusterStates } from '../internal/shared-store.js';
 
 export type { RedisScriptClient } from '../internal/redis-script.js';
 
@@ -53,39 +52,33 @@ interface Window {
 }
 
 /**
- * Fixed windows per key, starting at a key's first request. Expired keys are dropped a generation at a time (two
- * Maps), as the IP limiter's memory store does: no timer per key, no sweep.
+ * Fixed windows per key, starting at a key's first request. Expired keys are dropped a generation at a time (the
+ * shared two-generation map the IP limiter's memory store uses too): no timer per key, no sweep.
  */
 export class MemoryBudgetStore implements BudgetStore {
-  private current = new Map<string, Window>();
-  private previous = new Map<string, Window>();
-  private generationEndsAt: number;
+  private readonly windows: GenerationMap<Window>;
 
   constructor(
     private readonly windowMs: number,
     private readonly now: () => number,
   ) {
-    this.generationEndsAt = now() + windowMs;
+    this.windows = new GenerationMap(windowMs, now());
   }
 
   apply(op: Op, key: string, a: number, b: number, c: number): BudgetState {
     const now = this.now();
-    if (now >= this.generationEndsAt) {
-      const generations = Math.floor((now - this.generationEndsAt) / this.windowMs) + 1;
-      this.previous = generations === 1 ? this.current : new Map();
-      this.current = new Map();
-      this.generationEndsAt += generations * this.windowMs;
-    }
-    let window = this.current.get(key) ?? this.previous.get(key);
+    const windows = this.windows;
+    windows.tick(now);
+    let window = windows.get(key);
     if (window === undefined || window.resetAt <= now) {
-      this.previous.delete(key);
+      windows.previous.delete(key);
       if (op === Op.Reset) {
-        this.current.delete(key);
+        windows.current.delete(key);
         return this.emptyWindow(now);
       }
       window = { requests: 0, tokens: 0, resetAt: now + this.windowMs, start: now };
       // Kept in the current generation: it ends before the next-but-one generation begins.
-      this.current.set(key, window);
+      windows.current.set(key, window);
     }
     let admitted = true;
     let reserved = 0;
@@ -108,8 +101,7 @@ export class MemoryBudgetStore implements BudgetStore {
         if (c === window.start) window.tokens = Math.max(0, window.tokens - b);
         break;
       case Op.Reset:
-        this.current.delete(key);
-        this.previous.delete(key);
+        windows.delete(key);
         return this.emptyWindow(now);
     }
     return {
@@ -128,26 +120,24 @@ export class MemoryBudgetStore implements BudgetStore {
   }
 
   get size(): number {
-    return this.current.size + this.previous.size;
+    return this.windows.size;
   }
 
   /** Every window still open (requests and tokens by key), and forgets them all. */
   drain(): Map<string, { requests: number; tokens: number }> {
     const now = this.now();
     const open = new Map<string, { requests: number; tokens: number }>();
-    for (const windows of [this.previous, this.current]) {
-      for (const [key, window] of windows) {
+    for (const generation of [this.windows.previous, this.windows.current]) {
+      for (const [key, window] of generation) {
         if (window.resetAt > now) open.set(key, { requests: window.requests, tokens: window.tokens });
       }
     }
-    this.current.clear();
-    this.previous.clear();
+    this.windows.clear();
     return open;
   }
 
   async close(): Promise<void> {
-    this.current.clear();
-    this.previous.clear();
+    this.windows.clear();
   }
 }
 
@@ -174,13 +164,7 @@ export class ClusterBudgetStore implements BudgetStore {
     private readonly windowMs: number,
     timeoutMs: number,
   ) {
-    if (!cluster.isWorker) {
-      throw new InvalidOptionError(
-        'store',
-        'Expected `store: "cluster"` in a node:cluster worker (the primary runs serveClusterBudgets())',
-      );
-    }
-    this.caller = new ClusterCaller(CHANNEL, timeoutMs);
+    this.caller = clusterCaller(CHANNEL, timeoutMs);
   }
 
   async apply(op: Op, key: string, a: number, b: number, c: number): Promise<BudgetState> {
@@ -203,21 +187,17 @@ export class ClusterBudgetStore implements BudgetStore {
 
 /**
  * Runs in the cluster primary: holds the windows of every `store: 'cluster'` key-budget instance of every worker, so
- * all workers share one budget per key. Call it once in the primary, before or after forking.
+ * all workers share one budget per key. `serveCluster()` starts it with the other pieces' servers.
+ * @deprecated Call `serveCluster()` once in the primary; this name stays for one release.
  */
 export function serveClusterBudgets(options: { now?: () => number } = {}): { close(): void } {
-  if (!cluster.isPrimary) throw new NotClusterPrimaryError('serveClusterBudgets');
   const now = options.now ?? Date.now;
-  const stores = new Map<string, MemoryBudgetStore>();
-  const channel = serveClusterChannel<ClusterCall, ClusterResult>(
-    CHANNEL,
-    ([name, windowMs, op, key, a, b, c]) => {
-      const storeKey = `${name}\u0000${windowMs}`;
-      let store = stores.get(storeKey);
-      if (store === undefined) {
-        store = new MemoryBudgetStore(windowMs, now);
-        stores.set(storeKey, store);
-      }
+  return serveClusterStates<ClusterCall, ClusterResult, MemoryBudgetStore>({
+    fn: 'serveClusterBudgets',
+    channel: CHANNEL,
+    stateKey: ([name, windowMs]) => `${name}\u0000${windowMs}`,
+    make: ([, windowMs]) => new MemoryBudgetStore(windowMs, now),
+    handle(store, [, , op, key, a, b, c]) {
       const state = store.apply(op, key, a, b, c);
       return [
         state.admitted ? 1 : 0,
@@ -228,13 +208,7 @@ export function serveClusterBudgets(options: { now?: () => number } = {}): { clo
         state.reserved,
       ];
     },
-  );
-  return {
-    close() {
-      channel.close();
-      stores.clear();
-    },
-  };
+  });
 }
 
 // ── Redis ───────────────────────────────────────────────────────────────────────────────────────────────────────

@@ -3,6 +3,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type BlockList, isIP } from 'node:net';
 import { ClosedError, type Refusal, refusalBody } from '../errors/index.js';
+import { chooseStore, StoreOutage } from '../internal/shared-store.js';
 import { clientIp, ipKey, normalizeIp, type TrustRule } from './client-ip.js';
 import type { WindowState } from './memory-store.js';
 import { type IpRateLimiterOptions, type RequestLike, resolveOptions } from './options.js';
@@ -99,9 +100,10 @@ class IpLimiter implements IpRateLimiter {
   private readonly policy: string;
   /** While the store fails: this process's share of the points (points ÷ processes, at least 1). */
   private readonly share: number;
+  /** The shared stores' outage policy: this process's share meanwhile, a hand-over once the store is back. */
+  private readonly outage: StoreOutage;
   /** What this process admitted while the store failed, by key: handed to the store once it is back. */
-  private outage: Map<string, { consumed: number; resetAt: number }> | undefined;
-  private reconciling: Promise<void> | undefined;
+  private admittedMeanwhile = new Map<string, { consumed: number; resetAt: number }>();
   private closed: Promise<void> | undefined;
   private readonly counts: RateLimiterStats = { checked: 0, refused: 0, degraded: 0, storeErrors: 0 };
 
@@ -121,17 +123,17 @@ class IpLimiter implements IpRateLimiter {
     this.legacyHeaders = options.legacyHeaders;
     const storeTimeoutMs = options.storeTimeoutMs;
     this.policy = `"${this.name}";q=${this.points};w=${this.windowSec}`;
-    this.share = Math.max(1, Math.floor(this.points / options.processes));
 
     const store = options.store;
-    this.store =
-      store === 'memory'
-        ? new LocalStore(this.windowSec, this.now)
-        : store === 'cluster'
-          ? new ClusterStore(this.name, this.windowSec, storeTimeoutMs)
-          : new RedisStore(store, this.name, this.points, this.windowSec, this.now);
+    this.store = chooseStore<unknown, Store>(store, {
+      memory: () => new LocalStore(this.windowSec, this.now),
+      cluster: () => new ClusterStore(this.name, this.windowSec, storeTimeoutMs),
+      redis: (client) => new RedisStore(client, this.name, this.points, this.windowSec, this.now),
+    });
     if (store !== 'memory' && this.onStoreError === 'insurance')
       this.insurance = new LocalStore(this.windowSec, this.now);
+    this.outage = new StoreOutage(options.processes, () => this.handOver());
+    this.share = this.outage.share(this.points);
   }
 
   /** The key of a request: the keyGenerator's, or the client IP (an IPv6 /64). */
@@ -177,7 +179,7 @@ class IpLimiter implements IpRateLimiter {
     if (this.closed !== undefined) return Promise.reject(new ClosedError('rate limiter'));
     this.counts.checked++;
     // Back from an outage? What was admitted meanwhile goes to the store before any new decision there.
-    if (this.outage !== undefined) return this.reconcileThenConsume(key, cost);
+    if (this.outage.degraded) return this.recoverThenConsume(key, cost);
     let pending: Promise<WindowState> | WindowState;
     try {
       pending = this.store.consume(key, cost);
@@ -192,9 +194,9 @@ class IpLimiter implements IpRateLimiter {
     );
   }
 
-  private async reconcileThenConsume(key: string, cost: number): Promise<RateLimitDecision> {
+  private async recoverThenConsume(key: string, cost: number): Promise<RateLimitDecision> {
     try {
-      await (this.reconciling ??= this.reconcile());
+      await this.outage.recover();
     } catch {
       return this.fallback(key, cost);
     }
@@ -206,34 +208,30 @@ class IpLimiter implements IpRateLimiter {
    * restarted empty would otherwise admit the whole limit again). Counts from before the outage are the store's own:
    * lost if it restarted without persistence. Rejects, keeping what is left, when the store fails again.
    */
-  private async reconcile(): Promise<void> {
-    const outage = this.outage!;
+  private async handOver(): Promise<void> {
+    const meanwhile = this.admittedMeanwhile;
     const now = this.now();
-    try {
-      for (const [key, { consumed, resetAt }] of outage) {
-        if (resetAt > now) await this.store.consume(key, consumed);
-        outage.delete(key);
-      }
-      this.outage = undefined;
-      this.insurance?.memory.clear();
-    } finally {
-      this.reconciling = undefined;
+    for (const [key, { consumed, resetAt }] of meanwhile) {
+      if (resetAt > now) await this.store.consume(key, consumed);
+      meanwhile.delete(key);
     }
+    this.insurance?.memory.clear();
   }
 
   /** The store failed: the insurance limiter counts (this process's share), or the fail-open/closed policy answers. */
   private fallback(key: string, cost: number): RateLimitDecision {
     this.counts.storeErrors++;
     this.counts.degraded++;
+    this.outage.failed();
     if (this.insurance !== undefined) {
       const state = this.insurance.consume(key, cost);
       const decision = this.decide(state, key, true, this.share);
       if (decision.allowed) {
         // Bounded: a flood of distinct keys during an outage keeps at most this many to hand over.
-        this.outage ??= new Map();
-        const seen = this.outage.get(key);
+        const meanwhile = this.admittedMeanwhile;
+        const seen = meanwhile.get(key);
         if (seen !== undefined) seen.consumed += cost;
-        else if (this.outage.size < 100_000) this.outage.set(key, { consumed: cost, resetAt: state.resetAt });
+        else if (meanwhile.size < 100_000) meanwhile.set(key, { consumed: cost, resetAt: state.resetAt });
       }
       return decision;
     }

@@ -1,9 +1,8 @@
 // Where rate-limit counts live: this process (memory), the cluster primary (one budget for all workers), or Redis
 // (one budget for all hosts, through rate-limiter-flexible).
-import cluster from 'node:cluster';
 import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
-import { InvalidOptionError, NotClusterPrimaryError } from '../errors/index.js';
-import { ClusterCaller, serveClusterChannel } from '../internal/cluster-rpc.js';
+import type { ClusterCaller } from '../internal/cluster-rpc.js';
+import { clusterCaller, serveClusterStates } from '../internal/shared-store.js';
 import { MemoryStore, type WindowState } from './memory-store.js';
 
 export interface Store {
@@ -44,13 +43,7 @@ export class ClusterStore implements Store {
     private readonly windowSec: number,
     timeoutMs: number,
   ) {
-    if (!cluster.isWorker) {
-      throw new InvalidOptionError(
-        'store',
-        'Expected `store: "cluster"` in a node:cluster worker (the primary runs serveClusterRateLimits())',
-      );
-    }
-    this.caller = new ClusterCaller(CHANNEL, timeoutMs);
+    this.caller = clusterCaller(CHANNEL, timeoutMs);
   }
 
   async consume(key: string, cost: number): Promise<WindowState> {
@@ -69,21 +62,17 @@ export class ClusterStore implements Store {
 
 /**
  * Runs in the cluster primary: holds the counts of every `store: 'cluster'` rate limiter of every worker, so all
- * workers share one budget. Call it once in the primary, before or after forking.
+ * workers share one budget. `serveCluster()` starts it with the other pieces' servers.
+ * @deprecated Call `serveCluster()` once in the primary; this name stays for one release.
  */
 export function serveClusterRateLimits(options: { now?: () => number } = {}): { close(): void } {
-  if (!cluster.isPrimary) throw new NotClusterPrimaryError('serveClusterRateLimits');
   const now = options.now ?? Date.now;
-  const stores = new Map<string, MemoryStore>();
-  const channel = serveClusterChannel<ClusterCall, [number, number]>(
-    CHANNEL,
-    ([name, windowSec, kind, key, cost]) => {
-      const storeKey = `${name}\u0000${windowSec}`;
-      let store = stores.get(storeKey);
-      if (store === undefined) {
-        store = new MemoryStore(windowSec, now);
-        stores.set(storeKey, store);
-      }
+  return serveClusterStates<ClusterCall, [number, number], MemoryStore>({
+    fn: 'serveClusterRateLimits',
+    channel: CHANNEL,
+    stateKey: ([name, windowSec]) => `${name}\u0000${windowSec}`,
+    make: ([, windowSec]) => new MemoryStore(windowSec, now),
+    handle(store, [, , kind, key, cost]) {
       if (kind === 1) {
         store.reset(key);
         return [0, now()];
@@ -91,13 +80,7 @@ export function serveClusterRateLimits(options: { now?: () => number } = {}): { 
       const state = store.consume(key, cost);
       return [state.consumed, state.resetAt];
     },
-  );
-  return {
-    close() {
-      channel.close();
-      stores.clear();
-    },
-  };
+  });
 }
 
 // ── Redis ───────────────────────────────────────────────────────────────────────────────────────────────────────

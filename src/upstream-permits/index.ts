@@ -9,8 +9,16 @@ import {
   RequestAbortedError,
 } from '../errors/index.js';
 import type { AbortSignalLike } from '../internal/abort.js';
+import { chooseStore } from '../internal/shared-store.js';
+import { type GiveUp, Waiter } from '../internal/waiter.js';
 import { type PermitPoolOptions, resolveOptions } from './options.js';
-import { ClusterPermitStore, MemoryPermitStore, type PermitStore, RedisPermitStore } from './stores.js';
+import {
+  ClusterPermitStore,
+  MemoryPermitStore,
+  type PermitStore,
+  type RedisPermitClient,
+  RedisPermitStore,
+} from './stores.js';
 
 export type { PermitPoolOptions } from './options.js';
 export { serveClusterPermits } from './stores.js';
@@ -70,16 +78,18 @@ export function createPermitPool(options: PermitPoolOptions): PermitPool {
   return new Pool(options);
 }
 
-interface Waiter {
-  resolve: (permit: Permit) => void;
-  reject: (error: unknown) => void;
-  enqueuedAt: number;
-  timer: NodeJS.Timeout | undefined;
-  cleanup: (() => void) | undefined;
+class PermitWaiter extends Waiter {
+  constructor(
+    readonly resource: string,
+    readonly resolve: (permit: Permit) => void,
+    readonly reject: (error: unknown) => void,
+  ) {
+    super(performance.now());
+  }
 }
 
 interface Resource {
-  waiters: Waiter[];
+  waiters: PermitWaiter[];
   /** Leases held by this process (`local:` ones were granted by the fallback policy). */
   leases: Set<string>;
   /** An acquire is on its way to the store (one at a time per resource). */
@@ -130,12 +140,11 @@ class Pool implements PermitPool {
     this.processes = processes;
     this.onStoreError = onStoreError;
     this.pollMs = pollMs;
-    this.store =
-      store === 'memory'
-        ? new MemoryPermitStore()
-        : store === 'cluster'
-          ? new ClusterPermitStore(name, storeTimeoutMs)
-          : new RedisPermitStore(store, name, leaseMs);
+    this.store = chooseStore<RedisPermitClient, PermitStore>(store, {
+      memory: () => new MemoryPermitStore(),
+      cluster: () => new ClusterPermitStore(name, storeTimeoutMs),
+      redis: (client) => new RedisPermitStore(client, name, leaseMs),
+    });
     this.shared = store !== 'memory';
     this.renewEveryMs = Math.max(50, Math.floor(leaseMs / 3));
     this.leaseMs = leaseMs;
@@ -173,47 +182,29 @@ class Pool implements PermitPool {
     if (signal?.aborted) return Promise.reject(new RequestAbortedError({ cause: signal.reason }));
     const resource = this.resource(name);
     return new Promise<Permit>((resolve, reject) => {
-      const waiter: Waiter = {
-        resolve,
-        reject,
-        enqueuedAt: performance.now(),
-        timer: undefined,
-        cleanup: undefined,
-      };
-      const timeoutMs = options?.timeoutMs;
-      if (timeoutMs !== undefined && timeoutMs > 0) {
-        waiter.timer = setTimeout(() => {
-          this.counts.timedOut++;
-          this.drop(resource, waiter, new PermitTimeoutError(performance.now() - waiter.enqueuedAt, name));
-        }, timeoutMs);
-        waiter.timer.unref();
-      }
-      if (signal !== undefined) {
-        const onAbort = () => {
-          this.counts.aborted++;
-          this.drop(resource, waiter, new RequestAbortedError({ cause: signal.reason }));
-        };
-        signal.addEventListener('abort', onAbort, { once: true });
-        waiter.cleanup = () => signal.removeEventListener('abort', onAbort);
-      }
+      const waiter = new PermitWaiter(name, resolve, reject);
+      waiter.watch(options?.timeoutMs ?? 0, signal, this.giveUp);
       resource.waiters.push(waiter);
       this.pump(name, resource);
     });
   }
 
-  /** A waiter gives up: out of the line, answered. */
-  private drop(resource: Resource, waiter: Waiter, error: unknown): void {
-    const at = resource.waiters.indexOf(waiter);
+  /** A waiter gives up (its timeout, its signal): out of the line, answered. */
+  private readonly giveUp = (waiter: PermitWaiter, why: GiveUp): void => {
+    const resource = this.resources.get(waiter.resource);
+    const at = resource === undefined ? -1 : resource.waiters.indexOf(waiter);
     if (at === -1) return;
-    resource.waiters.splice(at, 1);
-    this.settle(waiter);
-    waiter.reject(error);
-  }
-
-  private settle(waiter: Waiter): void {
-    if (waiter.timer !== undefined) clearTimeout(waiter.timer);
-    waiter.cleanup?.();
-  }
+    resource!.waiters.splice(at, 1);
+    const reason = waiter.abortReason;
+    waiter.stopWatching();
+    if (why === 'timeout') {
+      this.counts.timedOut++;
+      waiter.reject(new PermitTimeoutError(performance.now() - waiter.enqueuedAt, waiter.resource));
+    } else {
+      this.counts.aborted++;
+      waiter.reject(new RequestAbortedError({ cause: reason }));
+    }
+  };
 
   /**
    * What this process may hold of a resource while the store fails. When the store's last answer said how many every
@@ -293,7 +284,7 @@ class Pool implements PermitPool {
       this.releaseToStore(name, lease);
       return;
     }
-    this.settle(waiter);
+    waiter.stopWatching();
     resource.leases.add(lease);
     this.counts.acquired++;
     let released = false;
@@ -393,7 +384,7 @@ class Pool implements PermitPool {
     for (const resource of this.resources.values()) {
       if (resource.poll !== undefined) clearTimeout(resource.poll);
       for (const waiter of resource.waiters.splice(0)) {
-        this.settle(waiter);
+        waiter.stopWatching();
         waiter.reject(new ClosedError('permit pool'));
       }
     }

@@ -1,10 +1,9 @@
 // Where permits are counted: this process (memory), the cluster primary (every worker of a host), or Redis (every
 // host: one sorted set of leases per resource, scored by expiry on Redis's own clock).
-import cluster, { type Worker } from 'node:cluster';
 import { randomBytes } from 'node:crypto';
-import { InvalidOptionError, NotClusterPrimaryError } from '../errors/index.js';
-import { ClusterCaller, serveClusterChannel } from '../internal/cluster-rpc.js';
+import type { ClusterCaller } from '../internal/cluster-rpc.js';
 import { RedisScript, type RedisScriptClient } from '../internal/redis-script.js';
+import { clusterCaller, serveClusterStates } from '../internal/shared-store.js';
 
 export interface PermitStore {
   /** A lease id when a permit was free (and is now held), undefined when none is. Throws when the store fails. */
@@ -59,13 +58,7 @@ export class ClusterPermitStore implements PermitStore {
     private readonly name: string,
     timeoutMs: number,
   ) {
-    if (!cluster.isWorker) {
-      throw new InvalidOptionError(
-        'store',
-        'Expected `store: "cluster"` in a node:cluster worker (the primary runs serveClusterPermits())',
-      );
-    }
-    this.caller = new ClusterCaller(CHANNEL, timeoutMs);
+    this.caller = clusterCaller(CHANNEL, timeoutMs);
   }
 
   async tryAcquire(resource: string, limit: number): Promise<string | undefined> {
@@ -84,22 +77,17 @@ export class ClusterPermitStore implements PermitStore {
 /**
  * Runs in the cluster primary: counts the permits of every `store: 'cluster'` pool of every worker, so all workers of
  * the host share one limit per resource. A worker that exits (crash, SIGKILL) has its permits returned at once.
+ * `serveCluster()` starts it with the other pieces' servers.
+ * @deprecated Call `serveCluster()` once in the primary; this name stays for one release.
  */
 export function serveClusterPermits(): { close(): void } {
-  if (!cluster.isPrimary) throw new NotClusterPrimaryError('serveClusterPermits');
-  /** Leases held, by pool and resource: lease → worker id. */
-  const pools = new Map<string, Map<string, Map<string, number>>>();
-  const leasesOf = (name: string, resource: string) => {
-    let pool = pools.get(name);
-    if (pool === undefined) pools.set(name, (pool = new Map()));
-    let leases = pool.get(resource);
-    if (leases === undefined) pool.set(resource, (leases = new Map()));
-    return leases;
-  };
-  const channel = serveClusterChannel<ClusterCall, string | null>(
-    CHANNEL,
-    ([name, op, resource, arg], worker) => {
-      const leases = leasesOf(name, resource);
+  /** Per pool and resource, the leases held: lease → worker id. */
+  return serveClusterStates<ClusterCall, string | null, Map<string, number>>({
+    fn: 'serveClusterPermits',
+    channel: CHANNEL,
+    stateKey: ([name, , resource]) => `${name}\u0000${resource}`,
+    make: () => new Map(),
+    handle(leases, [, op, , arg], worker) {
       if (op === 1) {
         leases.delete(String(arg));
         return null;
@@ -109,20 +97,11 @@ export function serveClusterPermits(): { close(): void } {
       leases.set(lease, worker.id);
       return lease;
     },
-  );
-  const onExit = (worker: Worker) => {
-    for (const pool of pools.values())
-      for (const leases of pool.values())
+    onWorkerExit(pools, worker) {
+      for (const leases of pools.values())
         for (const [lease, owner] of leases) if (owner === worker.id) leases.delete(lease);
-  };
-  cluster.on('exit', onExit);
-  return {
-    close() {
-      channel.close();
-      cluster.off('exit', onExit);
-      pools.clear();
     },
-  };
+  });
 }
 
 // ── Redis ───────────────────────────────────────────────────────────────────────────────────────────────────────

@@ -1,12 +1,12 @@
 // A node:cluster app for the cluster-store test: the primary holds the counts, four workers serve one port. With
 // SERVE_RATE_LIMITS=0 the primary does not serve the counts (a primary that never answers).
-import { createIpRateLimiter, serveClusterRateLimits } from '../../src/index.js';
+import { createIpRateLimiter, serveCluster } from '../../src/index.js';
 import { runClusterApp } from '../helpers/cluster-app.js';
 
 runClusterApp({
   workers: 4,
   primary: () => {
-    if (process.env.SERVE_RATE_LIMITS !== '0') serveClusterRateLimits();
+    if (process.env.SERVE_RATE_LIMITS !== '0') serveCluster();
   },
   worker: () => {
     const limiter = createIpRateLimiter({ store: 'cluster', points: 20, windowSec: 60, storeTimeoutMs: 300 });

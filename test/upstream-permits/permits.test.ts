@@ -79,7 +79,7 @@ describe('createPermitPool (memory)', () => {
     expect(() => createPermitPool({ permits: 0 })).toThrow(/permits/);
     expect(() => createPermitPool({ permits: 1, store: 'disk' as never })).toThrow(/store/);
     expect(() => createPermitPool({ permits: 1, leaseMs: 5 })).toThrow(/leaseMs/);
-    expect(() => createPermitPool({ permits: 1, store: 'cluster' })).toThrow(/serveClusterPermits/);
+    expect(() => createPermitPool({ permits: 1, store: 'cluster' })).toThrow(/serveCluster\(\)/);
     expect(() => createVllmClient({ baseUrl: 'http://x', permits: {} as never })).toThrow(/permits/);
   });
 });
