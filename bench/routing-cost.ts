@@ -4,8 +4,8 @@
 // Run: npx tsx bench/routing-cost.ts [--quick]
 import type { ResolvedClientOptions } from '../src/client/options.js';
 import { resolveClientOptions } from '../src/client/options.js';
-import { Router, type RoutingUpdate, type Upstream } from '../src/client/router.js';
-import { routingBlocks } from '../src/client/routing.js';
+import { Router, type RoutingUpdate, type Upstream } from '../src/client/replica-pool.js';
+import { routingBlocks } from '../src/client/routing-policy.js';
 import { median } from './lib/load.js';
 
 const quick = process.argv.includes('--quick');

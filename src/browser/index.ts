@@ -2,7 +2,7 @@
 // vllm-kit/browser: remembers, for a few minutes, that the backend accepted the user's token, so route changes don't
 // re-verify it on every navigation. Dependency-free and free of Node built-ins. A user-experience optimisation only:
 // the server still checks the token on every request.
-import { InvalidOptionError } from '../errors/index.js';
+import { invalid } from '../internal/validate.js';
 
 export interface BrowserTokenCacheOptions<P> {
   /** Asks the backend, e.g. `GET /auth/verify` with the token: the principal when valid, `null` when not; throws when it cannot tell. */
@@ -37,14 +37,6 @@ interface Entry<P> {
   e: number;
   /** The verified principal. */
   p: P;
-}
-
-function fail(option: string, expected: string, value: unknown): never {
-  const shown =
-    typeof value === 'string'
-      ? `\`${JSON.stringify(value)}\` (string)`
-      : `\`${String(value)}\` (${typeof value})`;
-  throw new InvalidOptionError(option, `Expected \`${option}\` to be ${expected}, got ${shown}`);
 }
 
 /** localStorage, if this browser lets us use it (private modes and disabled storage throw or refuse writes). */
@@ -86,16 +78,17 @@ async function sha256(text: string): Promise<string | undefined> {
  * const user = await auth.check(localStorage.getItem('token'));
  */
 export function createBrowserTokenCache<P>(options: BrowserTokenCacheOptions<P>): BrowserTokenCache<P> {
-  if (typeof options !== 'object' || options === null) fail('options', 'an object', options);
+  if (typeof options !== 'object' || options === null) throw invalid('options', 'an object', options);
   const { verify } = options;
-  if (typeof verify !== 'function') fail('verify', 'a function (token) => Promise<principal | null>', verify);
+  if (typeof verify !== 'function')
+    throw invalid('verify', 'a function (token) => Promise<principal | null>', verify);
   const ttlMs = options.ttlMs ?? 300_000;
   if (typeof ttlMs !== 'number' || !(ttlMs > 0) || !Number.isFinite(ttlMs))
-    fail('ttlMs', 'a number > 0', ttlMs);
+    throw invalid('ttlMs', 'a number > 0', ttlMs);
   const key = options.key ?? 'vllm-kit:auth';
-  if (typeof key !== 'string' || key === '') fail('key', 'a non-empty string', key);
+  if (typeof key !== 'string' || key === '') throw invalid('key', 'a non-empty string', key);
   const now = options.now ?? Date.now;
-  if (typeof now !== 'function') fail('now', 'a function', now);
+  if (typeof now !== 'function') throw invalid('now', 'a function', now);
 
   const storage = usableStorage(options.storage);
   let memory: Entry<P> | undefined;

@@ -16,14 +16,14 @@ import {
   type VllmKitError,
 } from '../errors/index.js';
 import { type AbortSignalLike, LightAbortSignal } from '../internal/abort.js';
-import type { Permit } from '../upstream-permits/index.js';
+import type { Permit, PermitPool } from '../upstream-permits/index.js';
 import { errorFromStatus, errorFromStreamEvent, errorFromTransport } from './map-error.js';
 import { type ModelAlias, renameModelStream, renameModelWebStream } from './model-alias.js';
 import { type ResolvedClientOptions, resolveClientOptions, type VllmClientOptions } from './options.js';
 import { isReplayableBody, ReplayDispatcher } from './replay.js';
+import { type RoutedOptions, Router } from './replica-pool.js';
 import { backoffDelay, isRetryableStatus, parseRetryAfter, RetryBudget } from './retry.js';
-import { type RoutedOptions, Router } from './router.js';
-import { routingBlocks } from './routing.js';
+import { type RoutingBlocks, routingBlocks } from './routing-policy.js';
 import { SocketTracker } from './socket-tracker.js';
 import { SseParser } from './sse.js';
 import { type CallTelemetry, ClientTelemetry } from './telemetry.js';
@@ -250,6 +250,36 @@ class CallSignal extends LightAbortSignal {
     if (this.onUserAbort) this.userSignal?.removeEventListener('abort', this.onUserAbort);
     this.onUserAbort = undefined;
   };
+}
+
+/** Where a call goes (stage 1 of `send`). */
+interface CallRoute {
+  /** The request, with the served model's name when it used an alias. */
+  spec: SendSpec;
+  /** The replica the caller named. */
+  replica: string | undefined;
+  routeKey: string | undefined;
+  blocks: RoutingBlocks | undefined;
+  model: string | undefined;
+  alias: ModelAlias | undefined;
+  /** Time already spent waiting for an adapter load. */
+  waitedMs: number;
+}
+
+/** One call in flight (stage 2 on): its signal, span, target and what its attempts share. */
+interface CallState extends CallRoute {
+  options: CallOptions | undefined;
+  signal: CallSignal;
+  call: CallTelemetry | undefined;
+  /** The replica chosen before the first attempt (named, or chosen for a permit); undefined: the router picks. */
+  target: string | undefined;
+  /** Clears the call's timers and signal listener, returns its permit and ends its span: once, when it is over. */
+  done: () => void;
+  headers: string[];
+  startedAt: number;
+  replayable: boolean;
+  /** A replica that failed this call: a retry goes elsewhere when there is elsewhere to go. */
+  avoid: string | undefined;
 }
 
 interface SendSpec {
@@ -778,11 +808,27 @@ class Client implements VllmClient {
     return headers;
   }
 
-  /** One call: attempts with retries, a total timeout, the caller's signal, and status errors mapped. */
+  /**
+   * One call, in stages: where it goes (`route`), its signal, span and permit (`open`), then attempts with retries
+   * (`attempt`, `retryAfterStatus`), status errors mapped.
+   */
   private async send(spec: SendSpec, options?: CallOptions): Promise<Sent> {
     if (this.closed) throw new ClosedError('client');
+    const route = await this.route(spec, options);
+    const state = await this.open(route, options);
+    for (let attempt = 0; ; attempt++) {
+      const sent = await this.attempt(state, attempt);
+      if (sent !== undefined) return sent;
+    }
+  }
+
+  /**
+   * Stage 1, routing: the replica the caller named, the routing key and prompt blocks the policy uses (only a policy
+   * that uses them pays for them), and the model: an alias resolved, a declared adapter loaded if no replica serves it
+   * (the wait counts against the call's total timeout), unknown → refused before anything is sent.
+   */
+  private async route(spec: SendSpec, options: CallOptions | undefined): Promise<CallRoute> {
     const replica = options?.replica === undefined ? undefined : this.replicaOf(options.replica);
-    // Only a policy that uses it pays for the key (a short prefix of the prompt).
     const router = this.router;
     const routeKey =
       router === undefined || !router.keyed || replica !== undefined
@@ -790,19 +836,21 @@ class Client implements VllmClient {
         : options?.routingKey !== undefined
           ? `a:${options.routingKey}`
           : router.keyOf(spec.routingBody);
-    // The prefix policy matches the prompt's blocks against what each replica holds (or the caller's affinity key).
     const blocks =
       router?.cacheAware === true &&
       replica === undefined &&
       (spec.routingBody !== undefined || options?.routingKey !== undefined)
         ? routingBlocks(spec.routingBody, this.options.routingPrefixChars, options?.routingKey)
         : undefined;
-    // Routing by model: an alias resolved, a declared adapter loaded if no replica serves it, then only replicas
-    // serving the body's `model`; none → refused before anything is sent.
-    let model: string | undefined;
-    let alias: ModelAlias | undefined;
-    /** Time already spent waiting for an adapter load: it counts against the call's total timeout. */
-    let waitedMs = 0;
+    const route: CallRoute = {
+      spec,
+      replica,
+      routeKey,
+      blocks,
+      model: undefined,
+      alias: undefined,
+      waitedMs: 0,
+    };
     if (
       router !== undefined &&
       replica === undefined &&
@@ -810,9 +858,23 @@ class Client implements VllmClient {
       (router.routesByModel || this.hasAliases)
     ) {
       const resolving = performance.now();
-      ({ model, alias, spec } = await this.resolveModel(spec, options));
-      waitedMs = performance.now() - resolving;
+      const resolved = await this.resolveModel(spec, options);
+      route.spec = resolved.spec;
+      route.model = resolved.model;
+      route.alias = resolved.alias;
+      route.waitedMs = performance.now() - resolving;
     }
+    return route;
+  }
+
+  /**
+   * Stage 2, the call's own state: its signal (the caller's signal and the total timeout), its span (telemetry on),
+   * and a permit for its replica when the client shares a limit per replica — the replica is chosen now, and the
+   * permit goes back when the call is over, whichever way. Only work takes a permit (POST: generations, embeddings);
+   * probes (GET /health, /v1/models) never wait for one.
+   */
+  private async open(route: CallRoute, options: CallOptions | undefined): Promise<CallState> {
+    const spec = route.spec;
     this.requests++;
     this.budget.recordRequest();
     const requestId = options?.requestId;
@@ -820,169 +882,186 @@ class Client implements VllmClient {
     if (userSignal?.aborted)
       throw this.fail(new RequestAbortedError({ requestId, cause: userSignal.reason }));
     const totalMs = options?.timeoutMs ?? this.options.totalTimeoutMs;
-    const signal = new CallSignal(requestId, userSignal, totalMs > 0 ? Math.max(1, totalMs - waitedMs) : 0);
-    const abort = signal.abort;
-    let target = replica;
-    // A span for an inference call (telemetry on): it ends with the call, and its context goes upstream.
+    const signal = new CallSignal(
+      requestId,
+      userSignal,
+      totalMs > 0 ? Math.max(1, totalMs - route.waitedMs) : 0,
+    );
     const call = this.telemetry?.start({
       path: spec.path,
       body: spec.routingBody,
       stream: spec.stream || (spec.routingBody as { stream?: unknown } | undefined)?.stream === true,
       parent: options?.traceContext,
       requestId,
-      origin: target ?? (this.router === undefined ? this.origin : undefined),
+      origin: route.replica ?? (this.router === undefined ? this.origin : undefined),
     });
-    let done =
-      call === undefined
-        ? signal.done
-        : () => {
-            signal.done();
-            call.end(signal.aborted ? signal.reason : undefined);
-          };
-    // A permit for the replica first, when the client shares a limit per replica: the replica is chosen now, and
-    // the permit goes back when the call is over, whichever way.
-    // Only work takes a permit (POST: generations, embeddings); probes (GET /health, /v1/models) never wait for one.
+    const state: CallState = {
+      ...route,
+      options,
+      signal,
+      call,
+      target: route.replica,
+      done:
+        call === undefined
+          ? signal.done
+          : () => {
+              signal.done();
+              call.end(signal.aborted ? signal.reason : undefined);
+            },
+      headers: [],
+      startedAt: 0,
+      replayable: spec.retry !== false && isReplayableBody(spec.body),
+      avoid: undefined,
+    };
     const permits = spec.method === 'POST' ? this.options.permits : undefined;
-    if (permits !== undefined) {
-      target ??=
-        this.router === undefined ? this.origin : this.router.choose({ routeKey, blocks, model }).origin;
-      let permit: Permit;
-      try {
-        const timeoutMs = this.options.permitTimeoutMs;
-        permit = await permits.acquire(target, timeoutMs > 0 ? { signal, timeoutMs } : { signal });
-      } catch (error) {
-        const failure = signal.aborted
-          ? this.fail(this.mapError(signal.reason, signal, options, target))
-          : error;
-        call?.fail(failure);
-        done();
-        throw failure;
-      }
-      const finish = done;
-      done = () => {
-        finish();
-        permit.release();
-      };
-    }
-    let headers = this.buildHeaders(spec, options);
-    if (call !== undefined) headers = withTraceHeaders(headers, call.traceHeaders());
-    const startedAt = performance.now();
-    const replayable = spec.retry !== false && isReplayableBody(spec.body);
-    /** A replica that failed this call: a retry goes elsewhere when there is elsewhere to go. */
-    let avoid: string | undefined;
+    if (permits !== undefined) await this.takePermit(state, permits);
+    state.headers = this.buildHeaders(spec, options);
+    if (call !== undefined) state.headers = withTraceHeaders(state.headers, call.traceHeaders());
+    state.startedAt = performance.now();
+    return state;
+  }
 
-    for (let attempt = 0; ; attempt++) {
-      let response: Dispatcher.ResponseData;
-      call?.attempt();
-      const request: Dispatcher.RequestOptions & RoutedOptions = {
-        origin: target ?? this.origin,
-        // The router sends a request that names its replica there (an injected dispatcher goes by origin).
-        replica: target,
-        routeKey,
-        blocks,
-        avoid,
-        model,
-        telemetry: call,
-        path: spec.path,
-        method: spec.method,
-        headers,
-        body: spec.body ?? null,
-        signal,
-        headersTimeout: this.options.firstByteTimeoutMs,
-        // Streams get their own first-event and idle timers; undici's body timer would count the queue wait.
-        bodyTimeout: spec.stream ? 0 : this.options.idleTimeoutMs,
-      };
-      try {
-        (options as RawRequest | undefined)?.onDispatch?.();
-        response = await this.dispatcher.request(request);
-      } catch (error) {
-        const mapped = this.mapError(error, signal, options, servedBy(request));
-        const retryable =
-          (mapped instanceof UpstreamConnectionError ||
-            (mapped instanceof UpstreamTimeoutError && mapped.timeout === 'connect')) &&
-          replayable;
-        if (retryable && this.takeRetry(attempt, signal)) {
-          if (target === undefined) avoid = servedBy(request);
-          call?.retried(attempt, mapped);
-          await sleep(
-            backoffDelay(attempt, this.options.retryBaseDelayMs, this.options.retryMaxDelayMs, Math.random),
-            signal,
-          );
-          if (!signal.aborted) continue;
-        }
-        const failure = this.fail(
-          signal.aborted ? this.mapError(error, signal, options, servedBy(request)) : mapped,
-          call,
-        );
-        done();
-        throw failure;
-      }
-
-      const status = response.statusCode;
-      // A replica that no longer serves the model (unloaded, restarted with another): its models are read again.
-      if (status === 404 && model !== undefined) this.router?.modelMissing(servedBy(request));
-      if (
-        status >= 500 &&
-        spec.retryElsewhere === true &&
-        avoid === undefined &&
-        target === undefined &&
-        (this.router?.upstreams.length ?? 0) > 1 &&
-        isRetryableStatus(status) &&
-        replayable &&
-        this.takeRetry(attempt, signal)
-      ) {
-        // Once, at once, on another replica: the caller has seen nothing yet (outlier ejection takes the failing
-        // replica out after a few of these).
-        avoid = servedBy(request);
-        call?.retried(attempt, status);
-        await response.body.dump().catch(() => {});
-        if (!signal.aborted) continue;
-        const failure = this.fail(this.mapError(signal.reason, signal, options, avoid), call);
-        done();
-        throw failure;
-      }
-      if (
-        status >= 400 &&
-        spec.retryStatuses !== false &&
-        isRetryableStatus(status) &&
-        replayable &&
-        this.takeRetry(attempt, signal)
-      ) {
-        call?.retried(attempt, status);
-        await response.body.dump().catch(() => {});
-        await sleep(this.retryDelay(attempt, response.headers), signal);
-        if (!signal.aborted) continue;
-        const failure = this.fail(this.mapError(signal.reason, signal, options, servedBy(request)), call);
-        done();
-        throw failure;
-      }
-      if (status >= 400 && !spec.passErrors) {
-        let text = '';
-        try {
-          text = await response.body.text();
-        } catch {
-          // The status is what matters; a broken error body is not.
-        }
-        const failure = this.fail(
-          errorFromStatus(status, response.headers, text, { requestId, upstream: servedBy(request) }),
-          call,
-        );
-        done();
-        throw failure;
-      }
-      return {
-        status,
-        headers: response.headers,
-        body: response.body as Sent['body'],
-        abort,
-        done,
-        signal,
-        startedAt,
-        call,
-        upstream: servedBy(request),
-        alias,
-      };
+  private async takePermit(state: CallState, permits: PermitPool): Promise<void> {
+    const { signal, call } = state;
+    const target = (state.target ??=
+      this.router === undefined
+        ? this.origin
+        : this.router.choose({ routeKey: state.routeKey, blocks: state.blocks, model: state.model }).origin);
+    let permit: Permit;
+    try {
+      const timeoutMs = this.options.permitTimeoutMs;
+      permit = await permits.acquire(target, timeoutMs > 0 ? { signal, timeoutMs } : { signal });
+    } catch (error) {
+      const failure = signal.aborted
+        ? this.fail(this.mapError(signal.reason, signal, state.options, target))
+        : error;
+      call?.fail(failure);
+      state.done();
+      throw failure;
     }
+    const finish = state.done;
+    state.done = () => {
+      finish();
+      permit.release();
+    };
+  }
+
+  /**
+   * Stage 3, one attempt: the answer (a `Sent`), or undefined to try again (a connection failure, a retryable
+   * status, once the backoff has passed), or a thrown, mapped error.
+   */
+  private async attempt(state: CallState, attempt: number): Promise<Sent | undefined> {
+    const { spec, signal, call, options } = state;
+    call?.attempt();
+    const request: Dispatcher.RequestOptions & RoutedOptions = {
+      origin: state.target ?? this.origin,
+      // The router sends a request that names its replica there (an injected dispatcher goes by origin).
+      replica: state.target,
+      routeKey: state.routeKey,
+      blocks: state.blocks,
+      avoid: state.avoid,
+      model: state.model,
+      telemetry: call,
+      path: spec.path,
+      method: spec.method,
+      headers: state.headers,
+      body: spec.body ?? null,
+      signal,
+      headersTimeout: this.options.firstByteTimeoutMs,
+      // Streams get their own first-event and idle timers; undici's body timer would count the queue wait.
+      bodyTimeout: spec.stream ? 0 : this.options.idleTimeoutMs,
+    };
+    let response: Dispatcher.ResponseData;
+    try {
+      (options as RawRequest | undefined)?.onDispatch?.();
+      response = await this.dispatcher.request(request);
+    } catch (error) {
+      const mapped = this.mapError(error, signal, options, servedBy(request));
+      const retryable =
+        (mapped instanceof UpstreamConnectionError ||
+          (mapped instanceof UpstreamTimeoutError && mapped.timeout === 'connect')) &&
+        state.replayable;
+      if (retryable && this.takeRetry(attempt, signal)) {
+        if (state.target === undefined) state.avoid = servedBy(request);
+        call?.retried(attempt, mapped);
+        const delay = backoffDelay(
+          attempt,
+          this.options.retryBaseDelayMs,
+          this.options.retryMaxDelayMs,
+          Math.random,
+        );
+        await sleep(delay, signal);
+        if (!signal.aborted) return undefined;
+      }
+      throw this.failCall(
+        state,
+        signal.aborted ? this.mapError(error, signal, options, servedBy(request)) : mapped,
+      );
+    }
+    const status = response.statusCode;
+    // A replica that no longer serves the model (unloaded, restarted with another): its models are read again.
+    if (status === 404 && state.model !== undefined) this.router?.modelMissing(servedBy(request));
+    if (status >= 400 && (await this.retryAfterStatus(state, attempt, response, servedBy(request))))
+      return undefined;
+    if (status >= 400 && !spec.passErrors) {
+      let text = '';
+      try {
+        text = await response.body.text();
+      } catch {
+        // The status is what matters; a broken error body is not.
+      }
+      const context = { requestId: options?.requestId, upstream: servedBy(request) };
+      throw this.failCall(state, errorFromStatus(status, response.headers, text, context));
+    }
+    return {
+      status,
+      headers: response.headers,
+      body: response.body as Sent['body'],
+      abort: signal.abort,
+      done: state.done,
+      signal,
+      startedAt: state.startedAt,
+      call,
+      upstream: servedBy(request),
+      alias: state.alias,
+    };
+  }
+
+  /**
+   * An error status: true when the call is retried — a 5xx once, at once, on another replica (the caller has seen
+   * nothing yet; outlier ejection takes the failing replica out after a few of these), or a retryable status after
+   * its Retry-After or a backoff. Throws when the call's signal aborts meanwhile.
+   */
+  private async retryAfterStatus(
+    state: CallState,
+    attempt: number,
+    response: Dispatcher.ResponseData,
+    upstream: string,
+  ): Promise<boolean> {
+    const { spec, signal, call } = state;
+    const status = response.statusCode;
+    if (!isRetryableStatus(status) || !state.replayable) return false;
+    const elsewhere =
+      status >= 500 &&
+      spec.retryElsewhere === true &&
+      state.avoid === undefined &&
+      state.target === undefined &&
+      (this.router?.upstreams.length ?? 0) > 1;
+    if (!elsewhere && spec.retryStatuses === false) return false;
+    if (!this.takeRetry(attempt, signal)) return false;
+    call?.retried(attempt, status);
+    await response.body.dump().catch(() => {});
+    if (elsewhere) state.avoid = upstream;
+    else await sleep(this.retryDelay(attempt, response.headers), signal);
+    if (!signal.aborted) return true;
+    throw this.failCall(state, this.mapError(signal.reason, signal, state.options, upstream));
+  }
+
+  /** Counts the failure, ends the call (its timers, permit, span), and returns the error to throw. */
+  private failCall(state: CallState, error: VllmKitError): VllmKitError {
+    const failure = this.fail(error, state.call);
+    state.done();
+    return failure;
   }
 
   /** The origin of a replica the caller named, which must be one of `baseUrls`. */

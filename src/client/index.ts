@@ -9,8 +9,8 @@ export {
   type VllmClientStats,
 } from './client.js';
 export type { VllmClientOptions } from './options.js';
-export type { RoutingSync, RoutingUpdate } from './router.js';
-export type { RoutingCandidate, RoutingFunction, RoutingPolicy } from './routing.js';
+export type { RoutingSync, RoutingUpdate } from './replica-pool.js';
+export type { RoutingCandidate, RoutingFunction, RoutingPolicy } from './routing-policy.js';
 export { clusterRoutingSync, redisRoutingSync, serveClusterRoutingSync } from './routing-sync.js';
 export type { TelemetryOptions } from './telemetry.js';
 export type {

@@ -13,8 +13,8 @@ import {
   rejectUnknownKeys,
 } from '../internal/validate.js';
 import type { PermitPool } from '../upstream-permits/index.js';
-import type { RoutingSync } from './router.js';
-import type { RoutingPolicy } from './routing.js';
+import type { RoutingSync } from './replica-pool.js';
+import type { RoutingPolicy } from './routing-policy.js';
 import type { ResolvedTelemetryOptions, TelemetryOptions } from './telemetry.js';
 
 function permitsOption(value: unknown): PermitPool | undefined {

@@ -4,7 +4,7 @@
 // ("other side closed") before any response byte, and dispatching the same options and handler again makes undici
 // send it on another (live or new) connection — the dead socket is already gone from the pool.
 import { Dispatcher } from 'undici';
-import type { RoutedOptions, Upstream } from './router.js';
+import type { RoutedOptions, Upstream } from './replica-pool.js';
 import type { Attempt, SocketTracker } from './socket-tracker.js';
 import type { CallTelemetry } from './telemetry.js';
 

@@ -7,7 +7,7 @@ import cluster, { type Worker } from 'node:cluster';
 import { randomBytes } from 'node:crypto';
 import { NotClusterPrimaryError } from '../errors/index.js';
 import type { RedisLike, RedisSubscriberLike } from '../token-cache/options.js';
-import type { RoutingSync, RoutingUpdate } from './router.js';
+import type { RoutingSync, RoutingUpdate } from './replica-pool.js';
 
 const TAG = 'vllm-kit:routing-sync';
 

@@ -9,12 +9,13 @@ import type { FastifyReplyLike } from '../rate-limit/index.js';
 import { type KeyBudgetsOptions, resolveOptions } from './options.js';
 import { type BudgetSettlement, type BudgetSettlementOptions, Settlement } from './settlement.js';
 import {
+  type BudgetOperation,
   type BudgetState,
   type BudgetStore,
   ClusterBudgetStore,
   MemoryBudgetStore,
   NO_LIMIT,
-  Op,
+  NO_WINDOW,
   RESERVE_REST,
   RedisBudgetStore,
   type RedisScriptClient,
@@ -151,6 +152,16 @@ export interface KeyBudgets {
   close(): Promise<void>;
 }
 
+/** A request counted without limits (handing over what was admitted during an outage). */
+const UNLIMITED_ADMIT: BudgetOperation = {
+  op: 'admit',
+  requestLimit: NO_LIMIT,
+  tokenLimit: NO_LIMIT,
+  reserve: 0,
+};
+const RESET: BudgetOperation = { op: 'reset' };
+const chargeOf = (used: number): BudgetOperation => ({ op: 'charge', used, reserved: 0, window: NO_WINDOW });
+
 /** Formats a duration as OpenAI's rate-limit headers do (Go's `time.Duration`): `500ms`, `1.5s`, `6m0s`, `1h2m3s`. */
 export function formatResetDuration(ms: number): string {
   const total = Math.max(0, Math.round(ms));
@@ -222,18 +233,15 @@ class Budgets implements KeyBudgets {
 
   /** Runs an operation on the store; when it fails, on the insurance store (undefined without one). */
   private async apply(
-    op: Op,
     key: string,
-    a: number,
-    b: number,
-    c: number,
+    operation: BudgetOperation,
   ): Promise<{ state: BudgetState | undefined; degraded: boolean }> {
     if (this.closed !== undefined) throw new ClosedError('key budgets');
     let state: BudgetState;
     try {
       // Back from an outage? What was counted meanwhile goes to the store before any new decision there.
       if (this.outage.degraded) await this.outage.recover();
-      const pending = this.store.apply(op, key, a, b, c);
+      const pending = this.store.apply(key, operation);
       state = pending instanceof Promise ? await pending : pending;
     } catch {
       this.outage.failed();
@@ -241,13 +249,15 @@ class Budgets implements KeyBudgets {
       if (this.insurance === undefined) return { state: undefined, degraded: true };
       // This process's share of each limit: together they stay within it.
       const share = (limit: number) => (limit === NO_LIMIT ? limit : this.outage.share(limit));
-      return {
-        state:
-          op === Op.Admit
-            ? this.insurance.apply(op, key, share(a), share(b), c)
-            : this.insurance.apply(op, key, a, b, c),
-        degraded: true,
-      };
+      const insured =
+        operation.op === 'admit'
+          ? {
+              ...operation,
+              requestLimit: share(operation.requestLimit),
+              tokenLimit: share(operation.tokenLimit),
+            }
+          : operation;
+      return { state: this.insurance.apply(key, insured), degraded: true };
     }
     return { state, degraded: false };
   }
@@ -265,15 +275,15 @@ class Budgets implements KeyBudgets {
       const [key, counts] = windows[i]!;
       try {
         while (counts.requests > 0) {
-          await this.store.apply(Op.Admit, key, NO_LIMIT, NO_LIMIT, 0);
+          await this.store.apply(key, UNLIMITED_ADMIT);
           counts.requests--;
         }
-        if (counts.tokens > 0) await this.store.apply(Op.Charge, key, counts.tokens, 0, -1);
+        if (counts.tokens > 0) await this.store.apply(key, chargeOf(counts.tokens));
       } catch (error) {
         // Down again: what is left stays counted here.
         for (const [rest, left] of windows.slice(i)) {
-          for (let r = 0; r < left.requests; r++) insurance.apply(Op.Admit, rest, NO_LIMIT, NO_LIMIT, 0);
-          if (left.tokens > 0) insurance.apply(Op.Charge, rest, left.tokens, 0, -1);
+          for (let r = 0; r < left.requests; r++) insurance.apply(rest, UNLIMITED_ADMIT);
+          if (left.tokens > 0) insurance.apply(rest, chargeOf(left.tokens));
         }
         throw error;
       }
@@ -319,7 +329,12 @@ class Budgets implements KeyBudgets {
       };
     }
     // Nothing is reserved against no limit.
-    const { state, degraded } = await this.apply(Op.Admit, key, requests, tokens, reserved);
+    const { state, degraded } = await this.apply(key, {
+      op: 'admit',
+      requestLimit: requests,
+      tokenLimit: tokens,
+      reserve: reserved,
+    });
     if (state === undefined) {
       // The store failed and no insurance: the fail-open/closed policy answers.
       const allowed = this.onStoreError === 'open';
@@ -374,21 +389,25 @@ class Budgets implements KeyBudgets {
     const used = Number.isSafeInteger(tokens) && tokens > 0 ? tokens : 0;
     this.counts.settled++;
     if (reservation === undefined) {
-      if (used > 0) await this.apply(Op.Charge, key, used, 0, -1);
+      if (used > 0) await this.apply(key, chargeOf(used));
       return;
     }
-    await this.apply(Op.Charge, key, used, reservation.tokens, reservation.window);
+    await this.apply(key, { op: 'charge', used, reserved: reservation.tokens, window: reservation.window });
   }
 
   async refund(key: string, reservation?: BudgetReservation): Promise<void> {
     this.counts.refunded++;
-    await this.apply(Op.Refund, key, 0, reservation?.tokens ?? 0, reservation?.window ?? -1);
+    await this.apply(key, {
+      op: 'refund',
+      reserved: reservation?.tokens ?? 0,
+      window: reservation?.window ?? NO_WINDOW,
+    });
   }
 
   async reset(key: string): Promise<void> {
     if (this.closed !== undefined) throw new ClosedError('key budgets');
-    this.insurance?.apply(Op.Reset, key, 0, 0, 0);
-    await this.store.apply(Op.Reset, key, 0, 0, 0);
+    this.insurance?.apply(key, RESET);
+    await this.store.apply(key, RESET);
   }
 
   headers(decision: BudgetDecision): Record<string, string> {

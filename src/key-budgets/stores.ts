@@ -23,24 +23,51 @@ export interface BudgetState {
   reserved: number;
 }
 
-/** `c` of an admission that reserves whatever the window has left (a request with no bound of its own). */
+/** `reserve` of an admission that reserves whatever the window has left (a request with no bound of its own). */
 export const RESERVE_REST = -2;
 
-/** Operations: admit (count a request if both limits allow it), charge tokens, refund a request, reset. */
-export const Op = { Admit: 0, Charge: 1, Refund: 2, Reset: 3 } as const;
-export type Op = (typeof Op)[keyof typeof Op];
-
-/** `requests`/`tokens` limits travel as numbers; -1 means "no limit" (JSON and Lua have no Infinity). */
+/** Limits travel as numbers; -1 means "no limit" (JSON and Lua have no Infinity). */
 export const NO_LIMIT = -1;
 
-/**
- * One operation's figures. Admit: `a`/`b` the request and token limits, `c` the tokens to reserve (0: none; admitted
- * only if they fit under the token limit). Charge: `a` the tokens used, `b` the tokens reserved at admission, `c` the
- * window they were reserved in (the reservation is replaced by the use there; in a later window the use is added).
- * Refund: the request taken back, and `b` reserved tokens in window `c` released.
- */
+/** No reservation's window (a charge without a reservation). */
+export const NO_WINDOW = -1;
+
+/** What a store is asked to do to one key's window. */
+export type BudgetOperation =
+  /** Count a request if both limits allow it, reserving `reserve` tokens (0: none; RESERVE_REST: what is left). */
+  | { op: 'admit'; requestLimit: number; tokenLimit: number; reserve: number }
+  /** Add `used` tokens; `reserved` tokens held since admission in `window` are released there (a later window: not). */
+  | { op: 'charge'; used: number; reserved: number; window: number }
+  /** Take back an admitted request, and release `reserved` tokens held in `window`. */
+  | { op: 'refund'; reserved: number; window: number }
+  | { op: 'reset' };
+
+/** The wire form of an operation (cluster IPC, the Redis script's ARGV): `[op, a, b, c]`, op 0–3 as listed above. */
+type WireOperation = [op: 0 | 1 | 2 | 3, a: number, b: number, c: number];
+
+function toWire(operation: BudgetOperation): WireOperation {
+  switch (operation.op) {
+    case 'admit':
+      return [0, operation.requestLimit, operation.tokenLimit, operation.reserve];
+    case 'charge':
+      return [1, operation.used, operation.reserved, operation.window];
+    case 'refund':
+      return [2, 0, operation.reserved, operation.window];
+    case 'reset':
+      return [3, 0, 0, 0];
+  }
+}
+
+function fromWire([op, a, b, c]: WireOperation): BudgetOperation {
+  if (op === 0) return { op: 'admit', requestLimit: a, tokenLimit: b, reserve: c };
+  if (op === 1) return { op: 'charge', used: a, reserved: b, window: c };
+  if (op === 2) return { op: 'refund', reserved: b, window: c };
+  return { op: 'reset' };
+}
+
+/** Where windows live. Every store decides an admission and records a charge atomically. */
 export interface BudgetStore {
-  apply(op: Op, key: string, a: number, b: number, c: number): Promise<BudgetState> | BudgetState;
+  apply(key: string, operation: BudgetOperation): Promise<BudgetState> | BudgetState;
   close(): Promise<void>;
 }
 
@@ -65,14 +92,14 @@ export class MemoryBudgetStore implements BudgetStore {
     this.windows = new GenerationMap(windowMs, now());
   }
 
-  apply(op: Op, key: string, a: number, b: number, c: number): BudgetState {
+  apply(key: string, operation: BudgetOperation): BudgetState {
     const now = this.now();
     const windows = this.windows;
     windows.tick(now);
     let window = windows.get(key);
     if (window === undefined || window.resetAt <= now) {
       windows.previous.delete(key);
-      if (op === Op.Reset) {
+      if (operation.op === 'reset') {
         windows.current.delete(key);
         return this.emptyWindow(now);
       }
@@ -82,25 +109,37 @@ export class MemoryBudgetStore implements BudgetStore {
     }
     let admitted = true;
     let reserved = 0;
-    switch (op) {
-      case Op.Admit:
+    switch (operation.op) {
+      case 'admit': {
+        const { requestLimit, tokenLimit, reserve } = operation;
         admitted =
-          (a === NO_LIMIT || window.requests < a) &&
-          (b === NO_LIMIT || (c > 0 ? window.tokens + c <= b : window.tokens < b));
+          (requestLimit === NO_LIMIT || window.requests < requestLimit) &&
+          (tokenLimit === NO_LIMIT ||
+            (reserve > 0 ? window.tokens + reserve <= tokenLimit : window.tokens < tokenLimit));
         if (admitted) {
           window.requests++;
-          reserved = b === NO_LIMIT ? 0 : c === RESERVE_REST ? b - window.tokens : Math.max(0, c);
+          reserved =
+            tokenLimit === NO_LIMIT
+              ? 0
+              : reserve === RESERVE_REST
+                ? tokenLimit - window.tokens
+                : Math.max(0, reserve);
           window.tokens += reserved;
         }
         break;
-      case Op.Charge:
-        window.tokens = Math.max(0, window.tokens + a - (c === window.start ? b : 0));
+      }
+      case 'charge':
+        window.tokens = Math.max(
+          0,
+          window.tokens + operation.used - (operation.window === window.start ? operation.reserved : 0),
+        );
         break;
-      case Op.Refund:
+      case 'refund':
         if (window.requests > 0) window.requests--;
-        if (c === window.start) window.tokens = Math.max(0, window.tokens - b);
+        if (operation.window === window.start)
+          window.tokens = Math.max(0, window.tokens - operation.reserved);
         break;
-      case Op.Reset:
+      case 'reset':
         windows.delete(key);
         return this.emptyWindow(now);
     }
@@ -145,7 +184,7 @@ export class MemoryBudgetStore implements BudgetStore {
 
 const CHANNEL = 'vllm-kit:key-budgets';
 
-type ClusterCall = [name: string, windowMs: number, op: Op, key: string, a: number, b: number, c: number];
+type ClusterCall = [name: string, windowMs: number, key: string, operation: WireOperation];
 type ClusterResult = [
   admitted: 0 | 1,
   requests: number,
@@ -167,15 +206,12 @@ export class ClusterBudgetStore implements BudgetStore {
     this.caller = clusterCaller(CHANNEL, timeoutMs);
   }
 
-  async apply(op: Op, key: string, a: number, b: number, c: number): Promise<BudgetState> {
+  async apply(key: string, operation: BudgetOperation): Promise<BudgetState> {
     const [admitted, requests, tokens, resetAt, window, reserved] = await this.caller.call([
       this.name,
       this.windowMs,
-      op,
       key,
-      a,
-      b,
-      c,
+      toWire(operation),
     ]);
     return { admitted: admitted === 1, requests, tokens, resetAt, window, reserved };
   }
@@ -197,8 +233,8 @@ export function serveClusterBudgets(options: { now?: () => number } = {}): { clo
     channel: CHANNEL,
     stateKey: ([name, windowMs]) => `${name}\u0000${windowMs}`,
     make: ([, windowMs]) => new MemoryBudgetStore(windowMs, now),
-    handle(store, [, , op, key, a, b, c]) {
-      const state = store.apply(op, key, a, b, c);
+    handle(store, [, , key, operation]) {
+      const state = store.apply(key, fromWire(operation));
       return [
         state.admitted ? 1 : 0,
         state.requests,
@@ -282,7 +318,8 @@ export class RedisBudgetStore implements BudgetStore {
     this.prefix = `vllm-kit:kb:${name}:`;
   }
 
-  async apply(op: Op, key: string, a: number, b: number, c: number): Promise<BudgetState> {
+  async apply(key: string, operation: BudgetOperation): Promise<BudgetState> {
+    const [op, a, b, c] = toWire(operation);
     const reply = await BUDGET_SCRIPT.run(this.client, [this.prefix + key], [op, a, b, this.windowMs, c]);
     const [admitted, requests, tokens, msLeft, window, reserved] = reply as number[];
     return {

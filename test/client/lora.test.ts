@@ -3,7 +3,7 @@
 // up and renamed down on every path (typed, streamed, raw, fetch).
 import { describe, expect, it } from 'vitest';
 import { ModelRenamer } from '../../src/client/model-alias.js';
-import { parseLoraInfo } from '../../src/client/router.js';
+import { parseLoraInfo } from '../../src/client/replica-pool.js';
 import { isAdapterLoadError, isModelNotFoundError } from '../../src/index.js';
 import { parseSimulatorArgs } from '../../src/testing/cli-args.js';
 import { Engine, type EngineJob } from '../../src/testing/engine.js';

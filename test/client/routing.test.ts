@@ -5,8 +5,8 @@
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { PrefixIndex } from '../../src/client/prefix-index.js';
-import type { RoutingSync, RoutingUpdate } from '../../src/client/router.js';
-import { BLOCK_CHARS, routingBlocks, routingKeyOf } from '../../src/client/routing.js';
+import type { RoutingSync, RoutingUpdate } from '../../src/client/replica-pool.js';
+import { BLOCK_CHARS, routingBlocks, routingKeyOf } from '../../src/client/routing-policy.js';
 import { isInvalidOptionError, redisRoutingSync, type VllmClient } from '../../src/index.js';
 import { generations, trackResources } from '../helpers/fixtures.js';
 import { REDIS_URL, uniqueName } from '../helpers/services.js';

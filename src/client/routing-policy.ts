@@ -1,5 +1,6 @@
-// Prefix-cache-aware routing: a request's prompt as chained block hashes (the router matches them against what it
-// sent to each replica: prefix-index.ts), the routing key a custom policy gets, and the bound on a replica's load.
+// How a request is routed (the dispatcher that does it is replica-pool.ts): its prompt as chained block hashes (the
+// pool matches them against what it sent to each replica: prefix-index.ts), the routing key a custom policy gets, and
+// the bound on a replica's load.
 // vLLM keeps the KV cache of recent prompt prefixes per replica, so a conversation whose earlier turns went to one
 // replica is prefilled there in a fraction of the time.
 

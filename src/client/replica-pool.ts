@@ -1,6 +1,7 @@
-// The client's undici dispatcher: one keep-alive Pool per replica, the choice of a replica for each request (by
-// prefix, least-outstanding, round robin or the user's function), passive ejection with /health re-admission, and the
-// replicas' load signals. (The keep-alive replay in front of it is replay.ts.)
+// The client's undici dispatcher over its replicas (how a request is routed is routing-policy.ts): one keep-alive
+// Pool per replica, the choice of a replica for each request (by prefix, least-outstanding, round robin or the user's
+// function), passive ejection with /health re-admission, and the replicas' load signals. (The keep-alive replay in
+// front of it is replay.ts.)
 import { Dispatcher, Pool } from 'undici';
 import { AdapterLoadError } from '../errors/index.js';
 import type { ResolvedClientOptions } from './options.js';
@@ -12,7 +13,7 @@ import {
   type RoutingBlocks,
   type RoutingCandidate,
   routingKeyOf,
-} from './routing.js';
+} from './routing-policy.js';
 import type { CallTelemetry } from './telemetry.js';
 
 type Handler = Dispatcher.DispatchHandler;
