@@ -200,34 +200,164 @@ function modelAliases(env: Env): Record<string, string> {
   return aliases as Record<string, string>;
 }
 
+/**
+ * One of `choices` (the first is the default when the variable is unset or empty), else a ConfigError naming the
+ * variable and showing the value: `X must be "a" or "b"` (or `"a", "b" or "c"`; `one of a, b, …` beyond three).
+ */
+function oneOf<const C extends string>(env: Env, name: string, choices: readonly C[], lowercase = false): C {
+  const raw = env[name];
+  const value = raw === undefined || raw === '' ? choices[0]! : lowercase ? raw.toLowerCase() : raw;
+  if ((choices as readonly string[]).includes(value)) return value as C;
+  const quoted = choices.map((choice) => `"${choice}"`);
+  const listed =
+    choices.length > 3
+      ? `one of ${choices.join(', ')}`
+      : `${quoted.slice(0, -1).join(', ')} or ${quoted[quoted.length - 1]}`;
+  throw new ConfigError(name, `${name} must be ${listed}, got "${raw}"`);
+}
+
+/** A host to listen on: an IP address or a host name. */
+function hostName(env: Env, name: string, fallback: string): string {
+  const host = env[name] || fallback;
+  if (isIP(host) === 0 && !/^[A-Za-z0-9.-]{1,253}$/.test(host)) {
+    throw new ConfigError(name, `${name} must be an IP address or a host name, got "${host}"`);
+  }
+  return host;
+}
+
+/** The gateway's configuration from the environment: every variable validated, named in any error. */
 export function loadConfig(env: Env = process.env): GatewayConfig {
-  const mode = env.ENV ?? 'production';
+  const mode = env.ENV === undefined ? 'production' : env.ENV;
   if (mode !== 'development' && mode !== 'production') {
     throw new ConfigError('ENV', `ENV must be "development" or "production", got "${mode}"`);
   }
+  const limits = limitsConfig(env);
+  const admin = adminConfig(env);
+  return {
+    env: mode,
+    host: hostName(env, 'HOST', '0.0.0.0'),
+    port: integer(env, 'PORT', 8000, 0, 65535),
+    workers: mode === 'development' ? 1 : integer(env, 'WORKERS', availableParallelism(), 1, 256),
+    ...limits,
+    ...upstreamConfig(env, limits.limitConcurrency),
+    ...clientSideConfig(env),
+    ...telemetryConfig(env),
+    ...admin,
+    shutdownGraceMs: integer(env, 'SHUTDOWN_GRACE_MS', 30_000, 0, 3_600_000),
+    gatewayInstances: integer(env, 'GATEWAY_INSTANCES', 1, 1, 10_000),
+    logLevel: oneOf(env, 'LOG_LEVEL', ['info', ...LOG_LEVELS.filter((level) => level !== 'info')]),
+  };
+}
+
+/** What is admitted: per-IP rate limit, the concurrency limit and its queue, the body. */
+function limitsConfig(env: Env) {
   const limitConcurrency = integer(env, 'LIMIT_CONCURRENCY', 200, 1, 100_000);
+  const maxQueue = integer(env, 'MAX_QUEUE', 2 * limitConcurrency, 0, 1_000_000);
+  const rateLimitName = env.RATE_LIMIT_NAME || 'default';
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(rateLimitName)) {
+    throw new ConfigError(
+      'RATE_LIMIT_NAME',
+      `RATE_LIMIT_NAME must be 1-64 letters, digits, "_", "." or "-", got "${rateLimitName}"`,
+    );
+  }
+  return {
+    limitConcurrency,
+    maxQueue,
+    queueTimeoutMs: integer(env, 'QUEUE_TIMEOUT_MS', 30_000, 0, 3_600_000),
+    queuePolicy: oneOf(env, 'QUEUE_POLICY', ['fair', 'fifo']),
+    maxQueuePerKey: integer(env, 'MAX_QUEUE_PER_KEY', Math.max(1, maxQueue), 1, 1_000_000),
+    // The limiter's own ceiling (its memory store packs the count into 21 bits).
+    rateLimitPoints: integer(env, 'RATE_LIMIT_POINTS', 20, 1, 2_000_000),
+    rateLimitWindowSec: integer(env, 'RATE_LIMIT_WINDOW_SEC', 60, 1, 86_400),
+    rateLimitName,
+    trustProxy: trustProxyOf(env),
+    trustProxyHeader: oneOf(env, 'TRUST_PROXY_HEADER', ['x-forwarded-for', 'forwarded'], true),
+    maxBodyBytes: integer(env, 'MAX_BODY_BYTES', 1_048_576, 1, 1_073_741_824),
+    maxJsonDepth: integer(env, 'MAX_JSON_DEPTH', 64, 2, 1000),
+    ...timeoutsConfig(env),
+  };
+}
+
+function trustProxyOf(env: Env): GatewayConfig['trustProxy'] {
+  const raw = env.TRUST_PROXY;
+  if (raw === undefined || raw === '' || raw === 'false') return false;
+  if (raw === 'true') {
+    throw new ConfigError(
+      'TRUST_PROXY',
+      'TRUST_PROXY=true would let any client pick its IP: give a hop count or CIDRs',
+    );
+  }
+  return /^\d+$/.test(raw) ? Number(raw) : raw.split(',').map((s) => s.trim());
+}
+
+/** Slow clients: headers within HEADERS_TIMEOUT_MS, the whole request within REQUEST_TIMEOUT_MS. */
+function timeoutsConfig(env: Env) {
+  const headersTimeoutMs = integer(env, 'HEADERS_TIMEOUT_MS', 15_000, 1000, 600_000);
+  const requestTimeoutMs = integer(env, 'REQUEST_TIMEOUT_MS', 60_000, 1000, 3_600_000);
+  if (requestTimeoutMs < headersTimeoutMs) {
+    throw new ConfigError(
+      'REQUEST_TIMEOUT_MS',
+      `REQUEST_TIMEOUT_MS must be at least HEADERS_TIMEOUT_MS (${headersTimeoutMs}), got "${requestTimeoutMs}"`,
+    );
+  }
+  return { headersTimeoutMs, requestTimeoutMs };
+}
+
+/** The model servers: replicas, pool, routing, models and adapters, permits, usage. */
+function upstreamConfig(env: Env, limitConcurrency: number) {
   const vllm = (env.VLLM_BASE_URL ?? '')
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
-  let trustProxy: GatewayConfig['trustProxy'] = false;
-  const rawTrust = env.TRUST_PROXY;
-  if (rawTrust !== undefined && rawTrust !== '' && rawTrust !== 'false') {
-    if (rawTrust === 'true') {
-      throw new ConfigError(
-        'TRUST_PROXY',
-        'TRUST_PROXY=true would let any client pick its IP: give a hop count or CIDRs',
-      );
-    }
-    trustProxy = /^\d+$/.test(rawTrust) ? Number(rawTrust) : rawTrust.split(',').map((s) => s.trim());
-  }
-  const trustProxyHeader = (env.TRUST_PROXY_HEADER || 'x-forwarded-for').toLowerCase();
-  if (trustProxyHeader !== 'x-forwarded-for' && trustProxyHeader !== 'forwarded') {
+  const keepAliveTimeoutMs = integer(env, 'KEEPALIVE_TIMEOUT_MS', 4000, 1, 600_000);
+  if (keepAliveTimeoutMs >= VLLM_KEEPALIVE_MS) {
     throw new ConfigError(
-      'TRUST_PROXY_HEADER',
-      `TRUST_PROXY_HEADER must be "x-forwarded-for" or "forwarded", got "${env.TRUST_PROXY_HEADER}"`,
+      'KEEPALIVE_TIMEOUT_MS',
+      `KEEPALIVE_TIMEOUT_MS must be under vLLM's own idle keep-alive of ${VLLM_KEEPALIVE_MS} ms (uvicorn's timeout_keep_alive), or requests race the server's close; got "${env.KEEPALIVE_TIMEOUT_MS}"`,
     );
   }
+  const rawFactor = env.ROUTING_LOAD_FACTOR;
+  const routingLoadFactor = rawFactor === undefined || rawFactor === '' ? 1.25 : Number(rawFactor);
+  if (!Number.isFinite(routingLoadFactor) || routingLoadFactor < 1 || routingLoadFactor > 100) {
+    throw new ConfigError(
+      'ROUTING_LOAD_FACTOR',
+      `ROUTING_LOAD_FACTOR must be a number from 1 to 100, got "${rawFactor}"`,
+    );
+  }
+  const adapters = loraAdapters(env);
+  return {
+    vllmBaseUrls: vllm.map(replicaUrl),
+    vllmApiKey: env.VLLM_API_KEY || undefined,
+    // One connection per request the limiter admits: vLLM serves one request per connection (HTTP/1.1).
+    poolConnections: integer(env, 'POOL_CONNECTIONS', limitConcurrency, 1, 65535),
+    keepAliveTimeoutMs,
+    // A non-streamed answer comes whole at the end: this must cover the longest generation (4096 tokens at 20/s is
+    // under 4 minutes); a replica that accepts and never answers is ejected after a few of these.
+    upstreamTimeoutMs: integer(env, 'UPSTREAM_TIMEOUT_MS', 300_000, 1, 86_400_000),
+    routing: oneOf(env, 'ROUTING', ['prefix', 'least-outstanding', 'round-robin']),
+    routingLoadFactor,
+    streamUsage: oneOf(env, 'STREAM_USAGE', ['continuous', 'final']),
+    upstreamConcurrency:
+      env.UPSTREAM_CONCURRENCY === undefined || env.UPSTREAM_CONCURRENCY === ''
+        ? undefined
+        : integer(env, 'UPSTREAM_CONCURRENCY', 0, 1, 1_000_000),
+    healthIntervalMs: integer(env, 'HEALTH_INTERVAL_MS', 5000, 100, 600_000),
+    loraAdapters: adapters,
+    modelAliases: modelAliases(env),
+    modelRefreshMs: integer(env, 'MODEL_REFRESH_MS', 10_000, 0, 3_600_000),
+    // Adapter-aware placement reads each replica's vllm:lora_requests_info: on by default when adapters are declared.
+    loadSignalsIntervalMs: integer(
+      env,
+      'LOAD_SIGNALS_INTERVAL_MS',
+      Object.keys(adapters).length > 0 ? 1000 : 0,
+      0,
+      3_600_000,
+    ),
+  };
+}
+
+/** Shared state and the key side: Redis, the key store, the token cache, usage, browsers (CORS). */
+function clientSideConfig(env: Env) {
   const redisUrl = env.REDIS_URL === undefined || env.REDIS_URL === '' ? undefined : env.REDIS_URL;
   if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) {
     throw new ConfigError('REDIS_URL', `REDIS_URL must be a redis:// or rediss:// URL, got "${redisUrl}"`);
@@ -246,66 +376,20 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
       `CORS_ORIGINS must be exact origins like https://app.example.com (comma-separated) or *, got "${corsOrigins.invalid}"`,
     );
   }
-  const headersTimeoutMs = integer(env, 'HEADERS_TIMEOUT_MS', 15_000, 1000, 600_000);
-  const requestTimeoutMs = integer(env, 'REQUEST_TIMEOUT_MS', 60_000, 1000, 3_600_000);
-  if (requestTimeoutMs < headersTimeoutMs) {
-    throw new ConfigError(
-      'REQUEST_TIMEOUT_MS',
-      `REQUEST_TIMEOUT_MS must be at least HEADERS_TIMEOUT_MS (${headersTimeoutMs}), got "${requestTimeoutMs}"`,
-    );
-  }
-  const routing = env.ROUTING || 'prefix';
-  if (routing !== 'prefix' && routing !== 'least-outstanding' && routing !== 'round-robin') {
-    throw new ConfigError(
-      'ROUTING',
-      `ROUTING must be "prefix", "least-outstanding" or "round-robin", got "${routing}"`,
-    );
-  }
-  const rawFactor = env.ROUTING_LOAD_FACTOR;
-  const routingLoadFactor = rawFactor === undefined || rawFactor === '' ? 1.25 : Number(rawFactor);
-  if (!Number.isFinite(routingLoadFactor) || routingLoadFactor < 1 || routingLoadFactor > 100) {
-    throw new ConfigError(
-      'ROUTING_LOAD_FACTOR',
-      `ROUTING_LOAD_FACTOR must be a number from 1 to 100, got "${rawFactor}"`,
-    );
-  }
-  const streamUsage = env.STREAM_USAGE || 'continuous';
-  if (streamUsage !== 'continuous' && streamUsage !== 'final') {
-    throw new ConfigError(
-      'STREAM_USAGE',
-      `STREAM_USAGE must be "continuous" or "final", got "${streamUsage}"`,
-    );
-  }
-  const queuePolicy = env.QUEUE_POLICY || 'fair';
-  if (queuePolicy !== 'fair' && queuePolicy !== 'fifo') {
-    throw new ConfigError('QUEUE_POLICY', `QUEUE_POLICY must be "fair" or "fifo", got "${queuePolicy}"`);
-  }
-  const maxQueue = integer(env, 'MAX_QUEUE', 2 * limitConcurrency, 0, 1_000_000);
-  const upstreamConcurrency =
-    env.UPSTREAM_CONCURRENCY === undefined || env.UPSTREAM_CONCURRENCY === ''
-      ? undefined
-      : integer(env, 'UPSTREAM_CONCURRENCY', 0, 1, 1_000_000);
-  const rateLimitName = env.RATE_LIMIT_NAME || 'default';
-  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(rateLimitName)) {
-    throw new ConfigError(
-      'RATE_LIMIT_NAME',
-      `RATE_LIMIT_NAME must be 1-64 letters, digits, "_", "." or "-", got "${rateLimitName}"`,
-    );
-  }
-  const captureContent = (env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT || 'false').toLowerCase();
-  if (captureContent !== 'true' && captureContent !== 'false') {
-    throw new ConfigError(
-      'OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT',
-      `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT must be "true" or "false", got "${env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT}"`,
-    );
-  }
-  const chunkTiming = env.OTEL_GENAI_CHUNK_TIMING || 'each';
-  if (chunkTiming !== 'each' && chunkTiming !== 'mean' && chunkTiming !== 'off') {
-    throw new ConfigError(
-      'OTEL_GENAI_CHUNK_TIMING',
-      `OTEL_GENAI_CHUNK_TIMING must be "each", "mean" or "off", got "${chunkTiming}"`,
-    );
-  }
+  return {
+    redisUrl,
+    databaseUrl,
+    databaseConnectTimeoutMs: integer(env, 'DATABASE_CONNECT_TIMEOUT_MS', 5000, 100, 120_000),
+    tokenCacheTtlSec: integer(env, 'TOKEN_CACHE_TTL_SEC', 300, 1, 86_400),
+    tokenCacheSweepSec: integer(env, 'TOKEN_CACHE_SWEEP_SEC', 60, 0, 86_400),
+    tokenCacheStaleIfErrorSec: integer(env, 'TOKEN_CACHE_STALE_IF_ERROR_SEC', 3600, 0, 7 * 86_400),
+    usageFlushMs: integer(env, 'USAGE_FLUSH_MS', 1000, 10, 5000),
+    corsOrigins,
+  };
+}
+
+/** OpenTelemetry: the OTLP endpoints, the sampler, what spans carry. */
+function telemetryConfig(env: Env) {
   for (const name of [
     'OTEL_EXPORTER_OTLP_ENDPOINT',
     'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT',
@@ -320,24 +404,21 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
       `OTEL_TRACES_SAMPLER must be one of ${SAMPLERS.join(', ')}, got "${sampler}"`,
     );
   }
-  const logLevel = (env.LOG_LEVEL || 'info') as GatewayConfig['logLevel'];
-  if (!LOG_LEVELS.includes(logLevel)) {
-    throw new ConfigError(
-      'LOG_LEVEL',
-      `LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got "${env.LOG_LEVEL}"`,
-    );
-  }
-  const keepAliveTimeoutMs = integer(env, 'KEEPALIVE_TIMEOUT_MS', 4000, 1, 600_000);
-  if (keepAliveTimeoutMs >= VLLM_KEEPALIVE_MS) {
-    throw new ConfigError(
-      'KEEPALIVE_TIMEOUT_MS',
-      `KEEPALIVE_TIMEOUT_MS must be under vLLM's own idle keep-alive of ${VLLM_KEEPALIVE_MS} ms (uvicorn's timeout_keep_alive), or requests race the server's close; got "${env.KEEPALIVE_TIMEOUT_MS}"`,
-    );
-  }
-  const host = env.HOST || '0.0.0.0';
-  if (isIP(host) === 0 && !/^[A-Za-z0-9.-]{1,253}$/.test(host)) {
-    throw new ConfigError('HOST', `HOST must be an IP address or a host name, got "${host}"`);
-  }
+  const captureContent = oneOf(
+    env,
+    'OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT',
+    ['false', 'true'],
+    true,
+  );
+  return {
+    telemetry: telemetryConfigured(env),
+    telemetryCaptureContent: captureContent === 'true',
+    telemetryChunkTiming: oneOf(env, 'OTEL_GENAI_CHUNK_TIMING', ['each', 'mean', 'off']),
+  };
+}
+
+/** /health and /metrics: who may read them, and where. */
+function adminConfig(env: Env) {
   const adminKey = env.ADMIN_KEY || undefined;
   if (adminKey !== undefined && adminKey.length < 16) {
     throw new ConfigError(
@@ -349,92 +430,18 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     env.METRICS_PORT === undefined || env.METRICS_PORT === ''
       ? undefined
       : integer(env, 'METRICS_PORT', 0, 0, 65535);
-  const perKey = (env.METRICS_PER_KEY || 'false').toLowerCase();
-  if (perKey !== 'true' && perKey !== 'false') {
-    throw new ConfigError(
-      'METRICS_PER_KEY',
-      `METRICS_PER_KEY must be "true" or "false", got "${env.METRICS_PER_KEY}"`,
-    );
-  }
-  if (perKey === 'true' && adminKey === undefined && metricsPort === undefined) {
+  const perKey = oneOf(env, 'METRICS_PER_KEY', ['false', 'true'], true) === 'true';
+  if (perKey && adminKey === undefined && metricsPort === undefined) {
     throw new ConfigError(
       'METRICS_PER_KEY',
       'METRICS_PER_KEY=true publishes key names with their usage: set METRICS_PORT (a private listener) or ADMIN_KEY too',
     );
   }
-  const metricsHost = env.METRICS_HOST || '127.0.0.1';
-  if (isIP(metricsHost) === 0 && !/^[A-Za-z0-9.-]{1,253}$/.test(metricsHost)) {
-    throw new ConfigError(
-      'METRICS_HOST',
-      `METRICS_HOST must be an IP address or a host name, got "${metricsHost}"`,
-    );
-  }
-  const adapters = loraAdapters(env);
-  const metrics = env.METRICS ?? 'true';
-  if (metrics !== 'true' && metrics !== 'false')
-    throw new ConfigError('METRICS', `METRICS must be "true" or "false", got "${metrics}"`);
   return {
-    env: mode,
-    host,
-    port: integer(env, 'PORT', 8000, 0, 65535),
-    workers: mode === 'development' ? 1 : integer(env, 'WORKERS', availableParallelism(), 1, 256),
-    limitConcurrency,
-    maxQueue,
-    queueTimeoutMs: integer(env, 'QUEUE_TIMEOUT_MS', 30_000, 0, 3_600_000),
-    vllmBaseUrls: vllm.map(replicaUrl),
-    vllmApiKey: env.VLLM_API_KEY || undefined,
-    // One connection per request the limiter admits: vLLM serves one request per connection (HTTP/1.1).
-    poolConnections: integer(env, 'POOL_CONNECTIONS', limitConcurrency, 1, 65535),
-    keepAliveTimeoutMs,
-    // The limiter's own ceiling (its memory store packs the count into 21 bits).
-    rateLimitPoints: integer(env, 'RATE_LIMIT_POINTS', 20, 1, 2_000_000),
-    rateLimitWindowSec: integer(env, 'RATE_LIMIT_WINDOW_SEC', 60, 1, 86_400),
-    rateLimitName,
-    trustProxy,
-    trustProxyHeader,
-    redisUrl,
-    tokenCacheTtlSec: integer(env, 'TOKEN_CACHE_TTL_SEC', 300, 1, 86_400),
-    tokenCacheSweepSec: integer(env, 'TOKEN_CACHE_SWEEP_SEC', 60, 0, 86_400),
-    databaseUrl,
-    databaseConnectTimeoutMs: integer(env, 'DATABASE_CONNECT_TIMEOUT_MS', 5000, 100, 120_000),
-    tokenCacheStaleIfErrorSec: integer(env, 'TOKEN_CACHE_STALE_IF_ERROR_SEC', 3600, 0, 7 * 86_400),
-    maxBodyBytes: integer(env, 'MAX_BODY_BYTES', 1_048_576, 1, 1_073_741_824),
-    maxJsonDepth: integer(env, 'MAX_JSON_DEPTH', 64, 2, 1000),
-    metrics: metrics === 'true',
-    // A non-streamed answer comes whole at the end: this must cover the longest generation (4096 tokens at 20/s is
-    // under 4 minutes); a replica that accepts and never answers is ejected after a few of these.
-    upstreamTimeoutMs: integer(env, 'UPSTREAM_TIMEOUT_MS', 300_000, 1, 86_400_000),
-    corsOrigins,
-    routing,
-    routingLoadFactor,
-    headersTimeoutMs,
-    requestTimeoutMs,
-    streamUsage,
-    usageFlushMs: integer(env, 'USAGE_FLUSH_MS', 1000, 10, 5000),
-    queuePolicy,
-    maxQueuePerKey: integer(env, 'MAX_QUEUE_PER_KEY', Math.max(1, maxQueue), 1, 1_000_000),
-    upstreamConcurrency,
-    telemetry: telemetryConfigured(env),
-    telemetryCaptureContent: captureContent === 'true',
-    telemetryChunkTiming: chunkTiming,
-    shutdownGraceMs: integer(env, 'SHUTDOWN_GRACE_MS', 30_000, 0, 3_600_000),
     adminKey,
     metricsPort,
-    metricsHost,
-    metricsPerKey: perKey === 'true',
-    healthIntervalMs: integer(env, 'HEALTH_INTERVAL_MS', 5000, 100, 600_000),
-    gatewayInstances: integer(env, 'GATEWAY_INSTANCES', 1, 1, 10_000),
-    loraAdapters: adapters,
-    modelAliases: modelAliases(env),
-    modelRefreshMs: integer(env, 'MODEL_REFRESH_MS', 10_000, 0, 3_600_000),
-    // Adapter-aware placement reads each replica's vllm:lora_requests_info: on by default when adapters are declared.
-    loadSignalsIntervalMs: integer(
-      env,
-      'LOAD_SIGNALS_INTERVAL_MS',
-      Object.keys(adapters).length > 0 ? 1000 : 0,
-      0,
-      3_600_000,
-    ),
-    logLevel,
+    metricsHost: hostName(env, 'METRICS_HOST', '127.0.0.1'),
+    metricsPerKey: perKey,
+    metrics: oneOf(env, 'METRICS', ['true', 'false']) === 'true',
   };
 }

@@ -214,100 +214,115 @@ const USAGE_UPSERT = `INSERT INTO key_usage (key_id, requests, prompt_tokens, co
     completion_tokens = key_usage.completion_tokens + excluded.completion_tokens,
     updated_at = excluded.updated_at`;
 
-function keyStoreOn(db: Sql): KeyStore {
-  let lastPrune = 0;
-  const active = async (idOrName: string) =>
-    (
-      await db.all('SELECT * FROM api_keys WHERE (id = ? OR name = ?) AND revoked_at IS NULL', [
-        idOrName,
-        idOrName,
-      ])
-    )[0] as Row | undefined;
-  return {
-    async create(name, limits = {}) {
-      const { key, id, prefix } = newKey();
-      const createdAt = new Date().toISOString();
-      const rpm = limits.rpm ?? null;
-      const tpm = limits.tpm ?? null;
-      const priority = limits.priority ?? 0;
-      const models = limits.models ?? null;
-      try {
-        await db.transaction([
-          [
-            'INSERT INTO api_keys (id, name, key_hash, prefix, created_at, rpm, tpm, priority, models) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-            [id, name, hashKey(key), prefix, createdAt, rpm, tpm, priority, modelsText(models)],
-          ],
-        ]);
-      } catch (error) {
-        throw isNameTaken(error) ? new KeyNameTakenError(name) : error;
-      }
-      return { key, record: { id, name, prefix, createdAt, revokedAt: null, rpm, tpm, priority, models } };
-    },
-    async list() {
-      return ((await db.all('SELECT * FROM api_keys ORDER BY created_at')) as unknown as Row[]).map(toKey);
-    },
-    async revoke(idOrName) {
-      const row = await active(idOrName);
-      if (row === undefined) return undefined;
-      const revokedAt = new Date().toISOString();
-      await db.transaction([['UPDATE api_keys SET revoked_at = ? WHERE id = ?', [revokedAt, row.id]]]);
-      return { ...toKey({ ...row, revoked_at: revokedAt }), keyHash: row.key_hash };
-    },
-    async update(idOrName, limits) {
-      const row = await active(idOrName);
-      if (row === undefined) return undefined;
-      const rpm = limits.rpm === undefined ? int(row.rpm) : limits.rpm;
-      const tpm = limits.tpm === undefined ? int(row.tpm) : limits.tpm;
-      const priority = limits.priority ?? int(row.priority) ?? 0;
-      const models = limits.models === undefined ? row.models : modelsText(limits.models);
-      await db.transaction([
+/** The key store over one SQL database (SQLite or PostgreSQL: `Sql` hides which). */
+class SqlKeyStore implements KeyStore {
+  private lastPrune = 0;
+
+  constructor(private readonly db: Sql) {}
+
+  private async active(idOrName: string): Promise<Row | undefined> {
+    const rows = await this.db.all(
+      'SELECT * FROM api_keys WHERE (id = ? OR name = ?) AND revoked_at IS NULL',
+      [idOrName, idOrName],
+    );
+    return rows[0] as Row | undefined;
+  }
+
+  async create(name: string, limits: Partial<KeyLimits> = {}): Promise<{ key: string; record: ApiKey }> {
+    const { key, id, prefix } = newKey();
+    const createdAt = new Date().toISOString();
+    const rpm = limits.rpm ?? null;
+    const tpm = limits.tpm ?? null;
+    const priority = limits.priority ?? 0;
+    const models = limits.models ?? null;
+    try {
+      await this.db.transaction([
         [
-          'UPDATE api_keys SET rpm = ?, tpm = ?, priority = ?, models = ? WHERE id = ?',
-          [rpm, tpm, priority, models, row.id],
+          'INSERT INTO api_keys (id, name, key_hash, prefix, created_at, rpm, tpm, priority, models) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+          [id, name, hashKey(key), prefix, createdAt, rpm, tpm, priority, modelsText(models)],
         ],
       ]);
-      return { ...toKey({ ...row, rpm, tpm, priority, models }), keyHash: row.key_hash };
-    },
-    async findActiveByHash(hash) {
-      const row = (
-        await db.all('SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL', [hash])
-      )[0];
-      return row === undefined ? undefined : toKey(row as unknown as Row);
-    },
-    async addUsage(batch, batchId) {
-      if (batch.length === 0) return;
-      const now = Date.now();
-      const at = new Date(now).toISOString();
-      const statements: [string, unknown[]][] = batch.map((u) => [
-        USAGE_UPSERT,
-        [u.keyId, u.requests, u.promptTokens, u.completionTokens, at],
+    } catch (error) {
+      throw isNameTaken(error) ? new KeyNameTakenError(name) : error;
+    }
+    return { key, record: { id, name, prefix, createdAt, revokedAt: null, rpm, tpm, priority, models } };
+  }
+
+  async list(): Promise<ApiKey[]> {
+    return ((await this.db.all('SELECT * FROM api_keys ORDER BY created_at')) as unknown as Row[]).map(toKey);
+  }
+
+  async revoke(idOrName: string): Promise<(ApiKey & { keyHash: string }) | undefined> {
+    const row = await this.active(idOrName);
+    if (row === undefined) return undefined;
+    const revokedAt = new Date().toISOString();
+    await this.db.transaction([['UPDATE api_keys SET revoked_at = ? WHERE id = ?', [revokedAt, row.id]]]);
+    return { ...toKey({ ...row, revoked_at: revokedAt }), keyHash: row.key_hash };
+  }
+
+  async update(
+    idOrName: string,
+    limits: Partial<KeyLimits>,
+  ): Promise<(ApiKey & { keyHash: string }) | undefined> {
+    const row = await this.active(idOrName);
+    if (row === undefined) return undefined;
+    const rpm = limits.rpm === undefined ? int(row.rpm) : limits.rpm;
+    const tpm = limits.tpm === undefined ? int(row.tpm) : limits.tpm;
+    const priority = limits.priority ?? int(row.priority) ?? 0;
+    const models = limits.models === undefined ? row.models : modelsText(limits.models);
+    await this.db.transaction([
+      [
+        'UPDATE api_keys SET rpm = ?, tpm = ?, priority = ?, models = ? WHERE id = ?',
+        [rpm, tpm, priority, models, row.id],
+      ],
+    ]);
+    return { ...toKey({ ...row, rpm, tpm, priority, models }), keyHash: row.key_hash };
+  }
+
+  async findActiveByHash(hash: string): Promise<ApiKey | undefined> {
+    const row = (
+      await this.db.all('SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL', [hash])
+    )[0];
+    return row === undefined ? undefined : toKey(row as unknown as Row);
+  }
+
+  async addUsage(batch: UsageDelta[], batchId: string): Promise<void> {
+    if (batch.length === 0) return;
+    const now = Date.now();
+    const at = new Date(now).toISOString();
+    const statements: [string, unknown[]][] = batch.map((u) => [
+      USAGE_UPSERT,
+      [u.keyId, u.requests, u.promptTokens, u.completionTokens, at],
+    ]);
+    if (now - this.lastPrune >= BATCH_PRUNE_INTERVAL_MS) {
+      statements.push([
+        'DELETE FROM usage_batches WHERE applied_at < ?',
+        [new Date(now - BATCH_ID_RETENTION_MS).toISOString()],
       ]);
-      if (now - lastPrune >= BATCH_PRUNE_INTERVAL_MS) {
-        statements.push([
-          'DELETE FROM usage_batches WHERE applied_at < ?',
-          [new Date(now - BATCH_ID_RETENTION_MS).toISOString()],
-        ]);
-      }
-      await db.transaction(statements, { sql: BATCH_MARK, params: [batchId, at] });
-      if (statements.length > batch.length) lastPrune = now;
-    },
-    async usage(idOrName) {
-      const where = idOrName === undefined ? '' : 'WHERE k.id = ? OR k.name = ?';
-      const rows = await db.all(
-        `SELECT k.name AS name, COALESCE(u.requests, 0) AS requests, COALESCE(u.prompt_tokens, 0) AS prompt,
-           COALESCE(u.completion_tokens, 0) AS completion
-         FROM api_keys k LEFT JOIN key_usage u ON u.key_id = k.id ${where} ORDER BY k.created_at`,
-        idOrName === undefined ? [] : [idOrName, idOrName],
-      );
-      return rows.map((r) => ({
-        name: String(r.name),
-        requests: Number(r.requests),
-        promptTokens: Number(r.prompt),
-        completionTokens: Number(r.completion),
-      }));
-    },
-    close: () => db.close(),
-  };
+    }
+    await this.db.transaction(statements, { sql: BATCH_MARK, params: [batchId, at] });
+    if (statements.length > batch.length) this.lastPrune = now;
+  }
+
+  async usage(idOrName?: string): Promise<KeyUsage[]> {
+    const where = idOrName === undefined ? '' : 'WHERE k.id = ? OR k.name = ?';
+    const rows = await this.db.all(
+      `SELECT k.name AS name, COALESCE(u.requests, 0) AS requests, COALESCE(u.prompt_tokens, 0) AS prompt,
+         COALESCE(u.completion_tokens, 0) AS completion
+       FROM api_keys k LEFT JOIN key_usage u ON u.key_id = k.id ${where} ORDER BY k.created_at`,
+      idOrName === undefined ? [] : [idOrName, idOrName],
+    );
+    return rows.map((r) => ({
+      name: String(r.name),
+      requests: Number(r.requests),
+      promptTokens: Number(r.prompt),
+      completionTokens: Number(r.completion),
+    }));
+  }
+
+  close(): Promise<void> {
+    return this.db.close();
+  }
 }
 
 /**
@@ -348,7 +363,7 @@ async function sqlite(path: string): Promise<KeyStore> {
     }
     return statement;
   };
-  return keyStoreOn({
+  return new SqlKeyStore({
     async all(sql, params = []) {
       return prepared(sql).all(...params) as Record<string, unknown>[];
     },
@@ -385,7 +400,7 @@ async function postgres(connectionString: string, options: OpenKeyStoreOptions):
   // pool opens a new one on the next query. Never unhandled: that would kill the process.
   pool.on('error', (error) => options.onError?.(error));
   if (options.migrate ?? true) await migratePostgres(pool, connectionString, timeoutMs);
-  return keyStoreOn({
+  return new SqlKeyStore({
     async all(sql, params = []) {
       return (await pool.query(numbered(sql), params)).rows;
     },

@@ -86,40 +86,8 @@ try {
 const GRACE_MS = config.shutdownGraceMs;
 
 async function primary(): Promise<void> {
-  let upstreams = config.vllmBaseUrls;
-  let sim: VllmSimulator | undefined;
-  if (upstreams.length === 0) {
-    // Demo mode: H100-like latencies, so the numbers mean something.
-    sim = await startVllmSimulator({
-      ttftMs: 15,
-      itlMs: 6.5,
-      jitter: 0.2,
-      batchSlowdown: 3,
-      maxNumSeqs: 256,
-    });
-    upstreams = [sim.url];
-    process.stdout.write(
-      `gateway: demo mode — no VLLM_BASE_URL, serving the built-in vLLM simulator at ${sim.url}\n`,
-    );
-  }
-  if (config.workers === 1 && config.env === 'development') {
-    const worker = await startWorker(config, { upstreams });
-    process.stdout.write(
-      `gateway: listening on ${worker.url} (1 worker, development)\n${nextSteps(worker.url)}`,
-    );
-    const stop = async () => {
-      process.stdout.write(
-        `gateway: draining: ${worker.openRequests()} open requests, up to ${GRACE_MS / 1000} s\n`,
-      );
-      await worker.close(GRACE_MS);
-      await sim?.close();
-      process.stdout.write('gateway: stopped\n');
-      process.exit(0);
-    };
-    onStopSignals(stop, () => process.exit(FORCED_EXIT_CODE));
-    drainWhenOrphaned(stop);
-    return;
-  }
+  const { upstreams, sim } = await demoUpstreams();
+  if (config.workers === 1 && config.env === 'development') return runInProcess(upstreams, sim);
   // The schema is migrated once, here, before any worker starts: a wrong or unreachable DATABASE_URL stops the start
   // with one line naming it. Workers then connect on first use, so a database that goes down later never stops them
   // (nor their replacements) from starting.
@@ -129,12 +97,55 @@ async function primary(): Promise<void> {
   await keyStore.close();
   serveCluster();
   serveSingleFlight();
-  const aggregator = new client.AggregatorRegistry();
+  superviseWorkers(upstreams, sim);
+}
+
+/** VLLM_BASE_URL's replicas, or (demo mode, none given) the built-in simulator with H100-like latencies. */
+async function demoUpstreams(): Promise<{ upstreams: string[]; sim: VllmSimulator | undefined }> {
+  if (config.vllmBaseUrls.length > 0) return { upstreams: config.vllmBaseUrls, sim: undefined };
+  const sim = await startVllmSimulator({
+    ttftMs: 15,
+    itlMs: 6.5,
+    jitter: 0.2,
+    batchSlowdown: 3,
+    maxNumSeqs: 256,
+  });
+  process.stdout.write(
+    `gateway: demo mode — no VLLM_BASE_URL, serving the built-in vLLM simulator at ${sim.url}\n`,
+  );
+  return { upstreams: [sim.url], sim };
+}
+
+/** Development with one worker: the gateway in this process, no cluster. */
+async function runInProcess(upstreams: string[], sim: VllmSimulator | undefined): Promise<void> {
+  const worker = await startWorker(config, { upstreams });
+  process.stdout.write(
+    `gateway: listening on ${worker.url} (1 worker, development)\n${nextSteps(worker.url)}`,
+  );
+  const stop = async () => {
+    process.stdout.write(
+      `gateway: draining: ${worker.openRequests()} open requests, up to ${GRACE_MS / 1000} s\n`,
+    );
+    await worker.close(GRACE_MS);
+    await sim?.close();
+    process.stdout.write('gateway: stopped\n');
+    process.exit(0);
+  };
+  onStopSignals(stop, () => process.exit(FORCED_EXIT_CODE));
+  drainWhenOrphaned(stop);
+}
+
+/**
+ * Forks the workers, replaces one that dies after it served (stops when one dies before: it would die again),
+ * answers their metrics scrapes with the cluster's aggregate, and drains them all on a stop signal.
+ */
+function superviseWorkers(upstreams: string[], sim: VllmSimulator | undefined): void {
   let stopping = false;
   const listeningWorkers = new Set<number>();
+  const aggregate = metricsAggregation();
   const fork = () => {
     const worker = cluster.fork({ GATEWAY_UPSTREAMS: upstreams.join(',') });
-    worker.on('message', async (message: { type?: string; id?: number; url?: string }) => {
+    worker.on('message', (message: { type?: string; id?: number; url?: string }) => {
       if (message?.type === 'vllm-kit:gateway:listening') {
         listeningWorkers.add(worker.id);
         if (listeningWorkers.size === config.workers) {
@@ -155,21 +166,6 @@ async function primary(): Promise<void> {
       }
     });
   };
-  // Scrapes in flight share one aggregation. A worker that exits meanwhile can never answer it: fail it at once
-  // (prom-client would wait 5 s, then give up) so the scrape gets a 503 now and the next one finds the new worker.
-  let aggregation: Promise<string> | undefined;
-  let failAggregation: ((error: Error) => void) | undefined;
-  const aggregate = (): Promise<string> => {
-    aggregation ??= new Promise<string>((resolve, reject) => {
-      failAggregation = reject;
-      aggregator.clusterMetrics().then(resolve, reject);
-    }).finally(() => {
-      aggregation = undefined;
-      failAggregation = undefined;
-    });
-    return aggregation;
-  };
-  cluster.on('exit', () => failAggregation?.(new Error('a worker exited during the scrape')));
   for (let i = 0; i < config.workers; i++) fork();
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) return;
@@ -187,41 +183,13 @@ async function primary(): Promise<void> {
     );
     fork();
   });
-  /** Sends `signal` to every worker and calls `then` once all have exited (at once when there are none). */
-  const signalWorkers = (signal: NodeJS.Signals, then: () => void) => {
-    const workers = Object.values(cluster.workers ?? {});
-    let left = workers.length;
-    if (left === 0) then();
-    for (const worker of workers) {
-      worker?.once('exit', () => --left === 0 && then());
-      worker?.process.kill(signal);
-    }
-  };
-  /** Open requests each draining worker reported (one line once all have, or after half a second). */
-  const draining = new Map<number, number>();
-  let drainLine: NodeJS.Timeout | undefined;
-  const printDraining = () => {
-    if (drainLine === undefined) return;
-    clearTimeout(drainLine);
-    drainLine = undefined;
-    let open = 0;
-    for (const count of draining.values()) open += count;
-    process.stdout.write(
-      `gateway: draining: ${open} open requests in ${draining.size} workers, up to ${GRACE_MS / 1000} s\n`,
-    );
-  };
-  cluster.on('message', (worker, message: { type?: string; open?: number }) => {
-    if (message?.type !== 'vllm-kit:gateway:draining') return;
-    draining.set(worker.id, message.open ?? 0);
-    if (draining.size >= listeningWorkers.size) printDraining();
-  });
+  const report = drainReport(listeningWorkers);
   const stop = (exitCode = 0) => {
     if (stopping) return;
     stopping = true;
-    drainLine = setTimeout(printDraining, 500);
-    drainLine.unref();
+    report.start();
     signalWorkers('SIGTERM', async () => {
-      printDraining();
+      report.print();
       await sim?.close();
       process.stdout.write('gateway: stopped\n');
       process.exit(exitCode);
@@ -236,6 +204,67 @@ async function primary(): Promise<void> {
   };
   onStopSignals(() => stop(), force);
   drainWhenOrphaned(() => stop());
+}
+
+/**
+ * The cluster's metrics, aggregated over the workers. Scrapes in flight share one aggregation. A worker that exits
+ * meanwhile can never answer it: fail it at once (prom-client would wait 5 s, then give up) so the scrape gets a 503
+ * now and the next one finds the new worker.
+ */
+function metricsAggregation(): () => Promise<string> {
+  const aggregator = new client.AggregatorRegistry();
+  let aggregation: Promise<string> | undefined;
+  let failAggregation: ((error: Error) => void) | undefined;
+  cluster.on('exit', () => failAggregation?.(new Error('a worker exited during the scrape')));
+  return () => {
+    aggregation ??= new Promise<string>((resolve, reject) => {
+      failAggregation = reject;
+      aggregator.clusterMetrics().then(resolve, reject);
+    }).finally(() => {
+      aggregation = undefined;
+      failAggregation = undefined;
+    });
+    return aggregation;
+  };
+}
+
+/** Sends `signal` to every worker and calls `then` once all have exited (at once when there are none). */
+function signalWorkers(signal: NodeJS.Signals, then: () => void): void {
+  const workers = Object.values(cluster.workers ?? {});
+  let left = workers.length;
+  if (left === 0) then();
+  for (const worker of workers) {
+    worker?.once('exit', () => --left === 0 && then());
+    worker?.process.kill(signal);
+  }
+}
+
+/** Open requests each draining worker reported: one line once all have, or half a second after the stop began. */
+function drainReport(listeningWorkers: ReadonlySet<number>): { start(): void; print(): void } {
+  const draining = new Map<number, number>();
+  let line: NodeJS.Timeout | undefined;
+  const print = () => {
+    if (line === undefined) return;
+    clearTimeout(line);
+    line = undefined;
+    let open = 0;
+    for (const count of draining.values()) open += count;
+    process.stdout.write(
+      `gateway: draining: ${open} open requests in ${draining.size} workers, up to ${GRACE_MS / 1000} s\n`,
+    );
+  };
+  cluster.on('message', (worker, message: { type?: string; open?: number }) => {
+    if (message?.type !== 'vllm-kit:gateway:draining') return;
+    draining.set(worker.id, message.open ?? 0);
+    if (draining.size >= listeningWorkers.size) print();
+  });
+  return {
+    start() {
+      line = setTimeout(print, 500);
+      line.unref();
+    },
+    print,
+  };
 }
 
 async function worker(): Promise<void> {

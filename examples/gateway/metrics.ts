@@ -160,112 +160,106 @@ const UPSTREAM_FAILURE_KINDS = [
   'server_error',
 ] as const;
 
-export function createMetrics(sources: {
+/** What the metrics read at scrape time. */
+interface MetricSources {
   client: VllmClient;
   keyCache: Pick<TokenCache<unknown>, 'stats'>;
   concurrencyLimiter: ConcurrencyLimiter;
   permits?: PermitPool | undefined;
   /** Series by key name (`gateway_key_tokens_total`): only where the metrics are not public. */
   perKey?: boolean;
-}): GatewayMetrics {
-  // The global registry: prom-client's cluster aggregation reads it in every worker.
+}
+
+/**
+ * The worker's metrics, in prom-client's global registry (its cluster aggregation reads it in every worker): the
+ * per-request series this gateway observes, and the pieces' own figures read at scrape time.
+ */
+export function createMetrics(sources: MetricSources): GatewayMetrics {
   const registry = client.register;
   registry.clear();
-  const requests = new LeanMetric('gateway_requests_total', 'Requests by route and status.', 'counter');
-  const duration = new LeanMetric(
+  const lean = leanMetrics(registry, sources.perKey === true);
+  registerClientMetrics(registry, sources);
+  registerQueueMetrics(sources.concurrencyLimiter);
+  if (sources.permits !== undefined) registerPermitMetrics(registry, sources.permits);
+  return recorder(lean, sources.perKey === true);
+}
+
+/** The per-request series: name, help, type (and buckets). */
+const LEAN_METRICS = {
+  requests: ['gateway_requests_total', 'Requests by route and status.', 'counter'],
+  duration: [
     'gateway_request_duration_seconds',
     'Request latency, to the last byte.',
     'histogram',
     DURATION_BUCKETS,
-  );
-  const ttft = new LeanMetric(
+  ],
+  ttft: [
     'gateway_time_to_first_byte_seconds',
     'Time to the first upstream body byte (the first token of a stream).',
     'histogram',
     TTFT_BUCKETS,
-  );
-  // A histogram, not an average: averages cannot be summed across workers, and buckets show the tail.
-  const queueWait = new LeanMetric(
+  ],
+  queueWait: [
     'gateway_queue_wait_seconds',
     'Time requests waited for an upstream slot.',
     'histogram',
     QUEUE_BUCKETS,
-  );
-  const rateLimited = new LeanMetric('gateway_rate_limited_total', 'Requests refused with 429.', 'counter');
-  const upstreamFailures = new LeanMetric(
+  ],
+  rateLimited: ['gateway_rate_limited_total', 'Requests refused with 429.', 'counter'],
+  upstreamFailures: [
     'gateway_upstream_failures_total',
     'Upstream failures by kind: unreachable, timeout, mid_response, credentials.',
     'counter',
-  );
-  const tokens = new LeanMetric(
-    'gateway_tokens_total',
-    'Tokens used, by type (prompt, completion).',
-    'counter',
-  );
-  const keyTokens = new LeanMetric(
+  ],
+  tokens: ['gateway_tokens_total', 'Tokens used, by type (prompt, completion).', 'counter'],
+  keyTokens: [
     'gateway_key_tokens_total',
     'Tokens used, by key name and type (prompt, completion); only with METRICS_PER_KEY.',
     'counter',
-  );
-  const usageMissing = new LeanMetric(
+  ],
+  usageMissing: [
     'gateway_usage_missing_total',
     'Answers without readable usage, charged from their content (reason: absent, malformed) or, cut before any answer, from the elapsed time (estimated).',
     'counter',
-  );
-  const modelRequests = new LeanMetric(
+  ],
+  modelRequests: [
     'gateway_model_requests_total',
     'Requests that reached a replica, by the model they named (an alias as named) and outcome (ok, client_error, server_error; a cut response is a server_error, a client that left a client_error).',
     'counter',
-  );
-  const modelTokens = new LeanMetric(
+  ],
+  modelTokens: [
     'gateway_model_tokens_total',
     'Tokens used, by model (as the request named it) and type (prompt, completion).',
     'counter',
-  );
-  const budgetRefusals = new LeanMetric(
+  ],
+  budgetRefusals: [
     'gateway_budget_refusals_total',
     "Requests refused by their key's budget, by limit (requests, tokens).",
     'counter',
-  );
-  for (const metric of [
-    requests,
-    duration,
-    ttft,
-    queueWait,
-    rateLimited,
-    upstreamFailures,
-    tokens,
-    ...(sources.perKey ? [keyTokens] : []),
-    usageMissing,
-    budgetRefusals,
-    modelRequests,
-    modelTokens,
-  ]) {
-    registerCustom(registry, metric);
-  }
-  // Present from the start (at 0), so dashboards and alerts see them before the first event.
-  const rateLimitedSeries = rateLimited.seriesFor('', {});
-  const failureSeries = new Map(
-    UPSTREAM_FAILURE_KINDS.map((kind) => [kind, upstreamFailures.seriesFor(kind, { kind })] as const),
-  );
-  const queueSeries = queueWait.seriesFor('', {});
-  const missingSeries = {
-    absent: usageMissing.seriesFor('absent', { reason: 'absent' }),
-    malformed: usageMissing.seriesFor('malformed', { reason: 'malformed' }),
-    estimated: usageMissing.seriesFor('estimated', { reason: 'estimated' }),
-  };
-  const refusalSeries = {
-    requests: budgetRefusals.seriesFor('requests', { type: 'requests' }),
-    tokens: budgetRefusals.seriesFor('tokens', { type: 'tokens' }),
-  };
-  const tokenSeries = {
-    prompt: tokens.seriesFor('prompt', { type: 'prompt' }),
-    completion: tokens.seriesFor('completion', { type: 'completion' }),
-  };
-  const tokensByKey = new Map<string, TokenSeries>();
-  const tokensByModel = new Map<string, TokenSeries>();
-  const requestsByModel = new Map<string, Record<'ok' | 'client_error' | 'server_error', { sum: number }>>();
+  ],
+} satisfies Record<string, ConstructorParameters<typeof LeanMetric>>;
 
+/**
+ * The per-request series (lean: observed in O(1), rendered at scrape time), registered. A histogram, not an average,
+ * for the queue wait: averages cannot be summed across workers, and buckets show the tail.
+ */
+function leanMetrics(registry: client.Registry, perKey: boolean) {
+  const made = {} as Record<keyof typeof LEAN_METRICS, LeanMetric>;
+  for (const [name, definition] of Object.entries(LEAN_METRICS) as [
+    keyof typeof LEAN_METRICS,
+    ConstructorParameters<typeof LeanMetric>,
+  ][]) {
+    made[name] = new LeanMetric(...definition);
+    // Series by key name only where the metrics are not public (METRICS_PER_KEY).
+    if (name !== 'keyTokens' || perKey) registerCustom(registry, made[name]);
+  }
+  return made;
+}
+
+type LeanMetrics = ReturnType<typeof leanMetrics>;
+
+/** The client's figures (connections, routing, adapter loads) and the key cache's, read at scrape time. */
+function registerClientMetrics(registry: client.Registry, sources: MetricSources): void {
   new client.Gauge({
     name: 'gateway_upstream_connections',
     help: 'Upstream pool connections by state.',
@@ -319,11 +313,15 @@ export function createMetrics(sources: {
         ]),
     ),
   );
+}
+
+/** The concurrency limiter's queue, by priority band and key. */
+function registerQueueMetrics(limiter: ConcurrencyLimiter): void {
   new client.Gauge({
     name: 'gateway_queue_depth',
     help: 'Requests waiting for an upstream slot.',
     collect() {
-      this.set(sources.concurrencyLimiter.pendingCount);
+      this.set(limiter.pendingCount);
     },
   });
   new client.Gauge({
@@ -332,7 +330,7 @@ export function createMetrics(sources: {
     labelNames: ['priority'] as const,
     collect() {
       this.reset();
-      for (const [priority, n] of Object.entries(sources.concurrencyLimiter.stats().pendingByPriority))
+      for (const [priority, n] of Object.entries(limiter.stats().pendingByPriority))
         this.set({ priority }, n);
     },
   });
@@ -340,75 +338,72 @@ export function createMetrics(sources: {
     name: 'gateway_queue_keys',
     help: 'API keys with requests waiting (the fair queue serves them in turn).',
     collect() {
-      this.set(Object.keys(sources.concurrencyLimiter.stats().pendingByKey).length);
+      this.set(Object.keys(limiter.stats().pendingByKey).length);
     },
   });
-  const permits = sources.permits;
-  if (permits !== undefined) {
-    new client.Gauge({
-      name: 'gateway_upstream_permits',
-      help: 'Shared upstream permits (UPSTREAM_CONCURRENCY) held and waited for, by upstream.',
-      labelNames: ['upstream', 'state'] as const,
-      collect() {
-        this.reset();
-        for (const [upstream, r] of Object.entries(permits.stats().byResource)) {
-          this.set({ upstream, state: 'held' }, r.held);
-          this.set({ upstream, state: 'waiting' }, r.waiting);
-        }
-      },
-    });
-    new client.Gauge({
-      name: 'gateway_upstream_permits_degraded',
-      help: 'Workers whose permit store (primary or Redis) is failing: each holds its local share meanwhile.',
-      collect() {
-        this.set(permits.stats().degraded ? 1 : 0);
-      },
-    });
-    registerCustom(
-      registry,
-      new TotalsCounter(
-        'gateway_upstream_permits_fallback_total',
-        'Permits granted from the local share while the permit store was failing.',
-        () => [{ labels: {}, value: permits.stats().fallbackAcquired }],
-      ),
-    );
-  }
+}
 
-  // Routes and statuses are a small closed set (unknown paths are labelled "unknown"): series are looked up by
-  // route, then by status, in small maps.
-  const byRoute = new Map<
-    string,
-    {
-      duration: { counts: number[]; sum: number };
-      ttft: { counts: number[]; sum: number };
-      byStatus: Map<number, { sum: number }>;
-    }
-  >();
-  const routeSeries = (route: string) => {
-    let entry = byRoute.get(route);
-    if (entry === undefined) {
-      entry = {
-        duration: duration.seriesFor(route, { route }),
-        ttft: ttft.seriesFor(route, { route }),
-        byStatus: new Map(),
-      };
-      byRoute.set(route, entry);
-    }
-    return entry;
-  };
+/** The shared upstream permits (UPSTREAM_CONCURRENCY). */
+function registerPermitMetrics(registry: client.Registry, permits: PermitPool): void {
+  new client.Gauge({
+    name: 'gateway_upstream_permits',
+    help: 'Shared upstream permits (UPSTREAM_CONCURRENCY) held and waited for, by upstream.',
+    labelNames: ['upstream', 'state'] as const,
+    collect() {
+      this.reset();
+      for (const [upstream, r] of Object.entries(permits.stats().byResource)) {
+        this.set({ upstream, state: 'held' }, r.held);
+        this.set({ upstream, state: 'waiting' }, r.waiting);
+      }
+    },
+  });
+  new client.Gauge({
+    name: 'gateway_upstream_permits_degraded',
+    help: 'Workers whose permit store (primary or Redis) is failing: each holds its local share meanwhile.',
+    collect() {
+      this.set(permits.stats().degraded ? 1 : 0);
+    },
+  });
+  registerCustom(
+    registry,
+    new TotalsCounter(
+      'gateway_upstream_permits_fallback_total',
+      'Permits granted from the local share while the permit store was failing.',
+      () => [{ labels: {}, value: permits.stats().fallbackAcquired }],
+    ),
+  );
+}
+
+/** The functions the gateway observes with, over the lean series (made once per label value, then cached). */
+function recorder(lean: LeanMetrics, perKey: boolean): GatewayMetrics {
+  // Present from the start (at 0), so dashboards and alerts see them before the first event.
+  const rateLimitedSeries = lean.rateLimited.seriesFor('', {});
+  const failureSeries = seriesByValue(lean.upstreamFailures, 'kind', UPSTREAM_FAILURE_KINDS);
+  const queueSeries = lean.queueWait.seriesFor('', {});
+  const missingSeries = seriesByValue(lean.usageMissing, 'reason', [
+    'absent',
+    'malformed',
+    'estimated',
+  ] as const);
+  const refusalSeries = seriesByValue(lean.budgetRefusals, 'type', ['requests', 'tokens'] as const);
+  const tokenSeries = seriesByValue(lean.tokens, 'type', ['prompt', 'completion'] as const);
+  const tokensByKey = new Map<string, TokenSeries>();
+  const tokensByModel = new Map<string, TokenSeries>();
+  const requestsByModel = new Map<string, Record<Outcome, { sum: number }>>();
+  const routes = new RouteSeries(lean);
   return {
     observeRequest(route, status, seconds) {
-      const entry = routeSeries(route);
+      const entry = routes.of(route);
       let counter = entry.byStatus.get(status);
       if (counter === undefined) {
-        counter = requests.seriesFor(`${route} ${status}`, { route, status: String(status) });
+        counter = lean.requests.seriesFor(`${route} ${status}`, { route, status: String(status) });
         entry.byStatus.set(status, counter);
       }
       counter.sum++;
       observe(DURATION_BUCKETS, entry.duration, seconds);
     },
     observeTtft(route, seconds) {
-      observe(TTFT_BUCKETS, routeSeries(route).ttft, seconds);
+      observe(TTFT_BUCKETS, routes.of(route).ttft, seconds);
     },
     observeQueueWait(seconds) {
       observe(QUEUE_BUCKETS, queueSeries, seconds);
@@ -417,38 +412,22 @@ export function createMetrics(sources: {
       rateLimitedSeries.sum++;
     },
     upstreamFailure(kind) {
-      failureSeries.get(kind)!.sum++;
+      failureSeries[kind].sum++;
     },
     llmTokens(key, prompt, completion, model) {
       tokenSeries.prompt.sum += prompt;
       tokenSeries.completion.sum += completion;
       if (model !== undefined) {
-        addTokens(
-          tokensByModel,
-          modelTokens,
-          'model',
-          boundedModel(tokensByModel, model),
-          prompt,
-          completion,
-        );
+        const label = boundedModel(tokensByModel, model);
+        addTokens(tokensByModel, lean.modelTokens, 'model', label, prompt, completion);
       }
-      if (sources.perKey) addTokens(tokensByKey, keyTokens, 'key', key, prompt, completion);
+      if (perKey) addTokens(tokensByKey, lean.keyTokens, 'key', key, prompt, completion);
     },
     observeModel(model, status) {
       model = boundedModel(requestsByModel, model);
       let series = requestsByModel.get(model);
       if (series === undefined) {
-        series = {
-          ok: modelRequests.seriesFor(`${model}\u0000ok`, { model, outcome: 'ok' }),
-          client_error: modelRequests.seriesFor(`${model}\u0000client_error`, {
-            model,
-            outcome: 'client_error',
-          }),
-          server_error: modelRequests.seriesFor(`${model}\u0000server_error`, {
-            model,
-            outcome: 'server_error',
-          }),
-        };
+        series = seriesByValue(lean.modelRequests, 'outcome', OUTCOMES, { model });
         requestsByModel.set(model, series);
       }
       series[status >= 500 ? 'server_error' : status >= 400 ? 'client_error' : 'ok'].sum++;
@@ -460,6 +439,57 @@ export function createMetrics(sources: {
       refusalSeries[type].sum++;
     },
   };
+}
+
+const OUTCOMES = ['ok', 'client_error', 'server_error'] as const;
+type Outcome = (typeof OUTCOMES)[number];
+
+/** One series per value of `label` (with `fixed` labels beside it), made now: so each shows at 0 from the start. */
+function seriesByValue<V extends string>(
+  metric: LeanMetric,
+  label: string,
+  values: readonly V[],
+  fixed: Record<string, string> = {},
+): Record<V, { counts: number[]; sum: number }> {
+  const prefix = Object.values(fixed).join('\u0000');
+  const series = {} as Record<V, { counts: number[]; sum: number }>;
+  for (const value of values) {
+    series[value] = metric.seriesFor(prefix === '' ? value : `${prefix}\u0000${value}`, {
+      ...fixed,
+      [label]: value,
+    });
+  }
+  return series;
+}
+
+/**
+ * Routes and statuses are a small closed set (unknown paths are labelled "unknown"): series are looked up by route,
+ * then by status, in small maps.
+ */
+class RouteSeries {
+  private readonly byRoute = new Map<
+    string,
+    {
+      duration: { counts: number[]; sum: number };
+      ttft: { counts: number[]; sum: number };
+      byStatus: Map<number, { sum: number }>;
+    }
+  >();
+
+  constructor(private readonly lean: LeanMetrics) {}
+
+  of(route: string) {
+    let entry = this.byRoute.get(route);
+    if (entry === undefined) {
+      entry = {
+        duration: this.lean.duration.seriesFor(route, { route }),
+        ttft: this.lean.ttft.seriesFor(route, { route }),
+        byStatus: new Map(),
+      };
+      this.byRoute.set(route, entry);
+    }
+    return entry;
+  }
 }
 
 type TokenSeries = { prompt: { sum: number }; completion: { sum: number } };

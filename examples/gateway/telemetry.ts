@@ -53,79 +53,10 @@ export async function startTelemetry(env: Env, logger: Logger): Promise<GatewayT
     logRecordProcessors: [],
   });
   sdk.start();
-  // The SDK reports export failures through its diagnostic logger: route warnings to ours (never more than once a
-  // minute per message, a collector that is down would otherwise fill the log).
-  const lastWarned = new Map<string, number>();
-  api.diag.setLogger(
-    {
-      error: (message) => warnOnce(message),
-      warn: (message) => warnOnce(message),
-      info: () => {},
-      debug: () => {},
-      verbose: () => {},
-    },
-    api.DiagLogLevel.WARN,
-  );
-  function warnOnce(message: string): void {
-    const now = Date.now();
-    if ((lastWarned.get(message) ?? 0) > now - 60_000) return;
-    lastWarned.set(message, now);
-    logger.warn({ otel: message }, 'opentelemetry');
-  }
-
-  const tracer = api.trace.getTracer('vllm-kit-gateway');
-  const duration = api.metrics.getMeter('vllm-kit-gateway').createHistogram('http.server.request.duration', {
-    description: 'Duration of HTTP server requests',
-    unit: 's',
-    advice: { explicitBucketBoundaries: DURATION_BUCKETS },
-  });
-  const { SpanKind, SpanStatusCode, ROOT_CONTEXT, propagation, trace } = api;
-
+  logDiagnostics(api, logger);
   return {
     api,
-    startRequest(req, path, route, requestId) {
-      const started = performance.now();
-      const method = req.method ?? 'GET';
-      // An incoming traceparent continues the caller's trace (the propagators of OTEL_PROPAGATORS read it).
-      const parent = propagation.extract(ROOT_CONTEXT, req.headers);
-      // The conventions' required attributes, the route and the request id. Not the client's address or user agent:
-      // personal data has no place in traces by default (and every attribute is paid for on every span exported).
-      const attributes: OpenTelemetryApi.Attributes = {
-        'http.request.method': method,
-        'url.path': path,
-        'url.scheme': 'http',
-        'vllm_kit.request_id': requestId,
-      };
-      if (route !== undefined) attributes['http.route'] = route;
-      const span = tracer.startSpan(
-        route === undefined ? method : `${method} ${route}`,
-        { kind: SpanKind.SERVER, attributes },
-        parent,
-      );
-      return {
-        context: trace.setSpan(parent, span),
-        end(status, errorType) {
-          const metricAttributes: OpenTelemetryApi.Attributes = {
-            'http.request.method': method,
-            'url.scheme': 'http',
-          };
-          if (route !== undefined) metricAttributes['http.route'] = route;
-          if (status !== undefined) {
-            span.setAttribute('http.response.status_code', status);
-            metricAttributes['http.response.status_code'] = status;
-          }
-          // A server span is an error for 5xx (the conventions leave 4xx to the client), or with no answer at all.
-          const type = errorType ?? (status !== undefined && status >= 500 ? String(status) : undefined);
-          if (type !== undefined) {
-            span.setAttribute('error.type', type);
-            span.setStatus({ code: SpanStatusCode.ERROR });
-            metricAttributes['error.type'] = type;
-          }
-          duration.record((performance.now() - started) / 1000, metricAttributes);
-          span.end();
-        },
-      };
-    },
+    startRequest: requestSpans(api),
     async shutdown() {
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<void>((resolve) => {
@@ -135,5 +66,77 @@ export async function startTelemetry(env: Env, logger: Logger): Promise<GatewayT
       await Promise.race([sdk.shutdown().catch(() => undefined), timeout]);
       clearTimeout(timer);
     },
+  };
+}
+
+/**
+ * The SDK reports export failures through its diagnostic logger: route warnings to ours (never more than once a
+ * minute per message, a collector that is down would otherwise fill the log).
+ */
+function logDiagnostics(api: typeof OpenTelemetryApi, logger: Logger): void {
+  const lastWarned = new Map<string, number>();
+  const warnOnce = (message: string): void => {
+    const now = Date.now();
+    if ((lastWarned.get(message) ?? 0) > now - 60_000) return;
+    lastWarned.set(message, now);
+    logger.warn({ otel: message }, 'opentelemetry');
+  };
+  api.diag.setLogger(
+    { error: warnOnce, warn: warnOnce, info: () => {}, debug: () => {}, verbose: () => {} },
+    api.DiagLogLevel.WARN,
+  );
+}
+
+/** A server span per request, and the conventions' request-duration histogram. */
+function requestSpans(api: typeof OpenTelemetryApi): GatewayTelemetry['startRequest'] {
+  const tracer = api.trace.getTracer('vllm-kit-gateway');
+  const duration = api.metrics.getMeter('vllm-kit-gateway').createHistogram('http.server.request.duration', {
+    description: 'Duration of HTTP server requests',
+    unit: 's',
+    advice: { explicitBucketBoundaries: DURATION_BUCKETS },
+  });
+  const { SpanKind, SpanStatusCode, ROOT_CONTEXT, propagation, trace } = api;
+  return (req, path, route, requestId) => {
+    const started = performance.now();
+    const method = req.method ?? 'GET';
+    // An incoming traceparent continues the caller's trace (the propagators of OTEL_PROPAGATORS read it).
+    const parent = propagation.extract(ROOT_CONTEXT, req.headers);
+    // The conventions' required attributes, the route and the request id. Not the client's address or user agent:
+    // personal data has no place in traces by default (and every attribute is paid for on every span exported).
+    const attributes: OpenTelemetryApi.Attributes = {
+      'http.request.method': method,
+      'url.path': path,
+      'url.scheme': 'http',
+      'vllm_kit.request_id': requestId,
+    };
+    if (route !== undefined) attributes['http.route'] = route;
+    const span = tracer.startSpan(
+      route === undefined ? method : `${method} ${route}`,
+      { kind: SpanKind.SERVER, attributes },
+      parent,
+    );
+    return {
+      context: trace.setSpan(parent, span),
+      end(status, errorType) {
+        const metricAttributes: OpenTelemetryApi.Attributes = {
+          'http.request.method': method,
+          'url.scheme': 'http',
+        };
+        if (route !== undefined) metricAttributes['http.route'] = route;
+        if (status !== undefined) {
+          span.setAttribute('http.response.status_code', status);
+          metricAttributes['http.response.status_code'] = status;
+        }
+        // A server span is an error for 5xx (the conventions leave 4xx to the client), or with no answer at all.
+        const type = errorType ?? (status !== undefined && status >= 500 ? String(status) : undefined);
+        if (type !== undefined) {
+          span.setAttribute('error.type', type);
+          span.setStatus({ code: SpanStatusCode.ERROR });
+          metricAttributes['error.type'] = type;
+        }
+        duration.record((performance.now() - started) / 1000, metricAttributes);
+        span.end();
+      },
+    };
   };
 }
