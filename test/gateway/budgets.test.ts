@@ -111,10 +111,10 @@ describe('budgets from the key', () => {
     const sim = await simulator({ outputTokens: 20, itlMs: 20 });
     const gateway = await setup({ LIMIT_CONCURRENCY: '1', MAX_QUEUE: '0', USAGE_FLUSH_MS: '10' }, sim);
     const key = await keyWith(gateway, 'shed', 5, null);
-    const [a, b] = await Promise.all([
-      post(gateway.url, '/v1/chat/completions', { key, body: JSON.stringify({ messages }) }),
-      new Promise((r) => setTimeout(r, 50)).then(() => post(gateway.url, '/v1/chat/completions', { key })),
-    ]);
+    const first = post(gateway.url, '/v1/chat/completions', { key, body: JSON.stringify({ messages }) });
+    // The second arrives while the first holds the only slot (at the model server), with no queue to wait in.
+    await expect.poll(() => sim.stats().running).toBe(1);
+    const [a, b] = await Promise.all([first, post(gateway.url, '/v1/chat/completions', { key })]);
     expect([a.status, b.status]).toEqual([200, 503]);
     await a.text();
     await b.text();

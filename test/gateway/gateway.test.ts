@@ -128,7 +128,10 @@ describe('gateway errors', () => {
     void post(url, '/v1/chat/completions', { key }).catch(() => undefined);
     await expect.poll(() => sim.stats().running).toBe(1);
     const queued = post(url, '/v1/chat/completions', { key });
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    // The second waits in the queue (its only place) before the third is sent.
+    await expect
+      .poll(async () => /^gateway_queue_depth 1$/m.test(await (await fetch(`${url}/metrics`)).text()))
+      .toBe(true);
     const full = await post(url, '/v1/chat/completions', { key });
     expect(full.status).toBe(503);
     expect(await full.json()).toMatchObject({ error: { code: 'queue_full' } });
