@@ -201,12 +201,17 @@ function modelAliases(env: Env): Record<string, string> {
 }
 
 /**
- * One of `choices` (the first is the default when the variable is unset or empty), else a ConfigError naming the
+ * One of `choices` (the first, or `fallback`, when the variable is unset or empty), else a ConfigError naming the
  * variable and showing the value: `X must be "a" or "b"` (or `"a", "b" or "c"`; `one of a, b, …` beyond three).
  */
-function oneOf<const C extends string>(env: Env, name: string, choices: readonly C[], lowercase = false): C {
+function oneOf<const C extends string>(
+  env: Env,
+  name: string,
+  choices: readonly C[],
+  { fallback = choices[0]!, lowercase = false }: { fallback?: C; lowercase?: boolean } = {},
+): C {
   const raw = env[name];
-  const value = raw === undefined || raw === '' ? choices[0]! : lowercase ? raw.toLowerCase() : raw;
+  const value = raw === undefined || raw === '' ? fallback : lowercase ? raw.toLowerCase() : raw;
   if ((choices as readonly string[]).includes(value)) return value as C;
   const quoted = choices.map((choice) => `"${choice}"`);
   const listed =
@@ -245,7 +250,7 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     ...admin,
     shutdownGraceMs: integer(env, 'SHUTDOWN_GRACE_MS', 30_000, 0, 3_600_000),
     gatewayInstances: integer(env, 'GATEWAY_INSTANCES', 1, 1, 10_000),
-    logLevel: oneOf(env, 'LOG_LEVEL', ['info', ...LOG_LEVELS.filter((level) => level !== 'info')]),
+    logLevel: oneOf(env, 'LOG_LEVEL', LOG_LEVELS, { fallback: 'info' }),
   };
 }
 
@@ -271,7 +276,7 @@ function limitsConfig(env: Env) {
     rateLimitWindowSec: integer(env, 'RATE_LIMIT_WINDOW_SEC', 60, 1, 86_400),
     rateLimitName,
     trustProxy: trustProxyOf(env),
-    trustProxyHeader: oneOf(env, 'TRUST_PROXY_HEADER', ['x-forwarded-for', 'forwarded'], true),
+    trustProxyHeader: oneOf(env, 'TRUST_PROXY_HEADER', ['x-forwarded-for', 'forwarded'], { lowercase: true }),
     maxBodyBytes: integer(env, 'MAX_BODY_BYTES', 1_048_576, 1, 1_073_741_824),
     maxJsonDepth: integer(env, 'MAX_JSON_DEPTH', 64, 2, 1000),
     ...timeoutsConfig(env),
@@ -404,12 +409,9 @@ function telemetryConfig(env: Env) {
       `OTEL_TRACES_SAMPLER must be one of ${SAMPLERS.join(', ')}, got "${sampler}"`,
     );
   }
-  const captureContent = oneOf(
-    env,
-    'OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT',
-    ['false', 'true'],
-    true,
-  );
+  const captureContent = oneOf(env, 'OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT', ['false', 'true'], {
+    lowercase: true,
+  });
   return {
     telemetry: telemetryConfigured(env),
     telemetryCaptureContent: captureContent === 'true',
@@ -430,7 +432,7 @@ function adminConfig(env: Env) {
     env.METRICS_PORT === undefined || env.METRICS_PORT === ''
       ? undefined
       : integer(env, 'METRICS_PORT', 0, 0, 65535);
-  const perKey = oneOf(env, 'METRICS_PER_KEY', ['false', 'true'], true) === 'true';
+  const perKey = oneOf(env, 'METRICS_PER_KEY', ['false', 'true'], { lowercase: true }) === 'true';
   if (perKey && adminKey === undefined && metricsPort === undefined) {
     throw new ConfigError(
       'METRICS_PER_KEY',
