@@ -814,8 +814,13 @@ class Client implements VllmClient {
    */
   private async send(spec: SendSpec, options?: CallOptions): Promise<Sent> {
     if (this.closed) throw new ClosedError('client');
-    const route = await this.route(spec, options);
-    const state = await this.open(route, options);
+    // The stages are synchronous unless they must wait (an adapter load, a permit): no extra turns on the hot path.
+    let route = this.route(spec, options);
+    if (this.resolvesModel(route)) route = await this.resolveRoute(route, options);
+    const state = this.open(route, options);
+    const permits = state.spec.method === 'POST' ? this.options.permits : undefined;
+    if (permits !== undefined) await this.takePermit(state, permits);
+    state.startedAt = performance.now();
     for (let attempt = 0; ; attempt++) {
       const sent = await this.attempt(state, attempt);
       if (sent !== undefined) return sent;
@@ -827,7 +832,7 @@ class Client implements VllmClient {
    * that uses them pays for them), and the model: an alias resolved, a declared adapter loaded if no replica serves it
    * (the wait counts against the call's total timeout), unknown → refused before anything is sent.
    */
-  private async route(spec: SendSpec, options: CallOptions | undefined): Promise<CallRoute> {
+  private route(spec: SendSpec, options: CallOptions | undefined): CallRoute {
     const replica = options?.replica === undefined ? undefined : this.replicaOf(options.replica);
     const router = this.router;
     const routeKey =
@@ -842,38 +847,34 @@ class Client implements VllmClient {
       (spec.routingBody !== undefined || options?.routingKey !== undefined)
         ? routingBlocks(spec.routingBody, this.options.routingPrefixChars, options?.routingKey)
         : undefined;
-    const route: CallRoute = {
-      spec,
-      replica,
-      routeKey,
-      blocks,
-      model: undefined,
-      alias: undefined,
-      waitedMs: 0,
-    };
-    if (
+    return { spec, replica, routeKey, blocks, model: undefined, alias: undefined, waitedMs: 0 };
+  }
+
+  /** Routing by model (or aliases) applies to this call. */
+  private resolvesModel(route: CallRoute): boolean {
+    const router = this.router;
+    return (
       router !== undefined &&
-      replica === undefined &&
-      spec.routingBody !== undefined &&
+      route.replica === undefined &&
+      route.spec.routingBody !== undefined &&
       (router.routesByModel || this.hasAliases)
-    ) {
-      const resolving = performance.now();
-      const resolved = await this.resolveModel(spec, options);
-      route.spec = resolved.spec;
-      route.model = resolved.model;
-      route.alias = resolved.alias;
-      route.waitedMs = performance.now() - resolving;
-    }
-    return route;
+    );
+  }
+
+  /** The model resolved (an alias, an adapter loaded on demand); the wait is counted against the total timeout. */
+  private async resolveRoute(route: CallRoute, options: CallOptions | undefined): Promise<CallRoute> {
+    const resolving = performance.now();
+    const { spec, model, alias } = await this.resolveModel(route.spec, options);
+    return { ...route, spec, model, alias, waitedMs: performance.now() - resolving };
   }
 
   /**
    * Stage 2, the call's own state: its signal (the caller's signal and the total timeout), its span (telemetry on),
-   * and a permit for its replica when the client shares a limit per replica — the replica is chosen now, and the
-   * permit goes back when the call is over, whichever way. Only work takes a permit (POST: generations, embeddings);
-   * probes (GET /health, /v1/models) never wait for one.
+   * its headers. Then (`takePermit`) a permit for its replica when the client shares a limit per replica — the replica
+   * is chosen now, and the permit goes back when the call is over, whichever way. Only work takes a permit (POST:
+   * generations, embeddings); probes (GET /health, /v1/models) never wait for one.
    */
-  private async open(route: CallRoute, options: CallOptions | undefined): Promise<CallState> {
+  private open(route: CallRoute, options: CallOptions | undefined): CallState {
     const spec = route.spec;
     this.requests++;
     this.budget.recordRequest();
@@ -896,7 +897,13 @@ class Client implements VllmClient {
       origin: route.replica ?? (this.router === undefined ? this.origin : undefined),
     });
     const state: CallState = {
-      ...route,
+      spec,
+      replica: route.replica,
+      routeKey: route.routeKey,
+      blocks: route.blocks,
+      model: route.model,
+      alias: route.alias,
+      waitedMs: route.waitedMs,
       options,
       signal,
       call,
@@ -908,16 +915,12 @@ class Client implements VllmClient {
               signal.done();
               call.end(signal.aborted ? signal.reason : undefined);
             },
-      headers: [],
+      headers: this.buildHeaders(spec, options),
       startedAt: 0,
       replayable: spec.retry !== false && isReplayableBody(spec.body),
       avoid: undefined,
     };
-    const permits = spec.method === 'POST' ? this.options.permits : undefined;
-    if (permits !== undefined) await this.takePermit(state, permits);
-    state.headers = this.buildHeaders(spec, options);
     if (call !== undefined) state.headers = withTraceHeaders(state.headers, call.traceHeaders());
-    state.startedAt = performance.now();
     return state;
   }
 
