@@ -6,14 +6,14 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { ConcurrencyLimiter, IpRateLimiter, KeyBudgets, TokenCache, VllmClient } from 'vllm-kit';
-import { RequestContext } from './context.js';
+import { RequestContext, type Route } from './context.js';
 import type { Cors } from './cors.js';
 import { respondToError } from './errors.js';
 import type { HealthProbe } from './health.js';
 import { ECHOABLE_PATH, HttpError, pathOf, sendError, VALID_REQUEST_ID } from './http.js';
 import type { ApiKey } from './key-store.js';
 import type { GatewayMetrics } from './metrics.js';
-import { ADMIN_ROUTES, allowed, type ComposedRoute, ROUTES } from './pipeline.js';
+import { ADMIN_ROUTES, allowed, ROUTES } from './pipeline.js';
 import { DecodeRate } from './steps.js';
 import type { GatewayTelemetry } from './telemetry.js';
 import type { UsageRecorder } from './usage-recorder.js';
@@ -79,7 +79,7 @@ async function handle(services: GatewayServices, req: IncomingMessage, res: Gate
   const context = begin(services, req, res);
   try {
     services.cors?.apply(req, res);
-    const route = context.route as ComposedRoute | undefined;
+    const route = context.route;
     if (route === undefined) {
       // Never repeat request-controlled text beyond a plain path (no markup, no absolute URI, bounded length).
       const shown = ECHOABLE_PATH.test(context.path) ? ` ${context.path}` : '';
@@ -96,7 +96,7 @@ async function handle(services: GatewayServices, req: IncomingMessage, res: Gate
         { allow: allowed(route) },
       );
     }
-    await route.run(context);
+    await context.run(route.steps);
   } catch (error) {
     respondToError(context, error);
   }
@@ -125,7 +125,7 @@ function begin(services: GatewayServices, req: IncomingMessage, res: GatewayResp
 }
 
 /** `OPTIONS`: a CORS preflight (answered by the CORS policy) or a plain question about the allowed methods. */
-function options(context: RequestContext, route: ComposedRoute): void {
+function options(context: RequestContext, route: Route): void {
   const { req, res } = context;
   const allow = allowed(route);
   if (req.headers['access-control-request-method'] !== undefined) {
@@ -206,7 +206,7 @@ async function handleAdmin(
     }
     const route = ADMIN_ROUTES.get(path);
     if (route === undefined) throw new HttpError(404, 'Unknown route', 'invalid_request_error', 'not_found');
-    await route.run(new RequestContext(services, req, res, '', path, path, performance.now()));
+    await new RequestContext(services, req, res, '', path, path, performance.now()).run(route.steps);
   } catch (error) {
     if (error instanceof HttpError) return sendError(res, error);
     services.logger.error(

@@ -4,10 +4,11 @@
 //   generation:  per-IP limit ─▶ authenticate ─▶ read JSON ─▶ model access ─▶ budget ─▶ meter ─▶ admission ─▶ proxy
 //                                                                              (settles once the rest has ended)
 //
-// To add a route: one entry in `createRoutes`. To add a step: write it (steps.ts has the generation steps, each a
-// `(context, next) => …` over the request's context) and put it in the list where it belongs. The client's permit
-// wait (UPSTREAM_CONCURRENCY) happens inside `proxy`, once the replica is chosen: the permit is per replica.
-import type { RequestContext, Route, Step } from './context.js';
+// To add a route: one entry in `ROUTES`. To add a step: write it (steps.ts has the generation steps, each a
+// `(context, next) => …` over the request's context) and put it in the list where it belongs. The context runs them
+// (`RequestContext.run`). The client's permit wait (UPSTREAM_CONCURRENCY) happens inside `proxy`, once the replica is
+// chosen: the permit is per replica.
+import type { Route, Step } from './context.js';
 import {
   adminKey,
   detailedHealth,
@@ -22,28 +23,6 @@ import {
 import { proxy } from './proxy.js';
 import { admission, authenticate, budget, meter, modelAccess, perIpLimit, readJson } from './steps.js';
 
-/** A route with its steps composed into one function. */
-export interface ComposedRoute extends Route {
-  run(context: RequestContext): Promise<void>;
-}
-
-/**
- * Runs `steps` in order: each gets `next`, which runs the ones after it (koa-compose, without its per-call checks).
- * A step that does not call `next` ends the request there.
- */
-export function compose(steps: readonly Step[]): (context: RequestContext) => Promise<void> {
-  const last = steps.length;
-  function dispatch(context: RequestContext, index: number): Promise<void> {
-    if (index === last) return Promise.resolve();
-    try {
-      return Promise.resolve(steps[index]!(context, () => dispatch(context, index + 1)));
-    } catch (error) {
-      return Promise.reject(error);
-    }
-  }
-  return (context) => dispatch(context, 0);
-}
-
 /** A generation: everything between the client and the model server, in order. */
 const GENERATION: readonly Step[] = [
   perIpLimit,
@@ -57,7 +36,7 @@ const GENERATION: readonly Step[] = [
 ];
 
 /** The public listener's routes. */
-export const ROUTES: ReadonlyMap<string, ComposedRoute> = table({
+export const ROUTES: ReadonlyMap<string, Route> = table({
   '/v1/chat/completions': { method: 'POST', steps: GENERATION },
   '/v1/completions': { method: 'POST', steps: GENERATION },
   '/v1/embeddings': { method: 'POST', steps: GENERATION },
@@ -70,19 +49,15 @@ export const ROUTES: ReadonlyMap<string, ComposedRoute> = table({
 });
 
 /** The METRICS_PORT listener's routes: the probes, the detailed /health and /metrics, nothing else. */
-export const ADMIN_ROUTES: ReadonlyMap<string, ComposedRoute> = table({
+export const ADMIN_ROUTES: ReadonlyMap<string, Route> = table({
   '/livez': { method: 'GET', steps: [livez] },
   '/readyz': { method: 'GET', steps: [readyz] },
   '/health': { method: 'GET', steps: [detailedHealth] },
   '/metrics': { method: 'GET', steps: [metrics] },
 });
 
-function table(routes: Record<string, Omit<Route, 'path'>>): Map<string, ComposedRoute> {
-  const composed = new Map<string, ComposedRoute>();
-  for (const [path, route] of Object.entries(routes)) {
-    composed.set(path, { ...route, path, run: compose(route.steps) });
-  }
-  return composed;
+function table(routes: Record<string, Omit<Route, 'path'>>): Map<string, Route> {
+  return new Map(Object.entries(routes).map(([path, route]) => [path, { ...route, path }]));
 }
 
 /** The `Allow` header of a route: its method, HEAD beside GET, and OPTIONS. */

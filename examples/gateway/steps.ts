@@ -148,7 +148,7 @@ export const modelAccess: Step = (context, next) => {
  * `max_tokens` × choices are reserved at admission and settled to the actual usage, so concurrent requests cannot
  * overshoot the key's tpm together. A request with no `max_tokens` reserves what the window has left.
  */
-export const budget: Step = async (context, next) => {
+export const budget: Step = (context, next) => {
   const principal = context.principal!;
   const cost = reservationFor(context.routingBody, context.path !== '/v1/embeddings');
   context.cost = cost;
@@ -159,24 +159,30 @@ export const budget: Step = async (context, next) => {
     });
     return next();
   }
-  const decision = await context.deps.budgets.admit(
+  return admitToBudget(context, next, principal, cost.worstCase);
+};
+
+async function admitToBudget(
+  context: RequestContext,
+  next: () => Promise<void>,
+  principal: ApiKey,
+  worstCase: number | undefined,
+): Promise<void> {
+  const { budgets, metrics } = context.deps;
+  const decision = await budgets.admit(
     principal.id,
     { requests: principal.rpm, tokens: principal.tpm },
-    { reserveTokens: cost.worstCase ?? 'rest' },
+    { reserveTokens: worstCase ?? 'rest' },
   );
-  const headers = context.deps.budgets.headers(decision);
+  const headers = budgets.headers(decision);
   for (const name in headers) context.res.setHeader(name, headers[name]!);
   if (decision.refusal !== undefined) {
-    context.deps.metrics?.budgetRefused(decision.refusedBy ?? 'requests');
+    metrics?.budgetRefused(decision.refusedBy ?? 'requests');
     return sendError(context.res, decision.refusal);
   }
-  context.settlement = context.deps.budgets.settlement({
-    key: principal.id,
-    decision,
-    onUsage: accountUsage(context),
-  });
+  context.settlement = budgets.settlement({ key: principal.id, decision, onUsage: accountUsage(context) });
   return next();
-};
+}
 
 /**
  * Asks the upstream for usage (from vLLM, on every stream chunk, so a stream cut short is still charged exactly; the

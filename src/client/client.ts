@@ -1020,7 +1020,7 @@ class Client implements VllmClient {
       status,
       headers: response.headers,
       body: response.body as Sent['body'],
-      abort: signal.abort,
+      abort: (reason: Error) => signal.abort(reason),
       done: state.done,
       signal,
       startedAt: state.startedAt,

@@ -42,13 +42,13 @@ export class LightAbortSignal implements AbortSignalLike {
     if (at !== -1) listeners!.splice(at, 1);
   }
 
-  /** Aborts once (later calls do nothing): sets `reason`, then calls each listener once. An arrow: pass it around. */
-  readonly abort = (reason: unknown): void => {
+  /** Aborts once (later calls do nothing): sets `reason`, then calls each listener once. */
+  abort(reason: unknown): void {
     if (this.aborted) return;
     this.aborted = true;
     this.reason = reason;
     const listeners = this.listeners;
     this.listeners = undefined;
     if (listeners !== undefined) for (const listener of listeners) listener();
-  };
+  }
 }

@@ -64,10 +64,9 @@ export class Settlement implements BudgetSettlement {
     this.onUsage = options.onUsage;
   }
 
-  /** An arrow: the client calls it as `onDispatch` when it hands the request to a replica. */
-  readonly sent = (): void => {
+  sent(): void {
     this.wasSent = true;
-  };
+  }
 
   meter(options: UsageMeterOptions): UsageMeter {
     this.usageMeter ??= new UsageMeter(options);
