@@ -1,5 +1,6 @@
 // Tests what ships: build, `npm pack`, install the tarball into throwaway consumer projects, and import it as ESM and
-// CommonJS, from JavaScript and from TypeScript (tsc with NodeNext).
+// CommonJS, from JavaScript and from TypeScript (tsc with NodeNext); and the README's first call, as a newcomer runs it
+// in a fresh `npm init -y` project.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -98,6 +99,24 @@ beforeAll(() => {
 afterAll(() => {
   if (work) rmSync(work, { recursive: true, force: true });
 });
+
+/** The README's "A first call": its shell lines and its code, as a newcomer copies them. */
+function firstCall(): { commands: string[]; code: string } {
+  const readme = readFileSync(join(root, 'README.md'), 'utf8');
+  const section = readme.slice(
+    readme.indexOf('## A first call'),
+    readme.indexOf('\n## ', readme.indexOf('## A first call') + 1),
+  );
+  const shell = /```sh\n([\s\S]*?)```/.exec(section)?.[1];
+  const code = /```ts\n([\s\S]*?)```/.exec(section)?.[1];
+  if (shell === undefined || code === undefined)
+    throw new Error('README: "A first call" has no sh or ts block');
+  const commands = shell
+    .split('\n')
+    .map((line) => line.replace(/\s+#.*$/, '').trim())
+    .filter(Boolean);
+  return { commands, code };
+}
 
 describe('the packed tarball', () => {
   it('ships only dist, package.json, README and licence files', () => {
@@ -321,5 +340,30 @@ try {
   it('installs the vllm-kit-sim bin', () => {
     const help = run(join(consumer, 'node_modules/.bin/vllm-kit-sim'), ['--help'], consumer);
     expect(help).toContain('Usage: vllm-kit-sim');
+  });
+
+  it("runs the README's first call as written in a fresh `npm init -y` project", () => {
+    const { commands, code } = firstCall();
+    const tarball = join(work, readdirSync(work).find((f) => f.endsWith('.tgz'))!);
+    // The newcomer's lines, in order: a directory, npm init -y (npm writes "type": "commonjs"), type=module, the
+    // install (the packed tarball standing in for the registry's vllm-kit), then tsx on the saved code.
+    expect(commands[0]).toBe('mkdir hello && cd hello');
+    expect(commands.some((c) => /^npm pkg set type=module$/.test(c))).toBe(true);
+    expect(commands.at(-1)).toBe('npx tsx hello.ts');
+    const dir = join(work, 'hello');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'hello.ts'), code);
+    let output = '';
+    for (const command of commands.slice(1)) {
+      const line = command.replace(
+        /^npm install vllm-kit\b/,
+        `npm install --no-audit --no-fund --prefer-offline ${tarball}`,
+      );
+      output = run('bash', ['-c', line], dir);
+    }
+    expect(JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')).type).toBe('module');
+    // The reply's text and usage, then the streamed text.
+    expect(output).toMatch(/prompt_tokens: \d+/);
+    expect(output.trim().length).toBeGreaterThan(40);
   });
 });
