@@ -1,5 +1,6 @@
 // The steps of a generation request before it is proxied: per-IP limit, key, body, model access, budget, metering,
-// admission. pipeline.ts puts them in order; each is a small function over the request's context.
+// admission. pipeline.ts puts them in order; each is a small function over the request's context. An async step ends
+// with `return await next()`: V8 settles an awaited promise in one turn, a returned one in three.
 import { isUtf8 } from 'node:buffer';
 import {
   estimatePromptTokens,
@@ -54,7 +55,7 @@ export const perIpLimit: Step = async (context, next) => {
     context.deps.metrics?.rateLimited();
     return sendError(context.res, decision.refusal);
   }
-  return next();
+  return await next();
 };
 
 /** The API key: well-formed, then verified (cached); 401 otherwise, 503 while the key store is down. */
@@ -85,7 +86,7 @@ export const authenticate: Step = async (context, next) => {
   }
   if (principal === null) throw invalidKey();
   context.principal = principal;
-  return next();
+  return await next();
 };
 
 /** The JSON body: its media type, its size (413), its depth, then UTF-8 JSON, parsed once for every later step. */
@@ -118,7 +119,7 @@ export const readJson: Step = async (context, next) => {
   }
   context.body = body;
   context.routingBody = parseJson(body);
-  return next();
+  return await next();
 };
 
 /**
@@ -181,7 +182,7 @@ async function admitToBudget(
     return sendError(context.res, decision.refusal);
   }
   context.settlement = budgets.settlement({ key: principal.id, decision, onUsage: accountUsage(context) });
-  return next();
+  return await next();
 }
 
 /**

@@ -809,8 +809,8 @@ class Client implements VllmClient {
   }
 
   /**
-   * One call, in stages: where it goes (`route`), its signal, span and permit (`open`), then attempts with retries
-   * (`attempt`, `retryAfterStatus`), status errors mapped.
+   * One call, in stages: where it goes (`route`), its signal, span and permit (`open`, `takePermit`), then attempts
+   * with retries (`retryAfterFailure`, `retryAfterStatus`), status errors mapped (`statusError`).
    */
   private async send(spec: SendSpec, options?: CallOptions): Promise<Sent> {
     if (this.closed) throw new ClosedError('client');
@@ -821,9 +821,25 @@ class Client implements VllmClient {
     const permits = state.spec.method === 'POST' ? this.options.permits : undefined;
     if (permits !== undefined) await this.takePermit(state, permits);
     state.startedAt = performance.now();
+    // Stage 3, the attempts (in this function: an attempt is the hot path, one await on the dispatcher).
     for (let attempt = 0; ; attempt++) {
-      const sent = await this.attempt(state, attempt);
-      if (sent !== undefined) return sent;
+      state.call?.attempt();
+      const request = this.requestOf(state);
+      let response: Dispatcher.ResponseData;
+      try {
+        (options as RawRequest | undefined)?.onDispatch?.();
+        response = await this.dispatcher.request(request);
+      } catch (error) {
+        await this.retryAfterFailure(state, attempt, error, servedBy(request));
+        continue;
+      }
+      const status = response.statusCode;
+      if (status < 400) return this.sentOf(state, response, servedBy(request));
+      // A replica that no longer serves the model (unloaded, restarted with another): its models are read again.
+      if (status === 404 && state.model !== undefined) this.router?.modelMissing(servedBy(request));
+      if (await this.retryAfterStatus(state, attempt, response, servedBy(request))) continue;
+      if (!state.spec.passErrors) throw await this.statusError(state, response, servedBy(request));
+      return this.sentOf(state, response, servedBy(request));
     }
   }
 
@@ -949,14 +965,10 @@ class Client implements VllmClient {
     };
   }
 
-  /**
-   * Stage 3, one attempt: the answer (a `Sent`), or undefined to try again (a connection failure, a retryable
-   * status, once the backoff has passed), or a thrown, mapped error.
-   */
-  private async attempt(state: CallState, attempt: number): Promise<Sent | undefined> {
-    const { spec, signal, call, options } = state;
-    call?.attempt();
-    const request: Dispatcher.RequestOptions & RoutedOptions = {
+  /** One attempt's request to the dispatcher. */
+  private requestOf(state: CallState): Dispatcher.RequestOptions & RoutedOptions {
+    const spec = state.spec;
+    return {
       origin: state.target ?? this.origin,
       // The router sends a request that names its replica there (an injected dispatcher goes by origin).
       replica: state.target,
@@ -964,68 +976,78 @@ class Client implements VllmClient {
       blocks: state.blocks,
       avoid: state.avoid,
       model: state.model,
-      telemetry: call,
+      telemetry: state.call,
       path: spec.path,
       method: spec.method,
       headers: state.headers,
       body: spec.body ?? null,
-      signal,
+      signal: state.signal,
       headersTimeout: this.options.firstByteTimeoutMs,
       // Streams get their own first-event and idle timers; undici's body timer would count the queue wait.
       bodyTimeout: spec.stream ? 0 : this.options.idleTimeoutMs,
     };
-    let response: Dispatcher.ResponseData;
-    try {
-      (options as RawRequest | undefined)?.onDispatch?.();
-      response = await this.dispatcher.request(request);
-    } catch (error) {
-      const mapped = this.mapError(error, signal, options, servedBy(request));
-      const retryable =
-        (mapped instanceof UpstreamConnectionError ||
-          (mapped instanceof UpstreamTimeoutError && mapped.timeout === 'connect')) &&
-        state.replayable;
-      if (retryable && this.takeRetry(attempt, signal)) {
-        if (state.target === undefined) state.avoid = servedBy(request);
-        call?.retried(attempt, mapped);
-        const delay = backoffDelay(
-          attempt,
-          this.options.retryBaseDelayMs,
-          this.options.retryMaxDelayMs,
-          Math.random,
-        );
-        await sleep(delay, signal);
-        if (!signal.aborted) return undefined;
-      }
-      throw this.failCall(
-        state,
-        signal.aborted ? this.mapError(error, signal, options, servedBy(request)) : mapped,
+  }
+
+  /**
+   * The dispatcher failed an attempt (no response): true when it is retried — a connection failure before any byte,
+   * on another replica when there is one, after a backoff. Otherwise throws the mapped error.
+   */
+  private async retryAfterFailure(
+    state: CallState,
+    attempt: number,
+    error: unknown,
+    upstream: string,
+  ): Promise<true> {
+    const { signal, call, options } = state;
+    const mapped = this.mapError(error, signal, options, upstream);
+    const retryable =
+      (mapped instanceof UpstreamConnectionError ||
+        (mapped instanceof UpstreamTimeoutError && mapped.timeout === 'connect')) &&
+      state.replayable;
+    if (retryable && this.takeRetry(attempt, signal)) {
+      if (state.target === undefined) state.avoid = upstream;
+      call?.retried(attempt, mapped);
+      const delay = backoffDelay(
+        attempt,
+        this.options.retryBaseDelayMs,
+        this.options.retryMaxDelayMs,
+        Math.random,
       );
+      await sleep(delay, signal);
+      if (!signal.aborted) return true;
     }
-    const status = response.statusCode;
-    // A replica that no longer serves the model (unloaded, restarted with another): its models are read again.
-    if (status === 404 && state.model !== undefined) this.router?.modelMissing(servedBy(request));
-    if (status >= 400 && (await this.retryAfterStatus(state, attempt, response, servedBy(request))))
-      return undefined;
-    if (status >= 400 && !spec.passErrors) {
-      let text = '';
-      try {
-        text = await response.body.text();
-      } catch {
-        // The status is what matters; a broken error body is not.
-      }
-      const context = { requestId: options?.requestId, upstream: servedBy(request) };
-      throw this.failCall(state, errorFromStatus(status, response.headers, text, context));
+    throw this.failCall(state, signal.aborted ? this.mapError(error, signal, options, upstream) : mapped);
+  }
+
+  /** An error status not retried: the error to throw, its body read (a broken body is not what matters). */
+  private async statusError(
+    state: CallState,
+    response: Dispatcher.ResponseData,
+    upstream: string,
+  ): Promise<VllmKitError> {
+    let text = '';
+    try {
+      text = await response.body.text();
+    } catch {
+      // The status is what matters.
     }
+    const context = { requestId: state.options?.requestId, upstream };
+    return this.failCall(state, errorFromStatus(response.statusCode, response.headers, text, context));
+  }
+
+  /** The answer, for the caller: its status, headers and body, and the call's own controls. */
+  private sentOf(state: CallState, response: Dispatcher.ResponseData, upstream: string): Sent {
+    const signal = state.signal;
     return {
-      status,
+      status: response.statusCode,
       headers: response.headers,
       body: response.body as Sent['body'],
       abort: (reason: Error) => signal.abort(reason),
       done: state.done,
       signal,
       startedAt: state.startedAt,
-      call,
-      upstream: servedBy(request),
+      call: state.call,
+      upstream,
       alias: state.alias,
     };
   }
