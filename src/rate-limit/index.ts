@@ -240,7 +240,7 @@ class IpLimiter implements IpRateLimiter {
   }
 
   private decide(state: WindowState, key: string, degraded: boolean, limit = this.points): RateLimitDecision {
-    const resetMs = Math.max(0, state.resetAt - this.now());
+    const resetMs = Math.max(0, state.resetAt - (state.now ?? this.now()));
     return this.decision(
       state.consumed <= limit,
       this.points,

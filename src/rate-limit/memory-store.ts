@@ -11,6 +11,8 @@ export interface WindowState {
   consumed: number;
   /** When the key's window ends, epoch ms. */
   resetAt: number;
+  /** The store's clock when it decided (the memory store's: no second clock read). */
+  now?: number;
 }
 
 // Packing: resetAt in whole seconds since the store's epoch, × 2^21, plus the count (capped at 2^21 - 1).
@@ -21,6 +23,11 @@ export class MemoryStore {
   private readonly windows: GenerationMap<number>;
   private readonly epochSec: number;
   private readonly windowMs: number;
+  /**
+   * The state `consume` returns, reused: the limiter reads it at once (one allocation less per check, which shows at
+   * a million keys).
+   */
+  private readonly state: Required<WindowState> = { consumed: 0, resetAt: 0, now: 0 };
 
   constructor(
     windowSec: number,
@@ -31,7 +38,10 @@ export class MemoryStore {
     this.windows = new GenerationMap(this.windowMs, now());
   }
 
-  /** Adds `cost` to the key's window (starting a new window if the last one ended) and returns the new state. */
+  /**
+   * Adds `cost` to the key's window (starting a new window if the last one ended) and returns the new state — the
+   * same object each time: read it before the next call.
+   */
   consume(key: string, cost: number): WindowState {
     const now = this.now();
     const windows = this.windows;
@@ -48,7 +58,7 @@ export class MemoryStore {
       if (resetAt > now) {
         const consumed = Math.min(MAX_COUNT, (packed % COUNT_BITS) + cost);
         map.set(key, resetSec * COUNT_BITS + consumed);
-        return { consumed, resetAt };
+        return this.answer(consumed, resetAt, now);
       }
       if (map === windows.previous) map.delete(key);
     }
@@ -56,7 +66,15 @@ export class MemoryStore {
     const resetSec = Math.ceil((now + this.windowMs) / 1000) - this.epochSec;
     const consumed = Math.min(MAX_COUNT, cost);
     windows.current.set(key, resetSec * COUNT_BITS + consumed);
-    return { consumed, resetAt: (resetSec + this.epochSec) * 1000 };
+    return this.answer(consumed, (resetSec + this.epochSec) * 1000, now);
+  }
+
+  private answer(consumed: number, resetAt: number, now: number): WindowState {
+    const state = this.state;
+    state.consumed = consumed;
+    state.resetAt = resetAt;
+    state.now = now;
+    return state;
   }
 
   reset(key: string): void {
