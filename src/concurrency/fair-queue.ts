@@ -1,6 +1,8 @@
 // The waiting room of a fair limiter: priority bands (higher first), and within a band one flow per key served by
-// deficit round robin (Shreedhar & Varghese, 1995): each visit adds the flow's weight to its deficit, and a flow takes
-// one task per whole unit. Equal weights are plain round robin; a key with weight 3 gets three turns to another's one.
+// deficit round robin (Shreedhar & Varghese, 1995): each turn gives a flow its weight in credit, and it takes one task
+// per whole unit. Equal weights are plain round robin; a key with weight 3 gets three turns to another's one.
+// As in FQ-CoDel (RFC 8290 §4), a flow that was idle goes first: new flows are served before the backlogged ones, so a
+// key sending now and then (a light key beside a flood) waits for a free slot, not for a turn of every backlogged key.
 
 export interface FairItem {
   readonly key: string;
@@ -10,18 +12,20 @@ export interface FairItem {
 interface Flow<T extends FairItem> {
   key: string;
   weight: number;
+  /** Credit left in its turn: it takes a task per whole unit. */
   deficit: number;
-  /** Its turn has begun (its weight was added this visit). */
-  inTurn: boolean;
   queue: T[];
+  /** In the band's `fresh` list (it was idle when its task came), else in `backlogged`. */
+  fresh: boolean;
 }
 
 interface Band<T extends FairItem> {
   priority: number;
   flows: Map<string, Flow<T>>;
-  /** Flows with waiting tasks, in round-robin order. */
-  active: Flow<T>[];
-  cursor: number;
+  /** Flows that were idle when their task came, in arrival order: served first. */
+  fresh: Flow<T>[];
+  /** Flows with waiting tasks, in round-robin order (the head's turn is on). */
+  backlogged: Flow<T>[];
 }
 
 export class FairQueue<T extends FairItem> {
@@ -49,7 +53,7 @@ export class FairQueue<T extends FairItem> {
     const counts: Record<string, number> = {};
     for (const band of this.bands) {
       let n = 0;
-      for (const flow of band.active) n += flow.queue.length;
+      for (const flow of band.flows.values()) n += flow.queue.length;
       if (n > 0) counts[String(band.priority)] = n;
     }
     return counts;
@@ -59,12 +63,13 @@ export class FairQueue<T extends FairItem> {
     const band = this.bandFor(item.priority);
     let flow = band.flows.get(item.key);
     if (flow === undefined) {
-      flow = { key: item.key, weight, deficit: 0, inTurn: false, queue: [] };
+      // Idle until now: a fresh flow, its first turn's credit at once.
+      flow = { key: item.key, weight, deficit: weight, queue: [], fresh: true };
       band.flows.set(item.key, flow);
+      band.fresh.push(flow);
     }
     // The latest weight given for a key is its weight.
     flow.weight = weight;
-    if (flow.queue.length === 0) band.active.push(flow);
     flow.queue.push(item);
     this.size++;
     this.byKey.set(item.key, (this.byKey.get(item.key) ?? 0) + 1);
@@ -85,35 +90,38 @@ export class FairQueue<T extends FairItem> {
 
   /**
    * The next task to start: the highest band with one that `eligible` allows (a key over its own concurrency is
-   * not), by deficit round robin within it. Undefined when none may start.
+   * not); within it, fresh flows first, then deficit round robin over the backlogged ones. Undefined when none may.
    */
   shift(eligible: (key: string) => boolean = () => true): T | undefined {
     for (const band of this.bands) {
-      if (band.active.length === 0) continue;
-      if (!band.active.some((flow) => eligible(flow.key))) continue;
-      for (;;) {
-        if (band.cursor >= band.active.length) band.cursor = 0;
-        const flow = band.active[band.cursor]!;
-        if (!eligible(flow.key)) {
-          flow.inTurn = false;
-          band.cursor++;
-          continue;
-        }
-        if (!flow.inTurn) {
-          flow.deficit += flow.weight;
-          flow.inTurn = true;
-        }
-        if (flow.deficit >= 1) {
-          flow.deficit -= 1;
-          const item = flow.queue.shift()!;
-          this.taken(item);
-          if (flow.queue.length === 0) this.retire(band, flow);
-          return item;
-        }
-        // Its turn is over: the next flow's begins.
-        flow.inTurn = false;
-        band.cursor++;
+      const item = this.shiftFrom(band, band.fresh, eligible) ?? this.shiftFrom(band, band.backlogged, eligible);
+      if (item !== undefined) return item;
+    }
+    return undefined;
+  }
+
+  /**
+   * DRR over one list: the first eligible flow with a whole unit of credit gives a task; a flow out of credit gets its
+   * weight again and goes to the back of the backlogged flows (its turn is over). Ineligible flows keep their place.
+   */
+  private shiftFrom(band: Band<T>, list: Flow<T>[], eligible: (key: string) => boolean): T | undefined {
+    // Each flow at most a few times round (weights ≥ 0.001 reach a whole unit within 1000 turns; bounded anyway).
+    for (let visits = 0, limit = list.length * 1001 + 1; visits < limit && list.length > 0; visits++) {
+      const at = list.findIndex((flow) => eligible(flow.key));
+      if (at === -1) return undefined;
+      const flow = list[at]!;
+      if (flow.deficit >= 1) {
+        flow.deficit -= 1;
+        const item = flow.queue.shift()!;
+        this.taken(item);
+        if (flow.queue.length === 0) this.retire(band, flow);
+        return item;
       }
+      // Its turn is over: credit for the next one, at the back of the backlogged flows.
+      flow.deficit += flow.weight;
+      list.splice(at, 1);
+      flow.fresh = false;
+      band.backlogged.push(flow);
     }
     return undefined;
   }
@@ -122,7 +130,7 @@ export class FairQueue<T extends FairItem> {
   newestOfLargest(): T | undefined {
     let largest: Flow<T> | undefined;
     for (const band of this.bands) {
-      for (const flow of band.active)
+      for (const flow of band.flows.values())
         if (largest === undefined || flow.queue.length > largest.queue.length) largest = flow;
     }
     return largest?.queue.at(-1);
@@ -135,21 +143,18 @@ export class FairQueue<T extends FairItem> {
     else this.byKey.set(item.key, left);
   }
 
-  /** An emptied flow leaves the rotation (and forgets its deficit, as DRR does); an emptied band is dropped. */
+  /** An emptied flow leaves the rotation (and forgets its credit, as DRR does); an emptied band is dropped. */
   private retire(band: Band<T>, flow: Flow<T>): void {
-    const at = band.active.indexOf(flow);
-    band.active.splice(at, 1);
-    if (at < band.cursor) band.cursor--;
-    flow.deficit = 0;
-    flow.inTurn = false;
+    const list = flow.fresh ? band.fresh : band.backlogged;
+    list.splice(list.indexOf(flow), 1);
     band.flows.delete(flow.key);
-    if (band.active.length === 0) this.bands = this.bands.filter((b) => b !== band);
+    if (band.flows.size === 0) this.bands = this.bands.filter((b) => b !== band);
   }
 
   private bandFor(priority: number): Band<T> {
     let band = this.bands.find((b) => b.priority === priority);
     if (band === undefined) {
-      band = { priority, flows: new Map(), active: [], cursor: 0 };
+      band = { priority, flows: new Map(), fresh: [], backlogged: [] };
       this.bands.push(band);
       this.bands.sort((a, b) => b.priority - a.priority);
     }

@@ -1,5 +1,5 @@
 // The fair policy's order, asserted on FairQueue itself (no timers, no HTTP): deficit round robin between keys,
-// weights, priority bands, removal, eligibility, and the full-queue victim. The limiter's timeouts on a fake clock.
+// fresh flows before backlogged ones, weights, priority bands, removal, eligibility, and the full-queue victim. The limiter's timeouts on a fake clock.
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { FairQueue } from '../../src/concurrency/fair-queue.js';
 import { createConcurrencyLimiter, isQueueTimeoutError } from '../../src/index.js';
@@ -28,6 +28,28 @@ describe('FairQueue', () => {
     expect(queue.countsByKey()).toEqual({ flood: 5, a: 1, b: 1, c: 1 });
     expect(drain(queue)).toEqual(['flood0', 'a0', 'b0', 'c0', 'flood1', 'flood2', 'flood3', 'flood4']);
     expect(queue.length).toBe(0);
+  });
+
+  it('serves a key that was idle before the backlogged keys (FQ-CoDel new flows): a light key waits for a slot, not a round', () => {
+    const queue = new FairQueue<Task>();
+    for (let i = 0; i < 6; i++) {
+      queue.push(task('flood', i), 1);
+      queue.push(task('batch', i), 1);
+    }
+    expect([queue.shift()?.name, queue.shift()?.name, queue.shift()?.name]).toEqual([
+      'flood0',
+      'batch0',
+      'flood1',
+    ]);
+    // Both backlogged; a light key's request comes: it is next, whoever's turn it was.
+    queue.push(task('light', 0), 1);
+    expect(queue.shift()?.name).toBe('light0');
+    // Then the round robin goes on where it was.
+    expect([queue.shift()?.name, queue.shift()?.name]).toEqual(['batch1', 'flood2']);
+    // Idle again, then a new request: first again. A backlogged key never becomes fresh while it waits.
+    queue.push(task('light', 1), 1);
+    queue.push(task('flood', 6), 1);
+    expect(queue.shift()?.name).toBe('light1');
   });
 
   it('gives turns in proportion to weights (deficit round robin: 3, 1 and 0.5)', () => {
