@@ -198,6 +198,7 @@ export async function startWorker(
     queueTimeoutMs: config.queueTimeoutMs,
     queuePolicy: config.queuePolicy,
     maxQueuePerKey: config.maxQueuePerKey,
+    fairShareHeadroom: config.limitConcurrencyHeadroom,
   });
   const metrics = config.metrics
     ? createMetrics({ client: vllm, keyCache, concurrencyLimiter, permits, perKey: config.metricsPerKey })

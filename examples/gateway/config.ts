@@ -56,6 +56,8 @@ export interface GatewayConfig {
   queuePolicy: 'fair' | 'fifo';
   /** Requests of one key waiting at most (per worker). */
   maxQueuePerKey: number;
+  /** QUEUE_POLICY=fair: slots beyond LIMIT_CONCURRENCY for keys below their fair share. */
+  limitConcurrencyHeadroom: number;
   /** In-flight requests per upstream replica across every worker (and, with Redis, every host); undefined: no shared limit. */
   upstreamConcurrency: number | undefined;
   /** OpenTelemetry export (OTLP), on when OTEL_EXPORTER_OTLP_ENDPOINT or a per-signal endpoint is set. */
@@ -258,6 +260,7 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
 function limitsConfig(env: Env) {
   const limitConcurrency = integer(env, 'LIMIT_CONCURRENCY', 200, 1, 100_000);
   const maxQueue = integer(env, 'MAX_QUEUE', 2 * limitConcurrency, 0, 1_000_000);
+  const queuePolicy = oneOf(env, 'QUEUE_POLICY', ['fair', 'fifo']);
   const rateLimitName = env.RATE_LIMIT_NAME || 'default';
   if (!/^[A-Za-z0-9_.-]{1,64}$/.test(rateLimitName)) {
     throw new ConfigError(
@@ -269,8 +272,13 @@ function limitsConfig(env: Env) {
     limitConcurrency,
     maxQueue,
     queueTimeoutMs: integer(env, 'QUEUE_TIMEOUT_MS', 30_000, 0, 3_600_000),
-    queuePolicy: oneOf(env, 'QUEUE_POLICY', ['fair', 'fifo']),
+    queuePolicy,
     maxQueuePerKey: integer(env, 'MAX_QUEUE_PER_KEY', Math.max(1, maxQueue), 1, 1_000_000),
+    // A light key's request starts at once beside a flood holding every slot (10% more, the flood gives them back).
+    limitConcurrencyHeadroom:
+      queuePolicy === 'fair'
+        ? integer(env, 'LIMIT_CONCURRENCY_HEADROOM', Math.ceil(limitConcurrency / 10), 0, 100_000)
+        : 0,
     // The limiter's own ceiling (its memory store packs the count into 21 bits).
     rateLimitPoints: integer(env, 'RATE_LIMIT_POINTS', 20, 1, 2_000_000),
     rateLimitWindowSec: integer(env, 'RATE_LIMIT_WINDOW_SEC', 60, 1, 86_400),

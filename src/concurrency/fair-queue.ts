@@ -94,7 +94,8 @@ export class FairQueue<T extends FairItem> {
    */
   shift(eligible: (key: string) => boolean = () => true): T | undefined {
     for (const band of this.bands) {
-      const item = this.shiftFrom(band, band.fresh, eligible) ?? this.shiftFrom(band, band.backlogged, eligible);
+      const item =
+        this.shiftFrom(band, band.fresh, eligible) ?? this.shiftFrom(band, band.backlogged, eligible);
       if (item !== undefined) return item;
     }
     return undefined;

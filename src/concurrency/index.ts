@@ -128,6 +128,7 @@ class Limiter implements ConcurrencyLimiter {
   private readonly maxQueue: number;
   private readonly queueTimeoutMs: number;
   private readonly perKeyConcurrency: number;
+  private readonly fairShareHeadroom: number;
   private readonly keyLimits = new Map<string, LimitFunction>();
   private readonly adaptive: ResolvedAdaptiveOptions | undefined;
   private readonly now: () => number;
@@ -165,6 +166,7 @@ class Limiter implements ConcurrencyLimiter {
     this.maxQueue = options.maxQueue;
     this.queueTimeoutMs = options.queueTimeoutMs;
     this.perKeyConcurrency = options.perKeyConcurrency;
+    this.fairShareHeadroom = options.fairShareHeadroom;
     this.now = options.now;
     this.adaptive = options.adaptive;
     this.limit = pLimit(options.initial);
@@ -280,6 +282,7 @@ class Limiter implements ConcurrencyLimiter {
         });
       };
       if (fair.length === 0 && this.running < this.fairConcurrency && this.keyMayStart(key)) return start();
+      if (this.belowFairShare(key)) return start();
       if (fair.countOf(key) >= this.maxQueuePerKey) {
         this.counts.rejectedQueueFull++;
         return reject(new QueueFullError(this.retryAfterSec()));
@@ -298,6 +301,19 @@ class Limiter implements ConcurrencyLimiter {
       waiter.start = start;
       fair.push(waiter, weight);
     });
+  }
+
+  /**
+   * Every slot is taken (or others wait): a key below its fair share (`concurrency` ÷ keys running, itself included)
+   * with nothing of its own waiting starts at once in the headroom, if any is left.
+   */
+  private belowFairShare(key: string): boolean {
+    if (this.fairShareHeadroom === 0 || this.running >= this.fairConcurrency + this.fairShareHeadroom)
+      return false;
+    if (this.fair!.countOf(key) > 0 || !this.keyMayStart(key)) return false;
+    const running = this.runningByKey.get(key) ?? 0;
+    const keys = this.runningByKey.size + (running === 0 ? 1 : 0);
+    return running < this.fairConcurrency / keys;
   }
 
   private keyMayStart(key: string): boolean {

@@ -53,6 +53,13 @@ export interface ConcurrencyLimiterOptions {
    */
   maxQueuePerKey?: number;
   /**
+   * Fair policy: slots beyond `concurrency` for keys below their fair share (`concurrency` ÷ keys with work). When a
+   * flood holds every slot, a light key's task then starts at once instead of waiting for one to free; queued tasks
+   * start only below `concurrency`, so the flood gives those slots back as its tasks end. At most
+   * `concurrency + fairShareHeadroom` tasks run. @default 0
+   */
+  fairShareHeadroom?: number;
+  /**
    * Find the limit from latency and overload signals between `min` and `max`, with Envoy's adaptive-concurrency
    * gradient controller: limit ← limit × clamp(minRTT × (1 + buffer) / p90 latency, 0.5, 2) + √limit.
    */
@@ -69,6 +76,7 @@ const KEYS = [
   'perKeyConcurrency',
   'queuePolicy',
   'maxQueuePerKey',
+  'fairShareHeadroom',
   'adaptive',
   'now',
 ] as const satisfies readonly (keyof ConcurrencyLimiterOptions)[];
@@ -95,6 +103,7 @@ export interface ResolvedConcurrencyOptions {
   perKeyConcurrency: number;
   queuePolicy: 'fifo' | 'fair';
   maxQueuePerKey: number;
+  fairShareHeadroom: number;
   adaptive: ResolvedAdaptiveOptions | undefined;
   now: () => number;
 }
@@ -157,6 +166,13 @@ export function resolveOptions(input: ConcurrencyLimiterOptions | undefined): Re
       isOverload: (given.isOverload as AdaptiveOptions['isOverload']) ?? defaultIsOverload,
     };
   }
+  const queuePolicy = oneOfOption('queuePolicy', options.queuePolicy, ['fifo', 'fair'], 'fifo');
+  if (options.fairShareHeadroom !== undefined && options.fairShareHeadroom !== 0 && queuePolicy !== 'fair') {
+    throw new InvalidOptionError(
+      'fairShareHeadroom',
+      `Expected \`fairShareHeadroom\` only with \`queuePolicy: 'fair'\` (fair shares are per key), got ${String(options.fairShareHeadroom)} with '${queuePolicy}'`,
+    );
+  }
   return {
     initial,
     maxQueue,
@@ -171,11 +187,16 @@ export function resolveOptions(input: ConcurrencyLimiterOptions | undefined): Re
         allowInfinity: true,
       },
     ),
-    queuePolicy: oneOfOption('queuePolicy', options.queuePolicy, ['fifo', 'fair'], 'fifo'),
+    queuePolicy,
     maxQueuePerKey: numberOption('maxQueuePerKey', options.maxQueuePerKey, Number.POSITIVE_INFINITY, {
       min: 1,
       integer: true,
       allowInfinity: true,
+    }),
+    fairShareHeadroom: numberOption('fairShareHeadroom', options.fairShareHeadroom, 0, {
+      min: 0,
+      max: 1_000_000,
+      integer: true,
     }),
     adaptive,
     now: clockOption(options.now, () => performance.now()),

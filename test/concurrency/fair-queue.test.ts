@@ -152,4 +152,50 @@ describe('the fair limiter on a fake clock', () => {
     expect(limiter.stats()).toMatchObject({ rejectedQueueTimeout: 2, completed: 2 });
     await limiter.close();
   });
+
+  it('lets a key below its fair share start in the headroom while a flood holds every slot, and no further', async () => {
+    const limiter = createConcurrencyLimiter({ concurrency: 2, queuePolicy: 'fair', fairShareHeadroom: 1 });
+    const started: string[] = [];
+    const releases = new Map<string, () => void>();
+    const run = (name: string, key: string) =>
+      limiter.run(
+        () =>
+          new Promise<void>((resolve) => {
+            started.push(name);
+            releases.set(name, resolve);
+          }),
+        { key },
+      );
+    const flood = ['f0', 'f1', 'f2', 'f3'].map((name) => run(name, 'flood'));
+    await Promise.resolve();
+    expect(started).toEqual(['f0', 'f1']);
+    // Every slot taken: the light key (0 running, its share 1) starts at once, in the headroom.
+    const light = [run('l0', 'light')];
+    expect(started).toEqual(['f0', 'f1', 'l0']);
+    expect(limiter.stats().active).toBe(3);
+    // The headroom is used: its next task waits (first in line, as a key that was idle).
+    light.push(run('l1', 'light'));
+    expect(started).toHaveLength(3);
+    // A flood task ends: 2 still run, the limit — nothing starts until below it.
+    // (a finished task's slot is given back after its caller is answered: a turn of the event loop)
+    const turn = () => new Promise((resolve) => setImmediate(resolve));
+    releases.get('f0')!();
+    await turn();
+    expect(started).toHaveLength(3);
+    releases.get('f1')!();
+    await turn();
+    // Below the limit again: the queue in its order (the flood's waiting tasks came first; then the light key).
+    expect(started).toEqual(['f0', 'f1', 'l0', 'f2']);
+    releases.get('l0')!();
+    await turn();
+    expect(started).toEqual(['f0', 'f1', 'l0', 'f2', 'l1']);
+    releases.get('l1')!();
+    await Promise.all(light);
+    await turn();
+    expect(started).toEqual(['f0', 'f1', 'l0', 'f2', 'l1', 'f3']);
+    for (const name of ['f2', 'f3']) releases.get(name)!();
+    await Promise.all(flood);
+    expect(() => createConcurrencyLimiter({ fairShareHeadroom: 1 })).toThrow(/fairShareHeadroom.*'fifo'/);
+    await limiter.close();
+  });
 });

@@ -39,6 +39,11 @@ describe('loadConfig', () => {
     // Every request the limiter admits has an upstream connection of its own (vLLM serves one request per connection).
     expect(loadConfig({ LIMIT_CONCURRENCY: '1000' }).poolConnections).toBe(1000);
     expect(loadConfig({ ENV: 'development', WORKERS: '8' }).workers).toBe(1);
+    // Fair admission's headroom for keys below their share: a tenth of the limit, none with FIFO.
+    expect(config.limitConcurrencyHeadroom).toBe(20);
+    expect(loadConfig({ LIMIT_CONCURRENCY: '32' }).limitConcurrencyHeadroom).toBe(4);
+    expect(loadConfig({ QUEUE_POLICY: 'fifo' }).limitConcurrencyHeadroom).toBe(0);
+    expect(loadConfig({ LIMIT_CONCURRENCY_HEADROOM: '0' }).limitConcurrencyHeadroom).toBe(0);
     expect(loadConfig({ VLLM_BASE_URL: 'http://a:8000, http://b:8000' }).vllmBaseUrls).toEqual([
       'http://a:8000',
       'http://b:8000',
