@@ -246,7 +246,8 @@ export function loadConfig(env: Env = process.env): GatewayConfig {
     port: integer(env, 'PORT', 8000, 0, 65535),
     workers: mode === 'development' ? 1 : integer(env, 'WORKERS', availableParallelism(), 1, 256),
     ...limits,
-    ...upstreamConfig(env, limits.limitConcurrency),
+    // One connection per request the limiter may admit, its headroom included.
+    ...upstreamConfig(env, limits.limitConcurrency + limits.limitConcurrencyHeadroom),
     ...clientSideConfig(env),
     ...telemetryConfig(env),
     ...admin,
@@ -317,7 +318,7 @@ function timeoutsConfig(env: Env) {
 }
 
 /** The model servers: replicas, pool, routing, models and adapters, permits, usage. */
-function upstreamConfig(env: Env, limitConcurrency: number) {
+function upstreamConfig(env: Env, admitted: number) {
   const vllm = (env.VLLM_BASE_URL ?? '')
     .split(',')
     .map((s) => s.trim())
@@ -342,7 +343,7 @@ function upstreamConfig(env: Env, limitConcurrency: number) {
     vllmBaseUrls: vllm.map(replicaUrl),
     vllmApiKey: env.VLLM_API_KEY || undefined,
     // One connection per request the limiter admits: vLLM serves one request per connection (HTTP/1.1).
-    poolConnections: integer(env, 'POOL_CONNECTIONS', limitConcurrency, 1, 65535),
+    poolConnections: integer(env, 'POOL_CONNECTIONS', admitted, 1, 65535),
     keepAliveTimeoutMs,
     // A non-streamed answer comes whole at the end: this must cover the longest generation (4096 tokens at 20/s is
     // under 4 minutes); a replica that accepts and never answers is ejected after a few of these.

@@ -17,7 +17,8 @@ describe('loadConfig', () => {
       port: 8000,
       limitConcurrency: 200,
       maxQueue: 400,
-      poolConnections: 200,
+      // One per request the limiter may admit: the limit and its fair-share headroom.
+      poolConnections: 220,
       rateLimitPoints: 20,
       rateLimitWindowSec: 60,
       trustProxy: false,
@@ -37,7 +38,8 @@ describe('loadConfig', () => {
     ]);
     expect(config.workers).toBeGreaterThanOrEqual(1);
     // Every request the limiter admits has an upstream connection of its own (vLLM serves one request per connection).
-    expect(loadConfig({ LIMIT_CONCURRENCY: '1000' }).poolConnections).toBe(1000);
+    expect(loadConfig({ LIMIT_CONCURRENCY: '1000' }).poolConnections).toBe(1100);
+    expect(loadConfig({ LIMIT_CONCURRENCY: '1000', QUEUE_POLICY: 'fifo' }).poolConnections).toBe(1000);
     expect(loadConfig({ ENV: 'development', WORKERS: '8' }).workers).toBe(1);
     // Fair admission's headroom for keys below their share: a tenth of the limit, none with FIFO.
     expect(config.limitConcurrencyHeadroom).toBe(20);
