@@ -275,10 +275,10 @@ function limitsConfig(env: Env) {
     queueTimeoutMs: integer(env, 'QUEUE_TIMEOUT_MS', 30_000, 0, 3_600_000),
     queuePolicy,
     maxQueuePerKey: integer(env, 'MAX_QUEUE_PER_KEY', Math.max(1, maxQueue), 1, 1_000_000),
-    // A light key's request starts at once beside a flood holding every slot (10% more, the flood gives them back).
+    // A light key's request starts at once beside a flood holding every slot (a fifth more; the flood gives them back).
     limitConcurrencyHeadroom:
       queuePolicy === 'fair'
-        ? integer(env, 'LIMIT_CONCURRENCY_HEADROOM', Math.ceil(limitConcurrency / 10), 0, 100_000)
+        ? integer(env, 'LIMIT_CONCURRENCY_HEADROOM', Math.ceil(limitConcurrency / 5), 0, 100_000)
         : 0,
     // The limiter's own ceiling (its memory store packs the count into 21 bits).
     rateLimitPoints: integer(env, 'RATE_LIMIT_POINTS', 20, 1, 2_000_000),

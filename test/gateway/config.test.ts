@@ -18,7 +18,7 @@ describe('loadConfig', () => {
       limitConcurrency: 200,
       maxQueue: 400,
       // One per request the limiter may admit: the limit and its fair-share headroom.
-      poolConnections: 220,
+      poolConnections: 240,
       rateLimitPoints: 20,
       rateLimitWindowSec: 60,
       trustProxy: false,
@@ -38,12 +38,12 @@ describe('loadConfig', () => {
     ]);
     expect(config.workers).toBeGreaterThanOrEqual(1);
     // Every request the limiter admits has an upstream connection of its own (vLLM serves one request per connection).
-    expect(loadConfig({ LIMIT_CONCURRENCY: '1000' }).poolConnections).toBe(1100);
+    expect(loadConfig({ LIMIT_CONCURRENCY: '1000' }).poolConnections).toBe(1200);
     expect(loadConfig({ LIMIT_CONCURRENCY: '1000', QUEUE_POLICY: 'fifo' }).poolConnections).toBe(1000);
     expect(loadConfig({ ENV: 'development', WORKERS: '8' }).workers).toBe(1);
-    // Fair admission's headroom for keys below their share: a tenth of the limit, none with FIFO.
-    expect(config.limitConcurrencyHeadroom).toBe(20);
-    expect(loadConfig({ LIMIT_CONCURRENCY: '32' }).limitConcurrencyHeadroom).toBe(4);
+    // Fair admission's headroom for keys below their share: a fifth of the limit, none with FIFO.
+    expect(config.limitConcurrencyHeadroom).toBe(40);
+    expect(loadConfig({ LIMIT_CONCURRENCY: '32' }).limitConcurrencyHeadroom).toBe(7);
     expect(loadConfig({ QUEUE_POLICY: 'fifo' }).limitConcurrencyHeadroom).toBe(0);
     expect(loadConfig({ LIMIT_CONCURRENCY_HEADROOM: '0' }).limitConcurrencyHeadroom).toBe(0);
     expect(loadConfig({ VLLM_BASE_URL: 'http://a:8000, http://b:8000' }).vllmBaseUrls).toEqual([
