@@ -51,8 +51,6 @@ export class RequestContext extends LightAbortSignal {
   settlement: BudgetSettlement | undefined = undefined;
   /** What to strip from the stream (the usage the gateway asked for and the client did not). */
   strip: UsageStrip = 'none';
-  /** The request was sent upstream. */
-  sentUpstream = false;
   /** When it was sent upstream, and the status the upstream answered (undefined: none yet). */
   sentAt = 0;
   upstreamStatus: number | undefined = undefined;
@@ -99,11 +97,15 @@ export class RequestContext extends LightAbortSignal {
 
   /** Marks the request sent upstream (the client calls it when it hands the request to a replica). */
   readonly dispatched = (): void => {
-    if (this.sentUpstream) return;
-    this.sentUpstream = true;
+    if (this.sentAt !== 0) return;
     this.sentAt = performance.now();
     this.settlement?.sent();
   };
+
+  /** The request was sent upstream: its settlement says so (every proxied request has one). */
+  get sentUpstream(): boolean {
+    return this.settlement?.wasSent === true;
+  }
 
   /** The body's `model`, when it names one. */
   get model(): string | undefined {
