@@ -1,7 +1,9 @@
 // Where a gateway request's CPU goes: runs the bundled gateway as `npm start` does (1 worker) with V8's CPU profiler
 // on (`node --cpu-prof`, which the worker inherits; Node 20 refuses it in NODE_OPTIONS), loads it with autocannon (32 connections, the overhead scenario's request), stops it,
 // and attributes every profile sample to the first piece on its stack (leaf first) — µs per request by piece.
-// Run: npx tsx bench/profile.ts [seconds]   (prints the table the README's performance section shows)
+// Run: npx tsx bench/profile.ts [seconds] [--stream] [--telemetry] [--functions] [NAME=value…]   (prints the table the README's performance section
+// shows; `--stream` profiles 64-token streams instead of short answers, `--telemetry` the gateway exporting every span
+// and its metrics over OTLP to a sink that answers at once)
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -9,18 +11,36 @@ import { runAutocannon } from './lib/autocannon.js';
 import { startChild } from './lib/child.js';
 import { startGateway } from './lib/gateway.js';
 
-const seconds = Number(process.argv[2] ?? 10);
+const args = process.argv.slice(2);
+const seconds = Number(args.find((a) => /^\d+$/.test(a)) ?? 10);
+const stream = args.includes('--stream');
+const telemetry = args.includes('--telemetry');
+/** `--functions`: also the 30 functions with the most self time (where a piece's µs go). */
+const functions = args.includes('--functions');
 const root = resolve(import.meta.dirname, '..');
 const profiles = mkdtempSync(join(tmpdir(), 'vllm-kit-profile-'));
 const sim = await startChild(resolve(import.meta.dirname, 'servers/simulator.ts'));
-const gateway = await startGateway(sim.url, { WORKERS: '1', RATE_LIMIT_POINTS: '2000000' }, [
+const sink = telemetry ? await startChild(resolve(import.meta.dirname, 'servers/otlp-sink.ts')) : undefined;
+const env: Record<string, string> = { WORKERS: '1', RATE_LIMIT_POINTS: '2000000' };
+if (sink !== undefined) {
+  Object.assign(env, {
+    OTEL_EXPORTER_OTLP_ENDPOINT: sink.url,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+    OTEL_METRIC_EXPORT_INTERVAL: '5000',
+    OTEL_TRACES_SAMPLER: 'always_on',
+  });
+}
+// NAME=value arguments are the gateway's environment too (OTEL_TRACES_SAMPLER=always_off, say).
+for (const arg of args)
+  if (/^[A-Z_]+=/.test(arg)) env[arg.slice(0, arg.indexOf('='))] = arg.slice(arg.indexOf('=') + 1);
+const gateway = await startGateway(sim.url, env, [
   '--cpu-prof',
   `--cpu-prof-dir=${profiles}`,
   '--cpu-prof-interval=100',
 ]);
 const body = JSON.stringify({
   messages: [{ role: 'user', content: 'Say something short.' }],
-  max_tokens: 16,
+  ...(stream ? { max_tokens: 64, stream: true } : { max_tokens: 16 }),
 });
 const load = {
   url: gateway.url,
@@ -32,6 +52,7 @@ await runAutocannon({ ...load, connections: 32, durationSec: 2 }); // warm-up, i
 const run = await runAutocannon({ ...load, connections: 32, durationSec: seconds });
 await gateway.stop(); // the worker drains and exits: V8 writes its profile
 await sim.stop();
+await sink?.stop();
 
 interface Node {
   id: number;
@@ -65,6 +86,13 @@ const sourceOf = (frame: Node['callFrame']): string => {
 };
 
 const PIECES: [string, (url: string, fn: string) => boolean][] = [
+  [
+    'OpenTelemetry: OTLP serialise and export',
+    (u) => /@opentelemetry\/(otlp|exporter)|protobufjs|node_modules\/@protobufjs/.test(u),
+  ],
+  ['OpenTelemetry: metrics SDK', (u) => /@opentelemetry\/sdk-metrics/.test(u)],
+  ['OpenTelemetry: trace SDK', (u) => /@opentelemetry\/(sdk-trace|core|resources|api)/.test(u)],
+  ["OpenTelemetry: vllm-kit's own", (u) => /src\/client\/telemetry\.ts|gateway\/telemetry\.ts/.test(u)],
   ['request log line (pino)', (u) => /node_modules\/(pino|sonic-boom|fast-redact|thread-stream)/.test(u)],
   ['metrics', (u) => /prom-client|gateway\/metrics\.ts/.test(u)],
   ['per-IP rate limit', (u) => /src\/rate-limit\//.test(u)],
@@ -125,3 +153,19 @@ for (const [piece, us] of rows) {
   console.log(`| ${piece} | ${(us / requests).toFixed(1)} | ${((100 * us) / total).toFixed(0)}% |`);
 }
 console.log(`| **total (CPU on the worker's main thread)** | **${(total / requests).toFixed(1)}** | |`);
+
+if (functions) {
+  const self = new Map<string, number>();
+  for (let i = 0; i < profile.samples.length; i++) {
+    const frame = byId.get(profile.samples[i]!)!.callFrame;
+    if (frame.functionName === '(idle)') continue;
+    const where = sourceOf(frame)
+      .replace(/^.*node_modules\//, '')
+      .replace(/^file:\/\/.*?\/(src|examples)\//, '$1/');
+    const name = `${frame.functionName || '(anonymous)'} ${where}:${frame.lineNumber + 1}`;
+    self.set(name, (self.get(name) ?? 0) + (profile.timeDeltas[i] ?? 0));
+  }
+  console.log('\n| function (self time) | µs per request |\n| --- | --- |');
+  for (const [name, us] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 30))
+    console.log(`| ${name} | ${(us / requests).toFixed(2)} |`);
+}

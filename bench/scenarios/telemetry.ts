@@ -168,6 +168,7 @@ const micro = {
       body: { model: 'm', max_tokens: 16 },
       stream: false,
       parent: undefined,
+      span: undefined,
       requestId: 'req-1',
       origin: 'http://127.0.0.1:8000',
     })!;
@@ -199,6 +200,8 @@ const variants = {
   sampled: { ...exporting, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.1' },
   metricsOnly: { ...exporting, OTEL_TRACES_SAMPLER: 'always_off' },
   tracesOnly: { ...exporting, OTEL_TRACES_SAMPLER: 'always_on', OTEL_METRICS_EXPORTER: 'none' },
+  // Every span and metric, streams' chunk gaps as one mean per stream instead of one record per chunk.
+  chunkMean: { ...exporting, OTEL_TRACES_SAMPLER: 'always_on', OTEL_GENAI_CHUNK_TIMING: 'mean' },
 };
 type GatewayName = keyof typeof variants;
 const names = Object.keys(variants) as GatewayName[];

@@ -132,7 +132,9 @@ export async function startWorker(
           processes,
         });
   // OpenTelemetry first: the client's instruments come from the SDK's meter provider.
-  const telemetry = config.telemetry ? await startTelemetry(process.env, logger) : undefined;
+  const telemetry = config.telemetry
+    ? await startTelemetry(process.env, logger, { upstreamSpan: config.telemetryUpstreamSpan })
+    : undefined;
   const vllm = createVllmClient({
     baseUrls: options.upstreams,
     connections: config.poolConnections,

@@ -66,6 +66,8 @@ export interface GatewayConfig {
   telemetryCaptureContent: boolean;
   /** Stream chunk timing: every gap (the conventions), one mean per stream, or none (OTEL_GENAI_CHUNK_TIMING). */
   telemetryChunkTiming: 'each' | 'mean' | 'off';
+  /** The upstream call gets a client span of its own under the server span (OTEL_GENAI_UPSTREAM_SPAN). */
+  telemetryUpstreamSpan: boolean;
   /** Bearer key for the detailed /health and /metrics on the public port; undefined: /health shows a summary only. */
   adminKey: string | undefined;
   /** A second listener for /health (detailed), /metrics, /livez, /readyz; the public port then serves only the probes. */
@@ -418,6 +420,13 @@ function telemetryConfig(env: Env) {
       `OTEL_TRACES_SAMPLER must be one of ${SAMPLERS.join(', ')}, got "${sampler}"`,
     );
   }
+  const ratio = env.OTEL_TRACES_SAMPLER_ARG;
+  if (ratio !== undefined && ratio !== '' && !(Number(ratio) >= 0 && Number(ratio) <= 1)) {
+    throw new ConfigError(
+      'OTEL_TRACES_SAMPLER_ARG',
+      `OTEL_TRACES_SAMPLER_ARG must be a ratio from 0 to 1, got "${ratio}"`,
+    );
+  }
   const captureContent = oneOf(env, 'OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT', ['false', 'true'], {
     lowercase: true,
   });
@@ -425,6 +434,8 @@ function telemetryConfig(env: Env) {
     telemetry: telemetryConfigured(env),
     telemetryCaptureContent: captureContent === 'true',
     telemetryChunkTiming: oneOf(env, 'OTEL_GENAI_CHUNK_TIMING', ['each', 'mean', 'off']),
+    telemetryUpstreamSpan:
+      oneOf(env, 'OTEL_GENAI_UPSTREAM_SPAN', ['false', 'true'], { lowercase: true }) === 'true',
   };
 }
 

@@ -31,6 +31,7 @@ export const proxy: Step = async (context) => {
     // X-Session-Id, when the client sends one, keeps a conversation on one replica whatever its prompt.
     routingKey: context.sessionId,
     traceContext: context.span?.context,
+    traceSpan: context.span?.span,
     // From here on the request may cost the model server something (before it: a permit wait, a model check).
     onDispatch: context.dispatched,
   });

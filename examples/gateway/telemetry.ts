@@ -1,16 +1,24 @@
 // OpenTelemetry for the gateway: with OTEL_EXPORTER_OTLP_ENDPOINT (or a per-signal endpoint) set, the OpenTelemetry
 // Node SDK exports traces and metrics over OTLP, configured by the standard OTEL_* variables (protocol, headers,
-// sampler, service name, export intervals). Each request gets a server span (HTTP semantic conventions) that parents
-// the client's GenAI span. Off otherwise: then not one OpenTelemetry module is loaded.
+// sampler, service name, export intervals). Each request gets a server span (HTTP semantic conventions) that the client
+// records its GenAI call into — one span per request, half the SDK's and the export's work of a server span parenting a
+// client span that would tell the same story (OTEL_GENAI_UPSTREAM_SPAN=true keeps the two). Off otherwise: then not one
+// OpenTelemetry module is loaded.
 import type { IncomingMessage } from 'node:http';
 import type * as OpenTelemetryApi from '@opentelemetry/api';
+import type { Sampler } from '@opentelemetry/sdk-trace-base';
 import type { Logger } from 'pino';
 
 type Env = Record<string, string | undefined>;
 
-/** A request's server span: its context parents the upstream call, `end` closes it with the outcome. */
+/**
+ * A request's server span: the upstream call is recorded into it (`span`, one span per request) or, with
+ * OTEL_GENAI_UPSTREAM_SPAN=true, gets a child span of its own under `context`; `end` closes it with the outcome.
+ */
 export interface RequestSpan {
   readonly context: unknown;
+  /** The span the client records the GenAI call into; undefined when the call gets its own child span. */
+  readonly span: unknown;
   /** `status` when a response went out; `errorType` when the request failed (a 5xx, a cut stream, a client gone). */
   end(status: number | undefined, errorType: string | undefined): void;
 }
@@ -39,13 +47,19 @@ const SHUTDOWN_TIMEOUT_MS = 5000;
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10];
 
 /** Starts the SDK (traces and metrics over OTLP) for this process. */
-export async function startTelemetry(env: Env, logger: Logger): Promise<GatewayTelemetry> {
+export async function startTelemetry(
+  env: Env,
+  logger: Logger,
+  options: { upstreamSpan: boolean },
+): Promise<GatewayTelemetry> {
   const api = await import('@opentelemetry/api');
   const { NodeSDK } = await import('@opentelemetry/sdk-node');
   const namedByEnv =
     (env.OTEL_SERVICE_NAME ?? '') !== '' || /(^|,)\s*service\.name=/.test(env.OTEL_RESOURCE_ATTRIBUTES ?? '');
+  const sampler = await defaultSampler(env);
   const sdk = new NodeSDK({
     ...(namedByEnv ? {} : { serviceName: 'vllm-kit-gateway' }),
+    ...(sampler === undefined ? {} : { sampler }),
     // No context manager: the gateway hands each request's context to the client itself. The default one
     // (AsyncLocalStorage) would, on Node 20, put a hook on every promise of every request once anything used it.
     contextManager: null as never,
@@ -56,7 +70,7 @@ export async function startTelemetry(env: Env, logger: Logger): Promise<GatewayT
   logDiagnostics(api, logger);
   return {
     api,
-    startRequest: requestSpans(api),
+    startRequest: requestSpans(api, options.upstreamSpan),
     async shutdown() {
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<void>((resolve) => {
@@ -67,6 +81,24 @@ export async function startTelemetry(env: Env, logger: Logger): Promise<GatewayT
       clearTimeout(timer);
     },
   };
+}
+
+/** The share of traces started here that are sampled when OTEL_TRACES_SAMPLER is not set. */
+export const DEFAULT_TRACE_RATIO = 0.1;
+
+/**
+ * The gateway's sampler when OTEL_TRACES_SAMPLER is not set: parent-based, a caller's decision is followed (its
+ * sampled traces are whole), and DEFAULT_TRACE_RATIO (or OTEL_TRACES_SAMPLER_ARG) of the traces that start here. Every
+ * request traced costs about a quarter of the gateway's throughput on a fast upstream (docs/performance.md);
+ * OTEL_TRACES_SAMPLER=parentbased_always_on asks for it. Undefined: the SDK's own choice from the environment.
+ */
+export async function defaultSampler(env: Env): Promise<Sampler | undefined> {
+  if ((env.OTEL_TRACES_SAMPLER ?? '') !== '') return undefined;
+  const { ParentBasedSampler, TraceIdRatioBasedSampler } = await import('@opentelemetry/sdk-trace-base');
+  const arg = Number(env.OTEL_TRACES_SAMPLER_ARG ?? '');
+  const ratio =
+    (env.OTEL_TRACES_SAMPLER_ARG ?? '') !== '' && arg >= 0 && arg <= 1 ? arg : DEFAULT_TRACE_RATIO;
+  return new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) });
 }
 
 /**
@@ -88,7 +120,7 @@ function logDiagnostics(api: typeof OpenTelemetryApi, logger: Logger): void {
 }
 
 /** A server span per request, and the conventions' request-duration histogram. */
-function requestSpans(api: typeof OpenTelemetryApi): GatewayTelemetry['startRequest'] {
+function requestSpans(api: typeof OpenTelemetryApi, upstreamSpan: boolean): GatewayTelemetry['startRequest'] {
   const tracer = api.trace.getTracer('vllm-kit-gateway');
   const duration = api.metrics.getMeter('vllm-kit-gateway').createHistogram('http.server.request.duration', {
     description: 'Duration of HTTP server requests',
@@ -96,6 +128,7 @@ function requestSpans(api: typeof OpenTelemetryApi): GatewayTelemetry['startRequ
     advice: { explicitBucketBoundaries: DURATION_BUCKETS },
   });
   const { SpanKind, SpanStatusCode, ROOT_CONTEXT, propagation, trace } = api;
+  const shapes = new MetricShapes();
   return (req, path, route, requestId) => {
     const started = performance.now();
     const method = req.method ?? 'GET';
@@ -117,26 +150,50 @@ function requestSpans(api: typeof OpenTelemetryApi): GatewayTelemetry['startRequ
     );
     return {
       context: trace.setSpan(parent, span),
+      span: upstreamSpan ? undefined : span,
       end(status, errorType) {
-        const metricAttributes: OpenTelemetryApi.Attributes = {
-          'http.request.method': method,
-          'url.scheme': 'http',
-        };
-        if (route !== undefined) metricAttributes['http.route'] = route;
-        if (status !== undefined) {
-          span.setAttribute('http.response.status_code', status);
-          metricAttributes['http.response.status_code'] = status;
-        }
         // A server span is an error for 5xx (the conventions leave 4xx to the client), or with no answer at all.
         const type = errorType ?? (status !== undefined && status >= 500 ? String(status) : undefined);
-        if (type !== undefined) {
-          span.setAttribute('error.type', type);
-          span.setStatus({ code: SpanStatusCode.ERROR });
-          metricAttributes['error.type'] = type;
+        if (span.isRecording()) {
+          if (status !== undefined) span.setAttribute('http.response.status_code', status);
+          if (type !== undefined) {
+            span.setAttribute('error.type', type);
+            span.setStatus({ code: SpanStatusCode.ERROR });
+          }
         }
-        duration.record((performance.now() - started) / 1000, metricAttributes);
+        duration.record((performance.now() - started) / 1000, shapes.of(method, route, status, type));
         span.end();
       },
     };
   };
+}
+
+/** Distinct attribute sets of the request-duration metric kept (beyond it the cache starts over). */
+const MAX_SHAPES = 1000;
+
+/**
+ * The request-duration metric's attributes, one object per distinct shape (method, route, status, error): they take
+ * few values, and a cached object spares building one per request. Bounded, as the metric's own cardinality is.
+ */
+class MetricShapes {
+  private readonly shapes = new Map<string, OpenTelemetryApi.Attributes>();
+
+  of(
+    method: string,
+    route: string | undefined,
+    status: number | undefined,
+    errorType: string | undefined,
+  ): OpenTelemetryApi.Attributes {
+    const key = `${method} ${route} ${status} ${errorType}`;
+    let attributes = this.shapes.get(key);
+    if (attributes === undefined) {
+      attributes = { 'http.request.method': method, 'url.scheme': 'http' };
+      if (route !== undefined) attributes['http.route'] = route;
+      if (status !== undefined) attributes['http.response.status_code'] = status;
+      if (errorType !== undefined) attributes['error.type'] = errorType;
+      if (this.shapes.size >= MAX_SHAPES) this.shapes.clear();
+      this.shapes.set(key, attributes);
+    }
+    return attributes;
+  }
 }

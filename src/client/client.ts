@@ -61,6 +61,13 @@ export interface CallOptions {
    * omitted. Passing it spares the caller an `AsyncLocalStorage` context manager on its hot path.
    */
   traceContext?: unknown;
+  /**
+   * An OpenTelemetry `Span` of yours (a gateway's server span, say) to record this call into instead of starting a
+   * child span: it gets the call's GenAI attributes, its retry events and its `traceparent`; you name it, set its
+   * status and end it. One span per request instead of two — what a passthrough, whose server and client spans would
+   * tell the same story, should export. Takes precedence over `traceContext`. The metrics are recorded as usual.
+   */
+  traceSpan?: unknown;
 }
 
 export interface RawRequest extends CallOptions {
@@ -909,6 +916,7 @@ class Client implements VllmClient {
       body: spec.routingBody,
       stream: spec.stream || (spec.routingBody as { stream?: unknown } | undefined)?.stream === true,
       parent: options?.traceContext,
+      span: options?.traceSpan,
       requestId,
       origin: route.replica ?? (this.router === undefined ? this.origin : undefined),
     });
@@ -1173,6 +1181,7 @@ function tracedFetch(
     body,
     stream: (body as { stream?: unknown } | undefined)?.stream === true,
     parent: undefined,
+    span: undefined,
     requestId: undefined,
     origin,
   });

@@ -112,6 +112,8 @@ export interface CallStart {
   stream: boolean;
   /** An OpenTelemetry Context to parent the span; the active context when undefined. */
   parent: unknown;
+  /** The caller's own span to record into (it names, sets the status of and ends it); undefined: a span of our own. */
+  span: unknown;
   requestId: string | undefined;
   /** The replica, when already chosen. */
   origin: string | undefined;
@@ -290,6 +292,8 @@ const HEAD_BYTES = 2048;
  */
 export class CallTelemetry {
   private readonly span: Span;
+  /** The span is the caller's (`traceSpan`): annotated, never named, given a status or ended here. */
+  private readonly joined: boolean;
   /** The span records or metrics are collected: the response is read. Otherwise only the trace context matters. */
   private readonly active: boolean;
   private readonly startedAt = performance.now();
@@ -325,20 +329,28 @@ export class CallTelemetry {
     this.stream = start.stream;
     this.timesChunks = start.stream && telemetry.chunkTiming !== 'off';
     this.origin = start.origin;
+    this.joined = start.span !== undefined;
     const attributes: Attributes = {
       'gen_ai.operation.name': operation,
       'gen_ai.provider.name': telemetry.providerName,
     };
     if (this.requestModel !== undefined) attributes['gen_ai.request.model'] = this.requestModel;
     if (body !== undefined) requestAttributes(body, attributes);
-    if (start.requestId !== undefined) attributes['vllm_kit.request_id'] = start.requestId;
-    if (start.origin !== undefined) serverAttributes(telemetry.server(start.origin), attributes);
     if (telemetry.captureContent) {
       this.input = body;
       this.all = [];
     }
-    const name = this.requestModel === undefined ? operation : `${operation} ${this.requestModel}`;
-    this.span = telemetry.startSpan(name, attributes, start.parent);
+    if (this.joined) {
+      // The caller's span is a server span: its `server.*` are its own address, and it has the request id already.
+      // The request's attributes go on at once: its owner may end it before the call's end (a client that left).
+      this.span = start.span as Span;
+      if (this.span.isRecording()) this.span.setAttributes(attributes);
+    } else {
+      if (start.requestId !== undefined) attributes['vllm_kit.request_id'] = start.requestId;
+      if (start.origin !== undefined) serverAttributes(telemetry.server(start.origin), attributes);
+      const name = this.requestModel === undefined ? operation : `${operation} ${this.requestModel}`;
+      this.span = telemetry.startSpan(name, attributes, start.parent);
+    }
     this.active = !telemetry.idle(this.span);
   }
 
@@ -357,6 +369,7 @@ export class CallTelemetry {
   setOrigin(origin: string): void {
     if (origin === this.origin) return;
     this.origin = origin;
+    if (this.joined) return;
     const server = this.telemetry.server(origin);
     this.span.setAttributes({ 'server.address': server.address, 'server.port': server.port });
   }
@@ -443,7 +456,7 @@ export class CallTelemetry {
     this.ended = true;
     const span = this.span;
     if (!this.active) {
-      span.end();
+      if (!this.joined) span.end();
       return;
     }
     const now = performance.now();
@@ -496,7 +509,8 @@ export class CallTelemetry {
         instruments.timePerOutputChunk.record(sum / intervals.length / 1000, attributes);
       }
     }
-    if (type !== undefined) {
+    // A joined span's outcome is its owner's to tell (a server span's error is its own answer's, not the upstream's).
+    if (type !== undefined && !this.joined) {
       spanAttributes['error.type'] = type;
       span.setStatus({
         code: this.telemetry.api.SpanStatusCode.ERROR,
@@ -504,6 +518,10 @@ export class CallTelemetry {
       });
     }
     instruments.duration.record((now - this.startedAt) / 1000, attributes);
+    if (this.joined) {
+      if (span.isRecording()) span.setAttributes(spanAttributes);
+      return;
+    }
     span.setAttributes(spanAttributes);
     span.end();
   }

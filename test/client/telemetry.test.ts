@@ -190,6 +190,48 @@ describe('client spans', () => {
     }
   });
 
+  it('records the call into a span the caller owns (traceSpan): one span, never ended, named or given a status here', async () => {
+    const otel = capture();
+    const { sim, requests } = await recordingSimulator({ faults: { status: { status: 503, times: 1 } } });
+    const client = tracedClient(sim.url, otel, { retryBaseDelayMs: 1, retryMaxDelayMs: 2 });
+    const server = otel.tracerProvider
+      .getTracer('test')
+      .startSpan('POST /v1/chat/completions', { kind: SpanKind.SERVER, attributes: { 'server.port': 1 } });
+    const reply = await client.chatCompletion(
+      { model: MODEL, messages, max_tokens: 3 },
+      { traceSpan: server, requestId: 'req-9' },
+    );
+    // The caller's span is still open: nothing exported yet, and the upstream was sent its context.
+    expect(otel.spans()).toHaveLength(0);
+    const { traceId, spanId } = server.spanContext();
+    expect(requests.at(-1)!.headers.traceparent).toBe(`00-${traceId}-${spanId}-01`);
+    server.end();
+    const [span] = otel.spans();
+    expect(otel.spans()).toHaveLength(1);
+    expect(span!.name).toBe('POST /v1/chat/completions');
+    expect(span!.kind).toBe(SpanKind.SERVER);
+    // The retried 503 is an event; the span's status and `error.type` are its owner's.
+    expect(span!.events.map((e) => e.name)).toEqual(['retry']);
+    expect(span!.status.code).toBe(SpanStatusCode.UNSET);
+    expect(span!.attributes).toEqual({
+      'server.port': 1, // the owner's, not overwritten with the replica's
+      'gen_ai.operation.name': 'chat',
+      'gen_ai.provider.name': 'vllm',
+      'gen_ai.request.model': MODEL,
+      'gen_ai.request.max_tokens': 3,
+      'gen_ai.response.model': reply.model,
+      'gen_ai.response.id': reply.id,
+      'gen_ai.response.finish_reasons': ['length'],
+      'gen_ai.usage.input_tokens': reply.usage!.prompt_tokens,
+      'gen_ai.usage.output_tokens': reply.usage!.completion_tokens,
+      'http.request.resend_count': 1,
+    });
+    // The metrics are the call's own, with the replica's address.
+    await otel.collect();
+    const [duration] = otel.histogram('gen_ai.client.operation.duration');
+    expect(duration!.attributes['server.port']).toBe(Number(new URL(sim.url).port));
+  });
+
   it('adds a retry event for each retried status, and counts resends', async () => {
     const otel = capture();
     const sim = await use.simulator({ faults: { status: { status: 503, times: 2 } } });

@@ -31,7 +31,9 @@ describe('loadConfig', () => {
       corsOrigins: [],
       headersTimeoutMs: 15_000,
       requestTimeoutMs: 60_000,
+      telemetryUpstreamSpan: false,
     });
+    expect(loadConfig({ OTEL_GENAI_UPSTREAM_SPAN: 'TRUE' }).telemetryUpstreamSpan).toBe(true);
     expect(loadConfig({ CORS_ORIGINS: 'https://a.example, http://localhost:5173' }).corsOrigins).toEqual([
       'https://a.example',
       'http://localhost:5173',
@@ -87,6 +89,12 @@ describe('loadConfig', () => {
       'RATE_LIMIT_POINTS must be an integer from 1 to 2000000, got "10000000"',
     ],
     [{ METRICS: 'yes' }, 'METRICS', 'METRICS must be "true" or "false", got "yes"'],
+    [
+      { OTEL_TRACES_SAMPLER_ARG: '10%' },
+      'OTEL_TRACES_SAMPLER_ARG',
+      'OTEL_TRACES_SAMPLER_ARG must be a ratio from 0 to 1, got "10%"',
+    ],
+    [{ OTEL_GENAI_UPSTREAM_SPAN: 'yes' }, 'OTEL_GENAI_UPSTREAM_SPAN', 'OTEL_GENAI_UPSTREAM_SPAN must be'],
     [
       { CORS_ORIGINS: 'https://app.example.com/path' },
       'CORS_ORIGINS',

@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer, request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
+import { DEFAULT_TRACE_RATIO, defaultSampler } from '../../examples/gateway/telemetry.js';
 import { startVllmSimulator } from '../../src/testing/index.js';
 import { post, trackGateways } from '../helpers/gateway.js';
 import { chat, trackGatewayProcesses } from '../helpers/gateway-process.js';
@@ -132,7 +133,7 @@ function abandonStream(url: string, key: string): Promise<void> {
 }
 
 describe('OpenTelemetry export', () => {
-  it('exports a server span per request parenting the GenAI client span, and the metrics, flushed on SIGTERM', async () => {
+  it('exports one span per request, the GenAI call recorded into the server span, and the metrics, flushed on SIGTERM', async () => {
     const receiver = await startReceiver();
     processes.onCleanup(receiver.close);
     const traceparents: string[] = [];
@@ -149,6 +150,8 @@ describe('OpenTelemetry export', () => {
         WORKERS: '2',
         OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
         OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+        // Every request traced (the gateway's default samples a tenth of the traces that start here).
+        OTEL_TRACES_SAMPLER: 'parentbased_always_on',
         // Nothing is exported on a schedule during the test: what arrives was flushed by the drain.
         OTEL_BSP_SCHEDULE_DELAY: '600000',
         OTEL_METRIC_EXPORT_INTERVAL: '600000',
@@ -190,13 +193,13 @@ describe('OpenTelemetry export', () => {
     gw.child.kill('SIGTERM');
     expect(await gw.exited).toBe(0);
 
+    // One span per request: the GenAI call is recorded into the server span (no client span of its own).
     const servers = receiver.spans.filter((s) => s.kind === 2);
-    const clients = receiver.spans.filter((s) => s.kind === 3);
+    expect(receiver.spans.filter((s) => s.kind === 3)).toHaveLength(0);
     expect(servers).toHaveLength(4); // three chats and the /metrics scrape
-    expect(clients).toHaveLength(3);
     expect(servers[0]!.resource['service.name']).toBe('vllm-kit-gateway');
 
-    // The JSON call: the caller's trace continued, the request id on the server span, the client span its child.
+    // The JSON call: the caller's trace continued, the request id, the HTTP and the GenAI attributes on one span.
     const server = servers.find((s) => s.traceId === callerTrace)!;
     expect(server.parentSpanId).toBe(callerSpan);
     expect(server.name).toBe('POST /v1/chat/completions');
@@ -206,11 +209,6 @@ describe('OpenTelemetry export', () => {
       'http.response.status_code': 200,
       'url.path': '/v1/chat/completions',
       'vllm_kit.request_id': jsonRequestId,
-    });
-    const client = clients.find((s) => s.parentSpanId === server.spanId)!;
-    expect(client.traceId).toBe(callerTrace);
-    expect(client.name).toBe('chat m');
-    expect(client.attributes).toMatchObject({
       'gen_ai.operation.name': 'chat',
       'gen_ai.provider.name': 'vllm',
       'gen_ai.request.model': 'm',
@@ -218,25 +216,24 @@ describe('OpenTelemetry export', () => {
       'gen_ai.response.model': 'm',
       'gen_ai.usage.input_tokens': reply.usage.prompt_tokens,
       'gen_ai.usage.output_tokens': reply.usage.completion_tokens,
-      'vllm_kit.request_id': jsonRequestId,
     });
-    // vLLM got the client span's context.
-    expect(traceparents).toContain(`00-${callerTrace}-${client.spanId}-01`);
+    // A server span's `server.*` would be the gateway's own address: the replica's is left to the metrics.
+    expect(server.attributes['server.address']).toBeUndefined();
+    // vLLM got the server span's context.
+    expect(traceparents).toContain(`00-${callerTrace}-${server.spanId}-01`);
 
-    // The stream: its usage (asked for by the caller) on the client span.
-    const streamClient = clients.find(
+    // The stream: its usage (asked for by the caller) on its span.
+    const streamServer = servers.find(
       (s) => s.attributes['gen_ai.request.max_tokens'] === 9 && s.attributes['error.type'] === undefined,
     )!;
-    expect(streamClient.attributes['gen_ai.usage.output_tokens']).toBe(streamUsage.completion_tokens);
-    expect(streamClient.attributes['gen_ai.usage.input_tokens']).toBe(streamUsage.prompt_tokens);
-    expect(streamClient.attributes['gen_ai.response.time_to_first_chunk']).toBeGreaterThan(0);
+    expect(streamServer.attributes['gen_ai.usage.output_tokens']).toBe(streamUsage.completion_tokens);
+    expect(streamServer.attributes['gen_ai.usage.input_tokens']).toBe(streamUsage.prompt_tokens);
+    expect(streamServer.attributes['gen_ai.response.time_to_first_chunk']).toBeGreaterThan(0);
 
-    // The abandoned stream: the client span ends with the abort, the server span says the client left.
-    const aborted = clients.find((s) => s.attributes['gen_ai.request.max_tokens'] === 500)!;
-    expect(aborted.attributes['error.type']).toBe('ERR_VK_ABORTED');
+    // The abandoned stream: its span says the client left (the outcome is the server's to tell, not the upstream's).
+    const aborted = servers.find((s) => s.attributes['gen_ai.request.max_tokens'] === 500)!;
+    expect(aborted.attributes['error.type']).toBe('client_closed');
     expect(aborted.status).toBe(2);
-    const abortedServer = servers.find((s) => s.spanId === aborted.parentSpanId)!;
-    expect(abortedServer.attributes['error.type']).toBe('client_closed');
 
     // Metrics, from both workers, flushed by the drain.
     expect(receiver.metrics.get('gen_ai.client.operation.duration')).toBeGreaterThanOrEqual(1);
@@ -246,7 +243,7 @@ describe('OpenTelemetry export', () => {
     expect(receiver.metrics.get('http.server.request.duration')).toBeGreaterThanOrEqual(1);
   });
 
-  it('flushes on Ctrl-C as production delivers it: npm in front, SIGINT to the whole group, a stream open', async () => {
+  it('flushes on Ctrl-C as production delivers it: npm in front, SIGINT to the whole group, a stream open; OTEL_GENAI_UPSTREAM_SPAN=true gives the call a client span', async () => {
     const receiver = await startReceiver();
     processes.onCleanup(receiver.close);
     const sim = await startVllmSimulator({ model: 'm', itlMs: 25 });
@@ -260,6 +257,8 @@ describe('OpenTelemetry export', () => {
         OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
         OTEL_BSP_SCHEDULE_DELAY: '600000',
         OTEL_METRIC_EXPORT_INTERVAL: '600000',
+        OTEL_GENAI_UPSTREAM_SPAN: 'true',
+        OTEL_TRACES_SAMPLER: 'always_on',
       },
     });
     const stream = chat(gw.url, gw.key, {
@@ -275,9 +274,62 @@ describe('OpenTelemetry export', () => {
     expect(result.text.trimEnd().endsWith('data: [DONE]')).toBe(true);
     // The drained stream's spans went out with the workers' last flush.
     const client = receiver.spans.find((span) => span.kind === 3)!;
+    expect(client.name).toBe('chat');
     expect(client.attributes['gen_ai.usage.output_tokens']).toBe(20);
-    expect(receiver.spans.find((span) => span.spanId === client.parentSpanId)?.kind).toBe(2);
+    expect(client.attributes['server.port']).toBe(Number(new URL(sim.url).port));
+    const server = receiver.spans.find((span) => span.spanId === client.parentSpanId)!;
+    expect(server.kind).toBe(2);
+    expect(server.attributes['gen_ai.operation.name']).toBeUndefined();
   }, 60_000);
+
+  it('samples by default as a user would pick: the caller decision followed, a tenth of the traces started here', async () => {
+    const receiver = await startReceiver();
+    processes.onCleanup(receiver.close);
+    const traceparents: string[] = [];
+    const sim = await startVllmSimulator({
+      model: 'm',
+      onRequest: (r) => r.method === 'POST' && traceparents.push(String(r.headers.traceparent)),
+    });
+    processes.onCleanup(() => sim.close());
+    const gw = await processes.start(sim.url, {
+      env: {
+        WORKERS: '1',
+        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+        OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+        OTEL_BSP_SCHEDULE_DELAY: '600000',
+        OTEL_METRIC_EXPORT_INTERVAL: '600000',
+      },
+    });
+    const callWith = async (flags: string) => {
+      const traceId = randomBytes(16).toString('hex');
+      const reply = await post(gw.url, '/v1/chat/completions', {
+        key: gw.key,
+        headers: { traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-${flags}` },
+      });
+      expect(reply.status).toBe(200);
+      return traceId;
+    };
+    const sampled = await callWith('01');
+    const unsampled = await callWith('00');
+    gw.child.kill('SIGTERM');
+    expect(await gw.exited).toBe(0);
+    // The caller sampled it: traced, and vLLM is told so. The caller did not: no span, and vLLM is told that too.
+    expect(receiver.spans.map((span) => span.traceId)).toEqual([sampled]);
+    expect(traceparents[0]).toMatch(new RegExp(`^00-${sampled}-[0-9a-f]{16}-01$`));
+    expect(traceparents[1]).toMatch(new RegExp(`^00-${unsampled}-[0-9a-f]{16}-00$`));
+    // Metrics still count every request.
+    expect(receiver.metrics.get('gen_ai.client.operation.duration')).toBeGreaterThanOrEqual(1);
+
+    // Traces that start here: a tenth by default, OTEL_TRACES_SAMPLER_ARG's ratio when set, the SDK's own with a sampler.
+    expect(String(await defaultSampler({}))).toBe(
+      `ParentBased{root=TraceIdRatioBased{${DEFAULT_TRACE_RATIO}}, remoteParentSampled=AlwaysOnSampler, remoteParentNotSampled=AlwaysOffSampler, localParentSampled=AlwaysOnSampler, localParentNotSampled=AlwaysOffSampler}`,
+    );
+    expect(DEFAULT_TRACE_RATIO).toBe(0.1);
+    expect(String(await defaultSampler({ OTEL_TRACES_SAMPLER_ARG: '0.25' }))).toContain(
+      'TraceIdRatioBased{0.25}',
+    );
+    expect(await defaultSampler({ OTEL_TRACES_SAMPLER: 'always_on' })).toBeUndefined();
+  });
 
   it('is off without an OTLP endpoint: nothing sent upstream, an incoming traceparent not passed on', async () => {
     const traceparents: unknown[] = [];
