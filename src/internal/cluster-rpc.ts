@@ -26,7 +26,9 @@ interface Waiter<R> {
   batch?: { timer: NodeJS.Timeout; left: number };
 }
 
-function isMessage(message: unknown, tag: string, kind: string): boolean {
+const ignore = () => {};
+
+export function isMessage(message: unknown, tag: string, kind: string): boolean {
   const m = message as { tag?: unknown; kind?: unknown } | null;
   return typeof m === 'object' && m !== null && m.tag === tag && m.kind === kind;
 }
@@ -109,17 +111,27 @@ export class ClusterCaller<P, R> {
 
 /**
  * The primary's side of a channel: answers every worker's batches with `handle`, called once per call in arrival
- * order (so a sequence of checks is decided exactly as one process would decide it).
+ * order (so a sequence of checks is decided exactly as one process would decide it). A call `handle` answers with a
+ * promise (one that must wait for other workers, say) is answered on its own when it settles; the rest of its batch
+ * at once.
  */
 export function serveClusterChannel<P, R>(
   tag: string,
-  handle: (payload: P, worker: Worker) => R,
+  handle: (payload: P, worker: Worker) => R | Promise<R>,
 ): { close(): void } {
+  const send = (worker: Worker, results: [number, R][]) => {
+    if (worker.isConnected()) worker.send({ tag, kind: 'results', results } satisfies Results<R>);
+  };
   const onMessage = (worker: Worker, message: unknown) => {
     if (!isMessage(message, tag, 'batch')) return;
     const results: [number, R][] = [];
-    for (const [id, payload] of (message as Batch<P>).items) results.push([id, handle(payload, worker)]);
-    if (worker.isConnected()) worker.send({ tag, kind: 'results', results } satisfies Results<R>);
+    for (const [id, payload] of (message as Batch<P>).items) {
+      const result = handle(payload, worker);
+      // A deferred answer that fails is left to the worker's timeout (its store's outage policy answers).
+      if (result instanceof Promise) result.then((late) => send(worker, [[id, late]]), ignore);
+      else results.push([id, result]);
+    }
+    if (results.length > 0) send(worker, results);
   };
   cluster.on('message', onMessage);
   return {

@@ -42,7 +42,7 @@ export function serveClusterStates<P, R, S>(options: {
   channel: string;
   stateKey(payload: P): string;
   make(payload: P): S;
-  handle(state: S, payload: P, worker: Worker): R;
+  handle(state: S, payload: P, worker: Worker): R | Promise<R>;
   onWorkerExit?(states: ReadonlyMap<string, S>, worker: Worker): void;
 }): { close(): void } {
   if (!cluster.isPrimary) throw new NotClusterPrimaryError(options.fn);

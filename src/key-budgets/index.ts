@@ -83,6 +83,8 @@ export interface KeyBudgetsStats {
   refunded: number;
   /** Operations answered while the store failed (by the insurance or the `onStoreError` policy). */
   degraded: number;
+  /** Admissions answered from a lease of the key's window held by this worker (`leases`), with no round trip. */
+  leased: number;
 }
 
 /** Tokens held for an admitted request until its usage is known. */
@@ -208,7 +210,7 @@ class Budgets implements KeyBudgets {
   /** The shared stores' outage policy: once the store answers again, the insurance's windows are handed to it. */
   private readonly outage: StoreOutage;
   private closed: Promise<void> | undefined;
-  private readonly counts: KeyBudgetsStats = {
+  private readonly counts: Omit<KeyBudgetsStats, 'leased'> = {
     admitted: 0,
     refused: 0,
     settled: 0,
@@ -217,13 +219,14 @@ class Budgets implements KeyBudgets {
   };
 
   constructor(input: KeyBudgetsOptions) {
-    const { store, name, onStoreError, storeTimeoutMs, windowSec, now, processes } = resolveOptions(input);
+    const { store, name, onStoreError, storeTimeoutMs, windowSec, now, processes, leases } =
+      resolveOptions(input);
     this.onStoreError = onStoreError;
     this.windowMs = windowSec * 1000;
     this.now = now;
     this.store = chooseStore<RedisScriptClient, BudgetStore>(store, {
       memory: () => new MemoryBudgetStore(this.windowMs, this.now),
-      cluster: () => new ClusterBudgetStore(name, this.windowMs, storeTimeoutMs),
+      cluster: () => new ClusterBudgetStore(name, this.windowMs, storeTimeoutMs, this.now, leases),
       redis: (client) => new RedisBudgetStore(client, name, this.windowMs, this.now),
     });
     this.outage = new StoreOutage(processes, () => this.handOver());
@@ -455,7 +458,7 @@ class Budgets implements KeyBudgets {
   }
 
   stats(): KeyBudgetsStats {
-    return { ...this.counts };
+    return { ...this.counts, leased: this.store.leased ?? 0 };
   }
 
   async handle(req: IncomingMessage, res: ServerResponse, target: BudgetTarget): Promise<boolean> {

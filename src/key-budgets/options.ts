@@ -1,5 +1,6 @@
 // createKeyBudgets' options: every field documented with unit and default, resolved and validated in one place.
 import {
+  booleanOption,
   clockOption,
   numberOption,
   objectOption,
@@ -31,6 +32,17 @@ export interface KeyBudgetsOptions {
    * 1/`processes` of each limit itself (at least 1), so together they stay within it. @default 1
    */
   processes?: number;
+  /**
+   * `store: 'cluster'`: a worker admitting a request for a key with room to spare takes a slice of the key's window
+   * (1/64 of each limit, counted as used at the primary) and admits, charges and refunds that key's next requests
+   * against it with no round trip; what it did not use goes back when the slice runs out or the primary recalls it.
+   * At the window's edge the primary recalls the slices before refusing anyone, so a key is admitted exactly what its
+   * limits allow. Keys whose limits are under 128 requests (or 128 requests' reservations) are never leased. While a
+   * worker holds a slice, its decisions' `remaining*` count the other workers' slices as spent (an under-estimate).
+   * `false`: every decision is a round trip to the primary. Ignored by the other stores.
+   * @default true
+   */
+  leases?: boolean;
   /** Clock, epoch ms. @default Date.now */
   now?: () => number;
 }
@@ -42,6 +54,7 @@ const KEYS = [
   'onStoreError',
   'storeTimeoutMs',
   'processes',
+  'leases',
   'now',
 ] as const satisfies readonly (keyof KeyBudgetsOptions)[];
 
@@ -52,6 +65,7 @@ export interface ResolvedKeyBudgetsOptions {
   storeTimeoutMs: number;
   processes: number;
   windowSec: number;
+  leases: boolean;
   now: () => number;
 }
 
@@ -62,6 +76,7 @@ export function resolveOptions(input: KeyBudgetsOptions | undefined): ResolvedKe
   return {
     ...shared,
     windowSec: numberOption('windowSec', options.windowSec, 60, { min: 1, max: 86_400, integer: true }),
+    leases: booleanOption('leases', options.leases, true),
     now: clockOption(options.now),
   };
 }

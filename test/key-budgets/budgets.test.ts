@@ -135,6 +135,7 @@ describe('headers and errors', () => {
       [{ name: 'a b' }, 'name'],
       [{ onStoreError: 'maybe' }, 'onStoreError'],
       [{ now: 5 }, 'now'],
+      [{ leases: 'yes' }, 'leases'],
       [{ limit: 5 }, 'limit'],
     ];
     for (const [options, option] of cases) {

@@ -1,6 +1,8 @@
 // A node:cluster app for the key-budgets test: the primary holds the windows, four workers serve one port.
 // GET /admit?key=K&requests=N&tokens=M admits one request; GET /charge?key=K&tokens=N charges tokens;
-// GET /burst?key=K&requests=N admits 50 at once (one IPC batch).
+// GET /burst?key=K&requests=N admits 50 at once (one IPC batch); GET /use?key=K&tokens=M&reserve=R&used=U admits
+// reserving R tokens and settles U. Every answer carries the worker's pid (x-worker) and its leased admissions
+// (x-leased).
 import { createKeyBudgets, serveClusterBudgets } from '../../src/index.js';
 import { runClusterApp } from '../helpers/cluster-app.js';
 
@@ -16,6 +18,19 @@ runClusterApp({
         url.searchParams.has(name) ? Number(url.searchParams.get(name)) : null;
       const limits = { requests: limit('requests'), tokens: limit('tokens') };
       res.setHeader('x-worker', String(process.pid));
+      const reply = (body: unknown) => {
+        res.setHeader('x-leased', String(budgets.stats().leased));
+        res.end(JSON.stringify(body));
+      };
+      if (url.pathname === '/use') {
+        const decision = await budgets.admit(key, limits, {
+          reserveTokens: Number(url.searchParams.get('reserve')),
+        });
+        if (decision.allowed)
+          await budgets.settle(decision.reservation, key, Number(url.searchParams.get('used')));
+        reply(decision);
+        return;
+      }
       if (url.pathname === '/charge') {
         await budgets.charge(key, Number(url.searchParams.get('tokens')));
         res.end('{}');
@@ -23,10 +38,10 @@ runClusterApp({
       }
       if (url.pathname === '/burst') {
         const decisions = await Promise.all(Array.from({ length: 50 }, () => budgets.admit(key, limits)));
-        res.end(JSON.stringify(decisions));
+        reply(decisions);
         return;
       }
-      res.end(JSON.stringify(await budgets.admit(key, limits)));
+      reply(await budgets.admit(key, limits));
     };
   },
 });

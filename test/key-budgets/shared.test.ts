@@ -14,6 +14,25 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
+/** One request to a cluster app on a new connection, so the primary spreads them over the workers. */
+function getFrom(port: number, path: string) {
+  return new Promise<{ worker: string; leased: number; body: unknown }>((done, fail) => {
+    const req = request({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+      let body = '';
+      res.on('data', (chunk) => (body += chunk));
+      res.on('end', () =>
+        done({
+          worker: String(res.headers['x-worker']),
+          leased: Number(res.headers['x-leased']),
+          body: JSON.parse(body),
+        }),
+      );
+    });
+    req.on('error', fail);
+    req.end();
+  });
+}
+
 describe('store: "cluster" (four workers)', () => {
   let app: Awaited<ReturnType<typeof startClusterApp>>;
   let port: number;
@@ -23,17 +42,7 @@ describe('store: "cluster" (four workers)', () => {
   }, 30_000);
   afterAll(() => app.stop());
 
-  /** One request on a new connection, so the primary spreads them over the workers. */
-  const get = (path: string) =>
-    new Promise<{ worker: string; body: unknown }>((done, fail) => {
-      const req = request({ host: '127.0.0.1', port, path, agent: false }, (res) => {
-        let body = '';
-        res.on('data', (chunk) => (body += chunk));
-        res.on('end', () => done({ worker: String(res.headers['x-worker']), body: JSON.parse(body) }));
-      });
-      req.on('error', fail);
-      req.end();
-    });
+  const get = (path: string) => getFrom(port, path);
 
   it('admits exactly the request limit, whichever worker asks, and never counts a refusal', async () => {
     const replies = [];
@@ -67,6 +76,81 @@ describe('store: "cluster" (four workers)', () => {
     expect(refused).toMatchObject({ allowed: false, refusedBy: 'tokens', remainingTokens: 0 });
     expect(refused.retryAfterSec).toBeGreaterThanOrEqual(1);
     expect(refused.retryAfterSec).toBeLessThanOrEqual(60);
+  }, 30_000);
+});
+
+describe('store: "cluster" leases (four workers)', () => {
+  let app: Awaited<ReturnType<typeof startClusterApp>>;
+  beforeAll(async () => {
+    app = await startClusterApp(resolve(import.meta.dirname, 'cluster-app.ts'));
+  }, 30_000);
+  afterAll(() => app.stop());
+
+  const get = (path: string) => getFrom(app.port, path);
+
+  /**
+   * The leased admissions among `replies`, summed over the workers that answered: each reply carries its worker's
+   * running count, so a worker's share is its last count less its first (its first reply's own is not counted).
+   */
+  const leasedBy = (replies: { worker: string; leased: number }[]) => {
+    const first = new Map<string, number>();
+    const last = new Map<string, number>();
+    for (const r of replies) {
+      if (!first.has(r.worker)) first.set(r.worker, r.leased);
+      last.set(r.worker, r.leased);
+    }
+    let sum = 0;
+    for (const [worker, count] of last) sum += count - first.get(worker)!;
+    return sum;
+  };
+
+  it('admits most requests of a key with room to spare from a lease, and exactly the limit: no refusal before it', async () => {
+    // 256 per window: slices of 4. Sequential requests over four workers: each refusal at the edge waits for the
+    // other workers' slices to come back, so the 256th is admitted and the 257th refused, as one process would.
+    const replies = [];
+    for (let i = 0; i < 270; i++) replies.push(await get('/admit?key=edge&requests=256'));
+    const decisions = replies.map((r) => r.body as BudgetDecision);
+    expect(decisions.slice(0, 256).every((d) => d.allowed)).toBe(true);
+    expect(decisions.slice(256).every((d) => !d.allowed && d.refusedBy === 'requests')).toBe(true);
+    expect(new Set(replies.map((r) => r.worker)).size).toBeGreaterThanOrEqual(2);
+    // Most were admitted with no round trip (a slice of 4 saves 3 of every 4 until the edge).
+    expect(leasedBy(replies)).toBeGreaterThan(150);
+  }, 60_000);
+
+  it('admits exactly the limit of concurrent bursts from every worker while slices are out', async () => {
+    const bursts = await Promise.all(Array.from({ length: 8 }, () => get('/burst?key=bursts&requests=256')));
+    const decisions = bursts.flatMap((b) => b.body as BudgetDecision[]);
+    expect(decisions).toHaveLength(400);
+    expect(decisions.filter((d) => d.allowed)).toHaveLength(256);
+    expect(decisions.every((d) => !d.degraded)).toBe(true);
+  }, 60_000);
+
+  it('settles tokens into the lease and admits exactly what one process would', async () => {
+    // 1,280 tokens, each request reserving 10 and using 7: one process admits while 10 more fit.
+    const oracle = createKeyBudgets();
+    let expected = 0;
+    for (;;) {
+      const decision = await oracle.admit('t', { tokens: 1280 }, { reserveTokens: 10 });
+      if (!decision.allowed) break;
+      await oracle.settle(decision.reservation, 't', 7);
+      expected++;
+    }
+    await oracle.close();
+    const replies = [];
+    for (let i = 0; i < expected + 5; i++)
+      replies.push(await get('/use?key=tokens&tokens=1280&reserve=10&used=7'));
+    const decisions = replies.map((r) => r.body as BudgetDecision);
+    expect(decisions.filter((d) => d.allowed)).toHaveLength(expected);
+    expect(decisions.slice(0, expected).every((d) => d.allowed)).toBe(true);
+    expect(decisions.slice(expected).every((d) => !d.allowed && d.refusedBy === 'tokens')).toBe(true);
+    expect(leasedBy(replies)).toBeGreaterThan(expected / 2);
+  }, 60_000);
+
+  it('never leases a key whose limits are too small to slice', async () => {
+    const replies = [];
+    for (let i = 0; i < 30; i++) replies.push(await get('/admit?key=small&requests=100'));
+    expect(leasedBy(replies)).toBe(0);
+    expect(replies.filter((r) => (r.body as BudgetDecision).allowed)).toHaveLength(30);
   }, 30_000);
 });
 
