@@ -204,7 +204,13 @@ export function summarize(report: Report): { figure: string; value: string; targ
       rl.ours.keys >= 1e6 ? '≤ 150' : '',
       rl.ours.keys >= 1e6 ? rl.ours.heapMb <= 150 : undefined,
     );
-    add('rate-limit check, memory (µs)', fmt(rl.ours.microsPerCheck, 2));
+    // The first round's goal: a check in memory with a million keys resident, at most 1 µs.
+    add(
+      'rate-limit check, memory, 1,000,000 keys (µs)',
+      fmt(rl.ours.microsPerCheck, 2),
+      '≤ 1',
+      rl.ours.keys >= 1e6 ? rl.ours.microsPerCheck <= 1 : undefined,
+    );
     add('rate-limit check, cluster (µs, sequential)', fmt(rl.clusterPath.microsPerCheck, 1));
     add('rate-limit check, Redis (µs, sequential)', fmt(rl.redisMicros, 1));
   }
