@@ -166,6 +166,13 @@ export class LeaseLedger {
     return promise;
   }
 
+  /** Takes back every lease of the key at once, waiting for none (its window was reset). */
+  revoke(key: string): void {
+    for (const holder of this.out.get(key)?.values() ?? []) this.sendRecall(holder);
+    this.out.delete(key);
+    this.settle(key);
+  }
+
   /** A worker exited: its leases are gone (what it used of them stays counted). */
   forget(worker: Worker): void {
     for (const [key, holders] of this.out) {

@@ -254,6 +254,7 @@ export class ClusterBudgetStore implements BudgetStore {
   private readonly caller: ClusterCaller<ClusterCall, ClusterResult>;
   private readonly holder = pid() * 1000 + ++holders;
   private readonly leases = new Map<string, Lease>();
+  private sweepAt = 1000;
   /** Keys with an admission asking for a lease on its way: the others sent meanwhile ask for none. */
   private readonly asking = new Set<string>();
   /** Keys recalled while their lease was on its way here: it goes back as soon as it arrives. */
@@ -263,7 +264,10 @@ export class ClusterBudgetStore implements BudgetStore {
     const key = (message as Recall).key;
     const lease = this.leases.get(key);
     if (lease !== undefined) this.release(key, lease);
-    else if (this.recalled.size < 10_000) this.recalled.add(key);
+    // A lease may be on its way with an admission's answer: it goes back as soon as it comes.
+    else if (this.asking.has(key)) this.recalled.add(key);
+    // Not holding it (given back already): say so, so that the primary does not wait for it.
+    else this.ask(key, { op: 'release', requests: 0, tokens: 0, window: -1 }, this.holder).catch(ignore);
   };
 
   constructor(
@@ -348,10 +352,12 @@ export class ClusterBudgetStore implements BudgetStore {
     if (this.asking.has(key)) return this.ask(key, operation, 0);
     this.asking.add(key);
     let result: ClusterResult;
+    let recalled = false;
     try {
       result = await this.caller.call([this.name, this.windowMs, key, toWire(operation), this.holder]);
     } finally {
       this.asking.delete(key);
+      recalled = this.recalled.delete(key);
     }
     const [admitted, requests, tokens, resetAt, window, reserved, leaseRequests, leaseTokens] = result;
     const state: BudgetState = { admitted: admitted === 1, requests, tokens, resetAt, window, reserved };
@@ -362,10 +368,20 @@ export class ClusterBudgetStore implements BudgetStore {
       operation.tokenLimit,
       state,
     );
-    if (this.recalled.delete(key)) this.release(key, lease);
-    else this.leases.set(key, lease);
+    if (recalled) this.release(key, lease);
+    else this.hold(key, lease);
     // The slice is this worker's to use: the decision's remainders count it as left.
     return leasedState(lease, state.admitted, reserved);
+  }
+
+  /** Keeps a lease; past a thousand keys held, those whose window has ended are dropped first (no timer, no leak). */
+  private hold(key: string, lease: Lease): void {
+    if (this.leases.size >= this.sweepAt) {
+      const now = this.now();
+      for (const [held, { resetAt }] of this.leases) if (resetAt <= now) this.leases.delete(held);
+      this.sweepAt = Math.max(1000, this.leases.size * 2);
+    }
+    this.leases.set(key, lease);
   }
 
   /** Gives back what is left of a lease (answered by the primary; nothing waits for it). */
@@ -378,9 +394,8 @@ export class ClusterBudgetStore implements BudgetStore {
       tokens,
       window: lease.window,
     };
-    this.ask(key, operation, this.holder).catch(() => {
-      // The primary is gone or slow: what was leased stays counted there (never more than the limit).
-    });
+    // The primary gone or slow: what was leased stays counted there (never more than the limit).
+    this.ask(key, operation, this.holder).catch(ignore);
   }
 
   private async ask(key: string, operation: BudgetOperation, holder: number): Promise<BudgetState> {
@@ -403,6 +418,8 @@ export class ClusterBudgetStore implements BudgetStore {
     this.caller.close('key budgets');
   }
 }
+
+const ignore = () => {};
 
 /** A process id for holder ids (distinct across the workers). */
 function pid(): number {
@@ -431,6 +448,12 @@ export function serveClusterBudgets(options: { now?: () => number } = {}): { clo
       const state = store.apply(key, operation);
       if (operation.op === 'release') {
         ledger.released(ledgerKey, worker, holder);
+        return resultOf(state, undefined);
+      }
+      if (operation.op === 'reset') {
+        // The window starts over: slices of the old one must not go on admitting (what they give back is ignored,
+        // being of the old window).
+        ledger.revoke(ledgerKey);
         return resultOf(state, undefined);
       }
       if (operation.op !== 'admit') return resultOf(state, undefined);

@@ -1,8 +1,9 @@
 // A node:cluster app for the key-budgets test: the primary holds the windows, four workers serve one port.
 // GET /admit?key=K&requests=N&tokens=M admits one request; GET /charge?key=K&tokens=N charges tokens;
 // GET /burst?key=K&requests=N admits 50 at once (one IPC batch); GET /use?key=K&tokens=M&reserve=R&used=U admits
-// reserving R tokens and settles U; GET /exit ends the worker that answers. Every answer carries the worker's pid (x-worker) and its leased admissions
+// reserving R tokens and settles U; GET /reset?key=K starts K's window over; GET /exit ends the worker that answers. Every answer carries the worker's pid (x-worker) and its leased admissions
 // (x-leased).
+import cluster from 'node:cluster';
 import { createKeyBudgets, serveClusterBudgets } from '../../src/index.js';
 import { runClusterApp } from '../helpers/cluster-app.js';
 
@@ -22,9 +23,18 @@ runClusterApp({
         res.setHeader('x-leased', String(budgets.stats().leased));
         res.end(JSON.stringify(body));
       };
+      if (url.pathname === '/reset') {
+        await budgets.reset(key);
+        reply({});
+        return;
+      }
       if (url.pathname === '/exit') {
-        // This worker dies holding what it holds (its leases too), as a crashed worker would.
-        res.end('{}', () => process.exit(0));
+        // This worker dies holding what it holds (its leases too), as a crashed worker would. It stops taking
+        // connections first, so that none is handed to it as it goes.
+        res.end('{}', () => {
+          cluster.worker?.once('disconnect', () => process.exit(0));
+          cluster.worker?.disconnect();
+        });
         return;
       }
       if (url.pathname === '/use') {

@@ -150,6 +150,20 @@ describe('store: "cluster" leases (four workers)', () => {
     expect(leasedBy(replies)).toBeGreaterThan(expected / 2);
   }, 60_000);
 
+  it('takes every slice back when a key is reset: the new window admits exactly its limit again', async () => {
+    const admit = () => get('/admit?key=reset&requests=256');
+    const first = [];
+    for (let i = 0; i < 40; i++) first.push(await admit());
+    expect(leasedBy(first)).toBeGreaterThan(0);
+    await get('/reset?key=reset');
+    // Slices of the old window are revoked (their workers hold them no more): 256 again, not 256 + what they held.
+    const second = [];
+    for (let i = 0; i < 270; i++) second.push(await admit());
+    const decisions = second.map((r) => r.body as BudgetDecision);
+    expect(decisions.slice(0, 256).every((d) => d.allowed)).toBe(true);
+    expect(decisions.slice(256).every((d) => !d.allowed)).toBe(true);
+  }, 60_000);
+
   it('goes on deciding exactly when a worker dies holding a slice: at most its slice is lost, never counted twice', async () => {
     const own = await startClusterApp(resolve(import.meta.dirname, 'cluster-app.ts'));
     try {
