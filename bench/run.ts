@@ -42,7 +42,10 @@ if (quick) {
 const results: Partial<Record<BenchName, unknown>> = {};
 const failed: string[] = [];
 const started = Date.now();
+/** Each benchmark's wall time: where a run's minutes go. */
+const seconds: Partial<Record<BenchName, number>> = {};
 for (const name of names) {
+  const began = Date.now();
   console.log(`\n# ${name} (bench/${SCRIPTS[name]}${quick ? ' --quick' : ''})`);
   const run = spawnSync(
     process.execPath,
@@ -58,6 +61,8 @@ for (const name of names) {
     failed.push(`${name} (no result line)`);
   }
   if (run.status !== 0) failed.push(`${name} (exit ${run.status})`);
+  seconds[name] = Math.round((Date.now() - began) / 1000);
+  console.log(`# ${name}: ${seconds[name]} s`);
 }
 
 const date = new Date().toISOString().slice(0, 10);
@@ -73,6 +78,7 @@ const report = {
   quick,
   machine,
   minutes: Number(((Date.now() - started) / 60_000).toFixed(1)),
+  seconds,
   results,
 };
 const dir = resolve(import.meta.dirname, quick ? 'results/quick' : 'results');

@@ -204,7 +204,10 @@ const variants = {
   chunkMean: { ...exporting, OTEL_TRACES_SAMPLER: 'always_on', OTEL_GENAI_CHUNK_TIMING: 'mean' },
 };
 type GatewayName = keyof typeof variants;
-const names = Object.keys(variants) as GatewayName[];
+// --quick (CI) proves the scenario runs: the three gateways the summary reads, not the breakdown.
+const names = (Object.keys(variants) as GatewayName[]).filter(
+  (name) => !quick || name === 'off' || name === 'on' || name === 'sampled',
+);
 const gateways = {} as Record<GatewayName, Awaited<ReturnType<typeof startGateway>>>;
 for (const name of names) gateways[name] = await startGateway(upstream.url, variants[name]);
 const bodies = {
