@@ -242,7 +242,7 @@ interface Recall {
   key: string;
 }
 
-/** Distinguishes the budgets instances of every worker (a lease is held by one). */
+/** Distinguishes this worker's budgets instances (the primary tells workers apart itself): a lease is held by one. */
 let holders = 0;
 
 /**
@@ -252,7 +252,7 @@ let holders = 0;
 export class ClusterBudgetStore implements BudgetStore {
   leased = 0;
   private readonly caller: ClusterCaller<ClusterCall, ClusterResult>;
-  private readonly holder = pid() * 1000 + ++holders;
+  private readonly holder = ++holders;
   private readonly leases = new Map<string, Lease>();
   private sweepAt = 1000;
   /** Keys with an admission asking for a lease on its way: the others sent meanwhile ask for none. */
@@ -267,7 +267,8 @@ export class ClusterBudgetStore implements BudgetStore {
     // A lease may be on its way with an admission's answer: it goes back as soon as it comes.
     else if (this.asking.has(key)) this.recalled.add(key);
     // Not holding it (given back already): say so, so that the primary does not wait for it.
-    else this.ask(key, { op: 'release', requests: 0, tokens: 0, window: -1 }, this.holder).catch(ignore);
+    else
+      this.ask(key, { op: 'release', requests: 0, tokens: 0, window: NO_WINDOW }, this.holder).catch(ignore);
   };
 
   constructor(
@@ -420,11 +421,6 @@ export class ClusterBudgetStore implements BudgetStore {
 }
 
 const ignore = () => {};
-
-/** A process id for holder ids (distinct across the workers). */
-function pid(): number {
-  return process.pid % 1_000_000;
-}
 
 /**
  * Runs in the cluster primary: holds the windows of every `store: 'cluster'` key-budget instance of every worker, so

@@ -132,6 +132,16 @@ function abandonStream(url: string, key: string): Promise<void> {
   });
 }
 
+/** OTLP/JSON to `url`, nothing exported on a schedule: what arrives was flushed by the drain. */
+function exportingTo(url: string): Record<string, string> {
+  return {
+    OTEL_EXPORTER_OTLP_ENDPOINT: url,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+    OTEL_BSP_SCHEDULE_DELAY: '600000',
+    OTEL_METRIC_EXPORT_INTERVAL: '600000',
+  };
+}
+
 describe('OpenTelemetry export', () => {
   it('exports one span per request, the GenAI call recorded into the server span, and the metrics, flushed on SIGTERM', async () => {
     const receiver = await startReceiver();
@@ -148,13 +158,9 @@ describe('OpenTelemetry export', () => {
     const gw = await processes.start(sim.url, {
       env: {
         WORKERS: '2',
-        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
-        OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+        ...exportingTo(receiver.url),
         // Every request traced (the gateway's default samples a tenth of the traces that start here).
         OTEL_TRACES_SAMPLER: 'parentbased_always_on',
-        // Nothing is exported on a schedule during the test: what arrives was flushed by the drain.
-        OTEL_BSP_SCHEDULE_DELAY: '600000',
-        OTEL_METRIC_EXPORT_INTERVAL: '600000',
         RATE_LIMIT_POINTS: '1000',
       },
     });
@@ -253,10 +259,7 @@ describe('OpenTelemetry export', () => {
       detached: true,
       env: {
         WORKERS: '2',
-        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
-        OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
-        OTEL_BSP_SCHEDULE_DELAY: '600000',
-        OTEL_METRIC_EXPORT_INTERVAL: '600000',
+        ...exportingTo(receiver.url),
         OTEL_GENAI_UPSTREAM_SPAN: 'true',
         OTEL_TRACES_SAMPLER: 'always_on',
       },
@@ -294,10 +297,7 @@ describe('OpenTelemetry export', () => {
     const gw = await processes.start(sim.url, {
       env: {
         WORKERS: '1',
-        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
-        OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
-        OTEL_BSP_SCHEDULE_DELAY: '600000',
-        OTEL_METRIC_EXPORT_INTERVAL: '600000',
+        ...exportingTo(receiver.url),
       },
     });
     const callWith = async (flags: string) => {
